@@ -1,0 +1,323 @@
+//! EC2: subnets, the AMI, the launch template, and the fleet's instances.
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification, VolumeType,
+};
+use base64::Engine;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::AwsError;
+use crate::names::FLEET_TAG;
+
+/// Prefix of the launch template version description that carries its fingerprint.
+const FINGERPRINT_PREFIX: &str = "bbfleet:sha256=";
+
+/// A subnet and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubnetInfo {
+    /// `subnet-...`.
+    pub id: String,
+    /// Availability zone name.
+    pub az: String,
+    /// VPC.
+    pub vpc: String,
+}
+
+/// An AMI's facts the launch template needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    /// `ami-...`.
+    pub id: String,
+    /// Root device name (`/dev/xvda` on AL2023, `/dev/sda1` on Ubuntu).
+    pub root_device: String,
+    /// `x86_64` or `arm64`.
+    pub architecture: String,
+}
+
+/// What bbfleet wants the launch template's newest version to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchTemplateSpec {
+    /// `bbfleet-{fleet}`.
+    pub name: String,
+    /// Fleet name (tags).
+    pub fleet: String,
+    /// AMI.
+    pub image_id: String,
+    /// Root device of the AMI.
+    pub root_device: String,
+    /// Root volume size.
+    pub root_volume_gb: u32,
+    /// Instance profile name or ARN.
+    pub instance_profile: String,
+    /// Security groups.
+    pub security_groups: Vec<String>,
+    /// Userdata script, plain text (holds no secret).
+    pub userdata: String,
+}
+
+impl LaunchTemplateSpec {
+    /// A short, stable digest of everything in the spec.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex16(&Sha256::digest(json))
+    }
+}
+
+/// First 16 hex digits of a digest.
+pub fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The launch template as found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchTemplateState {
+    /// `lt-...`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Newest version number.
+    pub latest_version: i64,
+    /// Fingerprint of the newest version, if bbfleet wrote it.
+    pub fingerprint: Option<String>,
+}
+
+/// An instance of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    /// `i-...`.
+    pub id: String,
+    /// Instance type.
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    /// Availability zone.
+    pub az: String,
+    /// `pending`, `running`, ...
+    pub state: String,
+}
+
+/// Subnets by id; a missing one is a config error naming `spot.subnets`.
+pub async fn describe_subnets(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<Vec<SubnetInfo>, AwsError> {
+    let out = ec2.describe_subnets().set_subnet_ids(Some(ids.to_vec())).send().await.map_err(|e| {
+        if e.code() == Some("InvalidSubnetID.NotFound") {
+            AwsError::Invalid(format!(
+                "spot.subnets: {}",
+                e.message().unwrap_or("a configured subnet does not exist in this region")
+            ))
+        } else {
+            AwsError::call("ec2:DescribeSubnets", e)
+        }
+    })?;
+    let mut subnets: Vec<SubnetInfo> = out
+        .subnets()
+        .iter()
+        .map(|s| SubnetInfo {
+            id: s.subnet_id().unwrap_or_default().to_owned(),
+            az: s.availability_zone().unwrap_or_default().to_owned(),
+            vpc: s.vpc_id().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    subnets.sort_by_key(|s| ids.iter().position(|i| *i == s.id));
+    Ok(subnets)
+}
+
+/// The AMI, or an error naming `instance.ami`.
+pub async fn describe_image(ec2: &aws_sdk_ec2::Client, ami: &str) -> Result<ImageInfo, AwsError> {
+    let out = ec2
+        .describe_images()
+        .image_ids(ami)
+        .send()
+        .await
+        .map_err(|e| match e.code() {
+            Some("InvalidAMIID.NotFound" | "InvalidAMIID.Malformed") => {
+                AwsError::Invalid(format!("instance.ami: AMI {ami} does not exist in this region"))
+            }
+            _ => AwsError::call("ec2:DescribeImages", e),
+        })?;
+    let image = out
+        .images()
+        .first()
+        .ok_or_else(|| AwsError::Invalid(format!("instance.ami: AMI {ami} does not exist in this region")))?;
+    Ok(ImageInfo {
+        id: ami.to_owned(),
+        root_device: image.root_device_name().unwrap_or("/dev/xvda").to_owned(),
+        architecture: image.architecture().map_or("x86_64", |a| a.as_str()).to_owned(),
+    })
+}
+
+/// The launch template named `name`, if any.
+pub async fn find_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<LaunchTemplateState>, AwsError> {
+    let out = match ec2.describe_launch_templates().launch_template_names(name).send().await {
+        Ok(o) => o,
+        Err(e) if e.code() == Some("InvalidLaunchTemplateName.NotFoundException") => return Ok(None),
+        Err(e) => return Err(AwsError::call("ec2:DescribeLaunchTemplates", e)),
+    };
+    let Some(lt) = out.launch_templates().first() else { return Ok(None) };
+    let id = lt.launch_template_id().unwrap_or_default().to_owned();
+    let latest_version = lt.latest_version_number().unwrap_or(1);
+    let versions = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&id)
+        .versions(latest_version.to_string())
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ec2:DescribeLaunchTemplateVersions", e))?;
+    let fingerprint = versions
+        .launch_template_versions()
+        .first()
+        .and_then(|v| v.version_description())
+        .and_then(|d| d.strip_prefix(FINGERPRINT_PREFIX))
+        .map(str::to_owned);
+    Ok(Some(LaunchTemplateState {
+        id,
+        name: name.to_owned(),
+        latest_version,
+        fingerprint,
+    }))
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn template_data(spec: &LaunchTemplateSpec) -> RequestLaunchTemplateData {
+    let profile = if spec.instance_profile.starts_with("arn:") {
+        LaunchTemplateIamInstanceProfileSpecificationRequest::builder().arn(&spec.instance_profile)
+    } else {
+        LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name(&spec.instance_profile)
+    }
+    .build();
+    let tags = vec![tag(FLEET_TAG, &spec.fleet), tag("Name", &spec.name)];
+    let tag_spec = |rt: ResourceType| {
+        LaunchTemplateTagSpecificationRequest::builder()
+            .resource_type(rt)
+            .set_tags(Some(tags.clone()))
+            .build()
+    };
+    RequestLaunchTemplateData::builder()
+        .image_id(&spec.image_id)
+        .iam_instance_profile(profile)
+        .set_security_group_ids((!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()))
+        .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.userdata))
+        // IMDSv2 only, one hop: build containers on the host cannot reach the instance role.
+        .metadata_options(
+            LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                .http_tokens(LaunchTemplateHttpTokensState::Required)
+                .http_put_response_hop_limit(1)
+                .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                .build(),
+        )
+        .block_device_mappings(
+            LaunchTemplateBlockDeviceMappingRequest::builder()
+                .device_name(&spec.root_device)
+                .ebs(
+                    LaunchTemplateEbsBlockDeviceRequest::builder()
+                        .volume_size(spec.root_volume_gb as i32)
+                        .volume_type(VolumeType::Gp3)
+                        .delete_on_termination(true)
+                        .encrypted(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .tag_specifications(tag_spec(ResourceType::Instance))
+        .tag_specifications(tag_spec(ResourceType::Volume))
+        .build()
+}
+
+/// Creates the launch template (version 1); returns its id and version.
+pub async fn create_launch_template(ec2: &aws_sdk_ec2::Client, spec: &LaunchTemplateSpec) -> Result<(String, i64), AwsError> {
+    let out = ec2
+        .create_launch_template()
+        .launch_template_name(&spec.name)
+        .version_description(format!("{FINGERPRINT_PREFIX}{}", spec.fingerprint()))
+        .launch_template_data(template_data(spec))
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::LaunchTemplate)
+                .tags(tag(FLEET_TAG, &spec.fleet))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ec2:CreateLaunchTemplate", e))?;
+    let lt = out
+        .launch_template()
+        .ok_or_else(|| AwsError::Invalid("ec2:CreateLaunchTemplate returned no template".to_owned()))?;
+    Ok((
+        lt.launch_template_id().unwrap_or_default().to_owned(),
+        lt.latest_version_number().unwrap_or(1),
+    ))
+}
+
+/// Adds a complete new version (never relying on `SourceVersion`); returns its number.
+pub async fn create_launch_template_version(ec2: &aws_sdk_ec2::Client, id: &str, spec: &LaunchTemplateSpec) -> Result<i64, AwsError> {
+    let out = ec2
+        .create_launch_template_version()
+        .launch_template_id(id)
+        .version_description(format!("{FINGERPRINT_PREFIX}{}", spec.fingerprint()))
+        .launch_template_data(template_data(spec))
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ec2:CreateLaunchTemplateVersion", e))?;
+    out.launch_template_version()
+        .and_then(|v| v.version_number())
+        .ok_or_else(|| AwsError::Invalid("ec2:CreateLaunchTemplateVersion returned no version".to_owned()))
+}
+
+/// Deletes the launch template; `Ok(false)` if it was already gone.
+pub async fn delete_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<bool, AwsError> {
+    match ec2.delete_launch_template().launch_template_name(name).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some("InvalidLaunchTemplateName.NotFoundException") => Ok(false),
+        Err(e) => Err(AwsError::call("ec2:DeleteLaunchTemplate", e)),
+    }
+}
+
+/// Instances tagged with the fleet that are not terminated (or terminating).
+pub async fn fleet_instances(ec2: &aws_sdk_ec2::Client, fleet: &str) -> Result<Vec<InstanceInfo>, AwsError> {
+    let mut out = Vec::new();
+    let mut pages = ec2
+        .describe_instances()
+        .filters(Filter::builder().name(format!("tag:{FLEET_TAG}")).values(fleet).build())
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(["pending", "running", "stopping", "stopped"].map(String::from).to_vec()))
+                .build(),
+        )
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::call("ec2:DescribeInstances", e))?;
+        for r in page.reservations() {
+            for i in r.instances() {
+                out.push(InstanceInfo {
+                    id: i.instance_id().unwrap_or_default().to_owned(),
+                    instance_type: i.instance_type().map_or("", |t| t.as_str()).to_owned(),
+                    az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
+                    state: i.state().and_then(|s| s.name()).map_or("unknown", |n| n.as_str()).to_owned(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Terminates instances, 1000 a call; already-gone ones are fine.
+pub async fn terminate(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<(), AwsError> {
+    for chunk in ids.chunks(1000) {
+        match ec2.terminate_instances().set_instance_ids(Some(chunk.to_vec())).send().await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") && chunk.len() == 1 => {}
+            Err(e) => return Err(AwsError::call("ec2:TerminateInstances", e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The fleet API behind one trait: Spot Fleet (`RequestSpotFleet`, type `maintain`) today;
+//! EC2 Fleet (`CreateFleet`, type `maintain`) can be added as a second implementation
+//! without touching the planner.
+
+use aws_sdk_ec2::types::{
+    AllocationStrategy as Ec2Strategy, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification, FleetType,
+    InstanceInterruptionBehavior, LaunchTemplateConfig, LaunchTemplateOverrides, ReplacementStrategy, ResourceType,
+    SpotCapacityRebalance, SpotFleetRequestConfigData, SpotMaintenanceStrategies, Tag, TagSpecification,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::ec2::hex16;
+use super::AwsError;
+use crate::config::AllocationStrategy;
+use crate::names::{CONFIG_TAG, FLEET_TAG};
+
+/// A fleet request found by its `bbfleet:fleet` tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetState {
+    /// Request id (`sfr-...`).
+    pub id: String,
+    /// `submitted`, `active`, `modifying`, `cancelled_running`, ...
+    pub state: String,
+    /// Target capacity.
+    pub target: i32,
+    /// `bbfleet:config` tag: the configuration it was requested with.
+    pub fingerprint: Option<String>,
+    /// Its running instances.
+    pub instance_ids: Vec<String>,
+}
+
+impl FleetState {
+    /// Still launching and replacing instances.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "submitted" | "active" | "modifying")
+    }
+}
+
+/// What to request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetSpec {
+    /// Fleet name.
+    pub fleet: String,
+    /// Spot fleet role ARN.
+    pub role: String,
+    /// Allocation strategy.
+    pub strategy: AllocationStrategy,
+    /// Instance types.
+    pub instance_types: Vec<String>,
+    /// Subnets.
+    pub subnets: Vec<String>,
+    /// Fingerprint of the launch template contents.
+    pub launch_template_fingerprint: String,
+}
+
+impl FleetSpec {
+    /// Digest of everything that needs a new request when it changes.
+    pub fn fingerprint(&self) -> String {
+        hex16(&Sha256::digest(serde_json::to_vec(self).unwrap_or_default()))
+    }
+}
+
+/// The operations bbfleet needs from a fleet API.
+#[async_trait::async_trait]
+pub trait FleetApi: Send + Sync {
+    /// Requests tagged with the fleet (live and leftover), with their instances.
+    async fn list(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError>;
+    /// Requests a new fleet; returns its id.
+    async fn request(&self, spec: &FleetSpec, launch_template_id: &str, version: i64, target: u32) -> Result<String, AwsError>;
+    /// Sets the target capacity; `terminate_excess` = false keeps every instance (bbfleet terminates the chosen ones).
+    async fn set_target(&self, id: &str, target: u32, terminate_excess: bool) -> Result<(), AwsError>;
+    /// Cancels requests.
+    async fn cancel(&self, ids: &[String], terminate_instances: bool) -> Result<(), AwsError>;
+}
+
+/// Spot Fleet.
+#[derive(Debug, Clone)]
+pub struct SpotFleet {
+    ec2: aws_sdk_ec2::Client,
+}
+
+impl SpotFleet {
+    /// On this EC2 client.
+    pub fn new(ec2: aws_sdk_ec2::Client) -> Self {
+        SpotFleet { ec2 }
+    }
+
+    async fn instances(&self, id: &str) -> Result<Vec<String>, AwsError> {
+        let mut ids = Vec::new();
+        let mut token = None;
+        // Bounded: 1000 instances a page, 100 pages.
+        for _ in 0..100 {
+            let out = self
+                .ec2
+                .describe_spot_fleet_instances()
+                .spot_fleet_request_id(id)
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("ec2:DescribeSpotFleetInstances", e))?;
+            ids.extend(out.active_instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)));
+            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+fn strategy(s: AllocationStrategy) -> Ec2Strategy {
+    match s {
+        AllocationStrategy::Diversified => Ec2Strategy::Diversified,
+        AllocationStrategy::PriceCapacityOptimized => Ec2Strategy::PriceCapacityOptimized,
+        AllocationStrategy::CapacityOptimized => Ec2Strategy::CapacityOptimized,
+        AllocationStrategy::LowestPrice => Ec2Strategy::LowestPrice,
+    }
+}
+
+#[async_trait::async_trait]
+impl FleetApi for SpotFleet {
+    async fn list(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError> {
+        // No server-side tag filter exists: list all and match the tag here.
+        let mut found = Vec::new();
+        let mut token = None;
+        for _ in 0..100 {
+            let out = self
+                .ec2
+                .describe_spot_fleet_requests()
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequests", e))?;
+            for r in out.spot_fleet_request_configs() {
+                let tag = |k: &str| r.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
+                if tag(FLEET_TAG).as_deref() != Some(fleet) {
+                    continue;
+                }
+                let state = r.spot_fleet_request_state().map_or("unknown", |s| s.as_str()).to_owned();
+                if matches!(state.as_str(), "cancelled" | "cancelled_terminating" | "failed") {
+                    continue;
+                }
+                found.push(FleetState {
+                    id: r.spot_fleet_request_id().unwrap_or_default().to_owned(),
+                    state,
+                    target: r.spot_fleet_request_config().map_or(0, |c| c.target_capacity().unwrap_or(0)),
+                    fingerprint: tag(CONFIG_TAG),
+                    instance_ids: Vec::new(),
+                });
+            }
+            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        for f in &mut found {
+            f.instance_ids = self.instances(&f.id).await?;
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    async fn request(&self, spec: &FleetSpec, launch_template_id: &str, version: i64, target: u32) -> Result<String, AwsError> {
+        let mut overrides = Vec::new();
+        for t in &spec.instance_types {
+            for s in &spec.subnets {
+                overrides.push(
+                    LaunchTemplateOverrides::builder()
+                        .instance_type(t.as_str().into())
+                        .subnet_id(s)
+                        .weighted_capacity(1.0)
+                        .build(),
+                );
+            }
+        }
+        let config = LaunchTemplateConfig::builder()
+            .launch_template_specification(
+                FleetLaunchTemplateSpecification::builder()
+                    .launch_template_id(launch_template_id)
+                    .version(version.to_string())
+                    .build(),
+            )
+            .set_overrides(Some(overrides))
+            .build();
+        let fingerprint = spec.fingerprint();
+        let data = SpotFleetRequestConfigData::builder()
+            .iam_fleet_role(&spec.role)
+            .allocation_strategy(strategy(spec.strategy))
+            .target_capacity(target as i32)
+            .r#type(FleetType::Maintain)
+            .launch_template_configs(config)
+            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+            .replace_unhealthy_instances(true)
+            .spot_maintenance_strategies(
+                SpotMaintenanceStrategies::builder()
+                    .capacity_rebalance(
+                        SpotCapacityRebalance::builder()
+                            .replacement_strategy(ReplacementStrategy::Launch)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SpotFleetRequest)
+                    .tags(Tag::builder().key(FLEET_TAG).value(&spec.fleet).build())
+                    .tags(Tag::builder().key(CONFIG_TAG).value(&fingerprint).build())
+                    .build(),
+            )
+            // A retried request (same template version, same config) is the same fleet.
+            .client_token(format!("bbfleet-{}-{fingerprint}-{launch_template_id}-{version}", spec.fleet))
+            .build();
+        let out = self
+            .ec2
+            .request_spot_fleet()
+            .spot_fleet_request_config(data)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("ec2:RequestSpotFleet", e))?;
+        out.spot_fleet_request_id()
+            .map(str::to_owned)
+            .ok_or_else(|| AwsError::Invalid("ec2:RequestSpotFleet returned no request id".to_owned()))
+    }
+
+    async fn set_target(&self, id: &str, target: u32, terminate_excess: bool) -> Result<(), AwsError> {
+        let mut req = self.ec2.modify_spot_fleet_request().spot_fleet_request_id(id).target_capacity(target as i32);
+        if !terminate_excess {
+            req = req.excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination);
+        }
+        req.send().await.map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
+        Ok(())
+    }
+
+    async fn cancel(&self, ids: &[String], terminate_instances: bool) -> Result<(), AwsError> {
+        for chunk in ids.chunks(100) {
+            self.ec2
+                .cancel_spot_fleet_requests()
+                .set_spot_fleet_request_ids(Some(chunk.to_vec()))
+                .terminate_instances(terminate_instances)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("ec2:CancelSpotFleetRequests", e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! AWS providers on aws-config: KMS key, SSM parameters, EC2 launch template, spot fleet.
+//!
+//! Endpoints, credentials and region come from the standard chain (profiles, web
+//! identity for Bitbucket OIDC, `AWS_ENDPOINT_URL` for emulators). Every call is
+//! counted by an interceptor, per attempt on the wire.
+
+pub mod ec2;
+pub mod fleet;
+pub mod kms;
+pub mod ssm;
+
+use aws_config::BehaviorVersion;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::stats::{aws_kind, CallStats};
+
+/// The AWS clients of one run.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    /// EC2.
+    pub ec2: aws_sdk_ec2::Client,
+    /// SSM.
+    pub ssm: aws_sdk_ssm::Client,
+    /// KMS.
+    pub kms: aws_sdk_kms::Client,
+    /// The region in use.
+    pub region: String,
+}
+
+/// An AWS call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// No region anywhere.
+    #[error("no AWS region: set `region` in the config, or AWS_REGION in the environment")]
+    NoRegion,
+    /// A call failed; the message carries AWS's code and text.
+    #[error("AWS {operation} failed: {message}")]
+    Call {
+        /// `service:Operation`.
+        operation: &'static str,
+        /// AWS's error, with its chain.
+        message: String,
+    },
+    /// The world is not as bbfleet needs it (a clear, actionable message).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AwsError {
+    /// Wraps an SDK error with the operation's name.
+    pub fn call<E: std::error::Error + 'static>(operation: &'static str, err: E) -> Self {
+        AwsError::Call {
+            operation,
+            message: DisplayErrorContext(&err).to_string(),
+        }
+    }
+}
+
+/// Counts every attempt that goes on the wire, by `service:Operation`.
+#[derive(Debug, Clone)]
+struct CallCounter(CallStats);
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "bbfleet-call-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(md) = cfg.load::<Metadata>() {
+            let service = md.service().to_ascii_lowercase();
+            let service = service.split_whitespace().next().unwrap_or("aws").to_owned();
+            self.0.record(&service, md.name(), aws_kind(md.name()));
+            tracing::debug!(service, operation = md.name(), "aws");
+        }
+        Ok(())
+    }
+}
+
+impl Aws {
+    /// Loads the shared config (region from `region`, else the chain) and builds the clients.
+    pub async fn connect(region: Option<&str>, stats: &CallStats) -> Result<Aws, AwsError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.to_owned()));
+        }
+        let shared = loader.load().await;
+        let region = shared.region().map(|r| r.to_string()).ok_or(AwsError::NoRegion)?;
+        let counter = CallCounter(stats.clone());
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&shared).interceptor(counter.clone()).build(),
+        );
+        let ssm = aws_sdk_ssm::Client::from_conf(
+            aws_sdk_ssm::config::Builder::from(&shared).interceptor(counter.clone()).build(),
+        );
+        let kms = aws_sdk_kms::Client::from_conf(aws_sdk_kms::config::Builder::from(&shared).interceptor(counter).build());
+        Ok(Aws { ec2, ssm, kms, region })
+    }
+}

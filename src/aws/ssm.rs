@@ -1,0 +1,185 @@
+//! SSM Parameter Store: runner commands (SecureString), claims, AMI parameters.
+
+use aws_sdk_ssm::types::{ParameterStringFilter, ParameterTier, ParameterType, Tag};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::AwsError;
+use crate::names::{self, FLEET_TAG};
+use crate::runner_command::MAX_PARAMETER_BYTES;
+
+/// A stored runner command (metadata only, never the value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunnerParameter {
+    /// Full name.
+    pub name: String,
+    /// Runner UUID, bare and lower case (the last path segment).
+    pub runner_uuid: String,
+    /// `SecureString`, `String`, ...
+    pub kind: String,
+    /// KMS key as SSM reports it.
+    pub key_id: Option<String>,
+}
+
+/// One claim generation: `{claims}/{runner}/{generation}` = instance id or `free`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Claim {
+    /// Full name.
+    pub name: String,
+    /// Runner UUID, bare.
+    pub runner_uuid: String,
+    /// Generation number.
+    pub generation: u64,
+    /// Instance id, or `free`.
+    pub value: String,
+}
+
+/// The fleet's runner parameters (one level under `/bbfleet/{fleet}/runners`).
+pub async fn list_runner_parameters(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<RunnerParameter>, AwsError> {
+    let path = names::runners_path(fleet);
+    let filter = ParameterStringFilter::builder()
+        .key("Path")
+        .option("OneLevel")
+        .values(&path)
+        .build()
+        .map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
+    let mut out = Vec::new();
+    let mut pages = ssm
+        .describe_parameters()
+        .parameter_filters(filter)
+        .max_results(50)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
+        for p in page.parameters() {
+            let Some(name) = p.name() else { continue };
+            let Some(uuid) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else { continue };
+            if uuid.is_empty() || uuid.contains('/') {
+                continue;
+            }
+            out.push(RunnerParameter {
+                name: name.to_owned(),
+                runner_uuid: uuid.to_owned(),
+                kind: p.r#type().map_or("unknown", |t| t.as_str()).to_owned(),
+                key_id: p.key_id().map(str::to_owned),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Every claim generation of the fleet.
+pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Claim>, AwsError> {
+    let path = names::claims_path(fleet);
+    let mut out = Vec::new();
+    let mut pages = ssm
+        .get_parameters_by_path()
+        .path(&path)
+        .recursive(true)
+        .max_results(10)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::call("ssm:GetParametersByPath", e))?;
+        for p in page.parameters() {
+            let Some(name) = p.name() else { continue };
+            let Some(rest) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else { continue };
+            let Some((uuid, generation)) = rest.split_once('/') else { continue };
+            let Ok(generation) = generation.parse() else { continue };
+            out.push(Claim {
+                name: name.to_owned(),
+                runner_uuid: uuid.to_owned(),
+                generation,
+                value: p.value().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.runner_uuid, a.generation).cmp(&(&b.runner_uuid, b.generation)));
+    Ok(out)
+}
+
+/// Stores a new runner's command as a SecureString under the fleet's key.
+pub async fn put_runner_command(
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+    runner_uuid: &str,
+    command: &SecretString,
+    key_id: &str,
+) -> Result<String, AwsError> {
+    let name = names::runner_parameter(fleet, runner_uuid);
+    let value = command.expose_secret();
+    if value.len() > MAX_PARAMETER_BYTES {
+        return Err(AwsError::Invalid(format!(
+            "the runner command for {name} is {} bytes; SSM Standard parameters hold at most {MAX_PARAMETER_BYTES}",
+            value.len()
+        )));
+    }
+    let tag = Tag::builder()
+        .key(FLEET_TAG)
+        .value(fleet)
+        .build()
+        .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
+    ssm.put_parameter()
+        .name(&name)
+        .description(format!("bbfleet {fleet}: docker command of Bitbucket runner {}", names::braced_uuid(runner_uuid)))
+        .value(value)
+        .r#type(ParameterType::SecureString)
+        .key_id(key_id)
+        .tier(ParameterTier::Standard)
+        .overwrite(false)
+        .tags(tag)
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
+    Ok(name)
+}
+
+/// Re-encrypts a stored command under another key (the value is read and written back).
+pub async fn rekey(ssm: &aws_sdk_ssm::Client, name: &str, key_id: &str) -> Result<(), AwsError> {
+    let out = ssm
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ssm:GetParameter", e))?;
+    let value: SecretString = out
+        .parameter()
+        .and_then(|p| p.value())
+        .ok_or_else(|| AwsError::Invalid(format!("{name} has no value")))?
+        .to_owned()
+        .into();
+    ssm.put_parameter()
+        .name(name)
+        .value(value.expose_secret())
+        .r#type(ParameterType::SecureString)
+        .key_id(key_id)
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
+    Ok(())
+}
+
+/// Deletes parameters, ten names a call (the API's limit); missing names are fine.
+pub async fn delete(ssm: &aws_sdk_ssm::Client, names: &[String]) -> Result<(), AwsError> {
+    for chunk in names.chunks(10) {
+        ssm.delete_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| AwsError::call("ssm:DeleteParameters", e))?;
+    }
+    Ok(())
+}
+
+/// The value of a plain parameter (e.g. a public AMI parameter).
+pub async fn get_string(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<Option<String>, AwsError> {
+    match ssm.get_parameter().name(name).send().await {
+        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_owned)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
+        Err(e) => Err(AwsError::call("ssm:GetParameter", e)),
+    }
+}

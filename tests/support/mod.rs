@@ -1,0 +1,5 @@
+//! Shared test harness: real emulators on loopback.
+#![allow(dead_code)]
+
+pub mod imds;
+pub mod moto;
