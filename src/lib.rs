@@ -7,3 +7,8 @@ pub mod bitbucket;
 pub mod runner_command;
 pub mod stats;
 pub mod aws;
+pub mod observe;
+pub mod plan;
+pub mod execute;
+pub mod status;
+pub mod cli;

@@ -69,7 +69,7 @@ pub async fn create(kms: &aws_sdk_kms::Client, alias: &str, fleet: &str) -> Resu
                     .tag_key(k)
                     .tag_value(v)
                     .build()
-                    .map_err(|e| AwsError::call("kms:CreateKey", e))
+                    .map_err(|e| AwsError::build("kms:CreateKey", e))
             };
             let out = kms
                 .create_key()

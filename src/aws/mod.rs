@@ -16,7 +16,9 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::stats::{aws_kind, CallStats};
 
@@ -53,12 +55,44 @@ pub enum AwsError {
 }
 
 impl AwsError {
-    /// Wraps an SDK error with the operation's name.
-    pub fn call<E: std::error::Error + 'static>(operation: &'static str, err: E) -> Self {
+    /// Wraps an SDK error with the operation's name: AWS's code and message when the
+    /// service sent one, else what went wrong on the way (never the raw response).
+    pub fn call<E, R>(operation: &'static str, err: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let message = match &err {
+            SdkError::ServiceError(se) => match (se.err().code(), se.err().message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_owned(),
+                _ => format!("HTTP {} without an AWS error in the body", se.raw().status_code()),
+            },
+            SdkError::TimeoutError(_) => "the request timed out".to_owned(),
+            SdkError::DispatchFailure(_) => format!("could not reach the endpoint: {}", DisplayErrorContext(&err)),
+            _ => DisplayErrorContext(&err).to_string(),
+        };
+        AwsError::Call { operation, message }
+    }
+
+    /// A request could not be built (a missing required field: a bug, reported plainly).
+    pub fn build(operation: &'static str, err: aws_smithy_types::error::operation::BuildError) -> Self {
         AwsError::Call {
             operation,
-            message: DisplayErrorContext(&err).to_string(),
+            message: err.to_string(),
         }
+    }
+}
+
+/// The HTTP status of a raw response, for messages.
+pub trait HttpStatus {
+    /// Status code.
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
     }
 }
 

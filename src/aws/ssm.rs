@@ -42,7 +42,7 @@ pub async fn list_runner_parameters(ssm: &aws_sdk_ssm::Client, fleet: &str) -> R
         .option("OneLevel")
         .values(&path)
         .build()
-        .map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
+        .map_err(|e| AwsError::build("ssm:DescribeParameters", e))?;
     let mut out = Vec::new();
     let mut pages = ssm
         .describe_parameters()
@@ -120,7 +120,7 @@ pub async fn put_runner_command(
         .key(FLEET_TAG)
         .value(fleet)
         .build()
-        .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
+        .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
     ssm.put_parameter()
         .name(&name)
         .description(format!("bbfleet {fleet}: docker command of Bitbucket runner {}", names::braced_uuid(runner_uuid)))

@@ -1,5 +1,7 @@
 //! Shared test harness: real emulators on loopback.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod imds;
 pub mod moto;
+pub mod recorder;

@@ -1,0 +1,392 @@
+//! The command line: arguments become settings in one place, then each command runs
+//! observe -> plan -> (print | execute). Exit codes: 0 ok, 1 error, 2 changes present
+//! (`plan --detailed-exitcode`; clap's usage errors are 2 as well).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::aws::fleet::SpotFleet;
+use crate::aws::{Aws, AwsError};
+use crate::bitbucket::{Bitbucket, BitbucketError, Credentials, CredentialsError, RetryPolicy, DEFAULT_API_URL};
+use crate::config::{Config, ConfigError, FieldError};
+use crate::execute::{ExecuteError, Executor, DEFAULT_CONCURRENCY};
+use crate::observe::{observe, Depth, ObserveError, Observed};
+use crate::plan::{self, Plan, PlanError, PlanOptions};
+use crate::stats::CallStats;
+use crate::status::StatusView;
+use crate::userdata::{self, UserdataError, UserdataVars};
+
+/// Bitbucket Pipelines self-hosted runners on AWS spot capacity.
+#[derive(Debug, Parser)]
+#[command(name = "bbfleet", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "BBFLEET_CONFIG", default_value = "bbfleet.toml")]
+    config: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the config offline (no network, no credentials).
+    Validate,
+    /// Print the rendered userdata (it never holds a secret).
+    RenderUserdata,
+    /// Show what apply would change.
+    Plan {
+        /// Exit 2 when there are changes, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Bring the world to the config.
+    Apply {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+        #[command(flatten)]
+        target: Target,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+    },
+    /// Remove the fleet's runners, commands, claims, launch template, fleet and instances (the key is kept).
+    Destroy {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+    },
+    /// Runners, instances, claims and the fleet request.
+    Status,
+}
+
+/// Which capacity to plan for.
+#[derive(Debug, Clone, clap::Args)]
+struct Target {
+    /// Run N runners now (one-shot: the next plain apply returns to the schedule).
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Evaluate the schedule at this instant (RFC 3339), not now.
+    #[arg(long)]
+    at: Option<String>,
+    /// Allow scale-down to remove runners that are running a step.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Why a command failed. Messages name the cause; none holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Config.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A command-line value.
+    #[error("{0}")]
+    Argument(FieldError),
+    /// Credentials.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// Bitbucket set-up.
+    #[error(transparent)]
+    Bitbucket(#[from] BitbucketError),
+    /// AWS set-up.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// Reading the world.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// Planning.
+    #[error("cannot plan: {0}")]
+    Plan(#[from] PlanError),
+    /// Executing.
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+    /// Userdata.
+    #[error(transparent)]
+    Userdata(#[from] UserdataError),
+    /// Refused to act.
+    #[error("{0}")]
+    Refused(String),
+    /// Terminal I/O.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Parses the process arguments and runs; returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stats = CallStats::default();
+    let result = runtime.block_on(run(cli, &stats));
+    write_stats(&stats);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "bbfleet=info",
+        (false, _) => "bbfleet=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// With `BBFLEET_STATS_FILE`, the call counts of the run are written there as JSON.
+fn write_stats(stats: &CallStats) {
+    let summary = stats.summary();
+    tracing::info!(reads = summary.reads, writes = summary.writes, "remote calls");
+    if let Some(path) = std::env::var_os("BBFLEET_STATS_FILE") {
+        let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, json) {
+            eprintln!("warning: cannot write {}: {e}", PathBuf::from(path).display());
+        }
+    }
+}
+
+struct Remote {
+    aws: Aws,
+    fleet_api: SpotFleet,
+    bitbucket: Bitbucket,
+}
+
+/// Credentials and endpoints first (no network), then the clients.
+async fn connect(config: &Config, stats: &CallStats) -> Result<Remote, CliError> {
+    let credentials = Credentials::from_env(|k| std::env::var(k).ok())?;
+    let base = match std::env::var("BITBUCKET_API_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            crate::config::check_api_url(url.trim()).map_err(|m| {
+                CliError::Argument(FieldError {
+                    field: "BITBUCKET_API_URL".to_owned(),
+                    message: m,
+                })
+            })?;
+            url.trim().to_owned()
+        }
+        _ => config.bitbucket.api_url.clone().unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
+    };
+    let bitbucket = Bitbucket::new(&base, credentials, RetryPolicy::default(), stats.clone())?;
+    let aws = Aws::connect(config.region.as_deref(), stats).await?;
+    let fleet_api = SpotFleet::new(aws.ec2.clone());
+    Ok(Remote { aws, fleet_api, bitbucket })
+}
+
+fn region_offline(config: &Config) -> Result<String, CliError> {
+    config
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty())
+        .ok_or(CliError::Aws(AwsError::NoRegion))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
+    let config = Config::load(&cli.config)?;
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Validate => {
+            if json {
+                print_json(&serde_json::json!({"valid": true, "config": config}))?;
+            } else {
+                println!(
+                    "{} is valid: fleet {}, {} instance types in {} families, {} subnets, capacity {} (max {}).",
+                    cli.config.display(),
+                    config.name,
+                    config.spot.instance_types.len(),
+                    config.families().len(),
+                    config.spot.subnets.len(),
+                    config.capacity.default,
+                    config.capacity.max
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RenderUserdata => {
+            let region = region_offline(&config)?;
+            print!("{}", userdata::render(config.instance.os, &UserdataVars::from_config(&config, &region))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { detailed_exitcode, target } => {
+            let capacity = resolve_capacity(&config, &target)?;
+            let remote = connect(&config, stats).await?;
+            let (plan, _, _) = plan_apply(&config, &remote, capacity, &target).await?;
+            show_plan(&plan, json)?;
+            Ok(if detailed_exitcode && !plan.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Apply { auto_approve, target, concurrency } => {
+            let capacity = resolve_capacity(&config, &target)?;
+            let remote = connect(&config, stats).await?;
+            let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
+            execute(&config, &remote, &plan, &observed, Some(&desired), auto_approve, concurrency as usize, json).await
+        }
+        Command::Destroy { auto_approve } => {
+            let remote = connect(&config, stats).await?;
+            let observed = observe(&config, &remote.aws, &remote.fleet_api, &remote.bitbucket, Depth::Existing).await?;
+            let plan = plan::plan_destroy(&config, &observed);
+            let code = execute(&config, &remote, &plan, &observed, None, auto_approve, DEFAULT_CONCURRENCY, json).await?;
+            if !json && code == ExitCode::SUCCESS {
+                println!("The KMS key {} is kept: a later apply reuses it.", config.kms.key);
+            }
+            Ok(code)
+        }
+        Command::Status => {
+            let remote = connect(&config, stats).await?;
+            let observed = observe(&config, &remote.aws, &remote.fleet_api, &remote.bitbucket, Depth::Existing).await?;
+            let view = StatusView::new(&config.name, &observed);
+            if json {
+                print_json(&view)?;
+            } else {
+                print!("{view}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn resolve_capacity(config: &Config, target: &Target) -> Result<crate::config::Capacity, CliError> {
+    let at = match &target.at {
+        None => jiff::Timestamp::now(),
+        Some(s) => s.parse().map_err(|e| {
+            CliError::Argument(FieldError {
+                field: "--at".to_owned(),
+                message: format!("{s:?} is not an RFC 3339 instant (e.g. 2026-03-04T06:30:00Z): {e}"),
+            })
+        })?,
+    };
+    config.capacity.resolve(at, target.capacity).map_err(CliError::Argument)
+}
+
+async fn plan_apply(
+    config: &Config,
+    remote: &Remote,
+    capacity: crate::config::Capacity,
+    target: &Target,
+) -> Result<(Plan, Observed, plan::Desired), CliError> {
+    let observed = observe(config, &remote.aws, &remote.fleet_api, &remote.bitbucket, Depth::ForApply).await?;
+    let image = observed
+        .image
+        .as_ref()
+        .ok_or(CliError::Aws(AwsError::Invalid("instance.ami: not resolved".to_owned())))?;
+    let desired = plan::desired(config, &remote.aws.region, image, capacity)?;
+    let plan = plan::plan_apply(config, &desired, &observed, PlanOptions { force: target.force })?;
+    Ok((plan, observed, desired))
+}
+
+fn show_plan(plan: &Plan, json: bool) -> Result<(), CliError> {
+    let view = plan.view();
+    if json {
+        print_json(&view)
+    } else {
+        print!("{view}");
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    config: &Config,
+    remote: &Remote,
+    plan: &Plan,
+    observed: &Observed,
+    desired: Option<&plan::Desired>,
+    auto_approve: bool,
+    concurrency: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    if plan.is_empty() {
+        show_plan(plan, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        show_plan(plan, false)?;
+    }
+    if !auto_approve {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Refused(
+                "refusing to change anything without confirmation: standard input is not a terminal; pass --auto-approve".to_owned(),
+            ));
+        }
+        eprint!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            return Err(CliError::Refused("apply cancelled: nothing was changed".to_owned()));
+        }
+    }
+    let executor = Executor {
+        config,
+        aws: &remote.aws,
+        fleet_api: &remote.fleet_api,
+        bitbucket: &remote.bitbucket,
+        observed,
+        desired,
+        concurrency,
+    };
+    let on_done = |action: &plan::Action, detail: &str| {
+        let (kind, name, _) = action.describe();
+        tracing::info!(kind, %name, detail, "done");
+        if !json {
+            eprintln!("  done: {} {name}: {detail}", kind.replace('_', " "));
+        }
+    };
+    executor.execute(plan, &on_done).await?;
+    let s = plan.summary();
+    if json {
+        print_json(&serde_json::json!({"plan": plan.view(), "applied": true}))?;
+    } else {
+        let verb = if desired.is_some() { "Apply" } else { "Destroy" };
+        println!("\n{verb} complete! Resources: {} added, {} changed, {} destroyed.", s.add, s.change, s.destroy);
+    }
+    Ok(ExitCode::SUCCESS)
+}

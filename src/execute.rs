@@ -1,0 +1,275 @@
+//! Executes a plan: actions in order; runs of independent actions of one kind fan out
+//! with bounded concurrency. A failure stops new work, lets started calls finish, and
+//! reports what was done; the next apply converges from there.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use futures::stream::{self, StreamExt};
+use secrecy::SecretString;
+
+use crate::aws::fleet::FleetApi;
+use crate::aws::{ec2, kms, ssm, Aws, AwsError};
+use crate::bitbucket::{Bitbucket, BitbucketError};
+use crate::config::Config;
+use crate::observe::{scope, Observed};
+use crate::plan::{Action, Desired, Plan};
+use crate::runner_command::RunnerCommand;
+
+/// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound).
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// An action failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} failed: {cause}\n{done} of {total} actions were done; the rest were not started. Run the same command again: it re-plans from what exists now and converges.")]
+pub struct ExecuteError {
+    /// The action, as printed in the plan.
+    pub action: String,
+    /// Why.
+    pub cause: ActionError,
+    /// Actions completed.
+    pub done: usize,
+    /// Actions in the plan.
+    pub total: usize,
+}
+
+/// Why an action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// Bitbucket.
+    #[error(transparent)]
+    Bitbucket(#[from] BitbucketError),
+    /// AWS.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The plan needs something an earlier action should have made.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// Not started because another action of its batch failed.
+    #[error("not started: an earlier action failed")]
+    NotStarted,
+}
+
+/// Everything an apply or destroy talks to.
+pub struct Executor<'a> {
+    /// Config.
+    pub config: &'a Config,
+    /// AWS clients.
+    pub aws: &'a Aws,
+    /// Fleet API.
+    pub fleet_api: &'a dyn FleetApi,
+    /// Bitbucket client.
+    pub bitbucket: &'a Bitbucket,
+    /// What the plan was made from.
+    pub observed: &'a Observed,
+    /// What apply aims at (`None` for destroy).
+    pub desired: Option<&'a Desired>,
+    /// Calls in flight at most.
+    pub concurrency: usize,
+}
+
+#[derive(Default)]
+struct State {
+    key_arn: Option<String>,
+    launch_template: Option<(String, i64)>,
+}
+
+fn same_batch(a: &Action, b: &Action) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+        && matches!(
+            a,
+            Action::CreateRunner { .. }
+                | Action::DeleteRunner { .. }
+                | Action::DeleteParameter { .. }
+                | Action::RekeyParameter { .. }
+                | Action::UpdateRunner { .. }
+        )
+}
+
+fn label(a: &Action) -> String {
+    let (kind, name, _) = a.describe();
+    format!("{} {name}", kind.replace('_', " "))
+}
+
+impl Executor<'_> {
+    /// Runs the plan; `on_done` is told of each finished action with a short result.
+    pub async fn execute(&self, plan: &Plan, on_done: &(dyn Fn(&Action, &str) + Sync)) -> Result<usize, ExecuteError> {
+        let state = Mutex::new(State {
+            key_arn: match &self.observed.key {
+                Some(kms::KeyStatus::Usable { arn }) => Some(arn.clone()),
+                _ => None,
+            },
+            launch_template: self.observed.launch_template.as_ref().map(|lt| (lt.id.clone(), lt.latest_version)),
+        });
+        let total = plan.actions.len();
+        let mut done = 0;
+        let mut i = 0;
+        while i < total {
+            let mut j = i + 1;
+            while j < total && same_batch(&plan.actions[i], &plan.actions[j]) {
+                j += 1;
+            }
+            let batch = &plan.actions[i..j];
+            let stop = AtomicBool::new(false);
+            let results: Vec<(usize, Result<String, ActionError>)> = if let Action::DeleteParameter { .. } = batch[0] {
+                // One call per ten names rather than one per parameter.
+                let names: Vec<String> = batch
+                    .iter()
+                    .filter_map(|a| match a {
+                        Action::DeleteParameter { name, .. } => Some(name.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                match ssm::delete(&self.aws.ssm, &names).await {
+                    Ok(()) => (0..batch.len()).map(|k| (k, Ok("deleted".to_owned()))).collect(),
+                    Err(e) => std::iter::once((0, Err(e.into())))
+                        .chain((1..batch.len()).map(|k| (k, Err(ActionError::NotStarted))))
+                        .collect(),
+                }
+            } else {
+                stream::iter(batch.iter().enumerate())
+                    .map(|(k, a)| {
+                        let (stop, state) = (&stop, &state);
+                        async move {
+                            if stop.load(Ordering::SeqCst) {
+                                return (k, Err(ActionError::NotStarted));
+                            }
+                            let r = self.run(a, state).await;
+                            if r.is_err() {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                            (k, r)
+                        }
+                    })
+                    .buffer_unordered(self.concurrency.max(1))
+                    .collect()
+                    .await
+            };
+            let mut first_error = None;
+            for (k, r) in results {
+                match r {
+                    Ok(detail) => {
+                        done += 1;
+                        on_done(&batch[k], &detail);
+                    }
+                    Err(ActionError::NotStarted) => {}
+                    Err(e) => {
+                        if first_error.is_none() {
+                            first_error = Some((label(&batch[k]), e));
+                        }
+                    }
+                }
+            }
+            if let Some((action, cause)) = first_error {
+                return Err(ExecuteError { action, cause, done, total });
+            }
+            i = j;
+        }
+        Ok(done)
+    }
+
+    async fn run(&self, action: &Action, state: &Mutex<State>) -> Result<String, ActionError> {
+        let fleet = self.config.name.as_str();
+        let scope = scope(self.config);
+        let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+        match action {
+            Action::CreateKey { alias } => {
+                let arn = kms::create(&self.aws.kms, alias, fleet).await?;
+                lock().key_arn = Some(arn.clone());
+                Ok(arn)
+            }
+            Action::RekeyParameter { name, .. } => {
+                let key = lock().key_arn.clone().ok_or(ActionError::Missing("no usable KMS key"))?;
+                ssm::rekey(&self.aws.ssm, name, &key).await?;
+                Ok("re-encrypted".to_owned())
+            }
+            Action::DeleteRunner { uuid, .. } => {
+                let existed = self.bitbucket.delete_runner(&scope, uuid).await?;
+                Ok(if existed { "deleted" } else { "already gone" }.to_owned())
+            }
+            Action::DeleteParameter { name, .. } => {
+                ssm::delete(&self.aws.ssm, std::slice::from_ref(name)).await?;
+                Ok("deleted".to_owned())
+            }
+            Action::UpdateRunner { uuid, name, .. } => {
+                self.bitbucket.update_runner(&scope, uuid, name, self.config.labels()).await?;
+                Ok("labels updated".to_owned())
+            }
+            Action::CreateRunner { name } => self.create_runner(name, state).await,
+            Action::CreateLaunchTemplate { .. } => {
+                let spec = &self.desired.ok_or(ActionError::Missing("no desired state"))?.launch_template;
+                let (id, version) = ec2::create_launch_template(&self.aws.ec2, spec).await?;
+                lock().launch_template = Some((id.clone(), version));
+                Ok(format!("{id} version {version}"))
+            }
+            Action::CreateLaunchTemplateVersion { .. } => {
+                let spec = &self.desired.ok_or(ActionError::Missing("no desired state"))?.launch_template;
+                let id = lock()
+                    .launch_template
+                    .as_ref()
+                    .map(|(id, _)| id.clone())
+                    .ok_or(ActionError::Missing("no launch template"))?;
+                let version = ec2::create_launch_template_version(&self.aws.ec2, &id, spec).await?;
+                lock().launch_template = Some((id.clone(), version));
+                Ok(format!("{id} version {version}"))
+            }
+            Action::RequestFleet { target, .. } => {
+                let spec = &self.desired.ok_or(ActionError::Missing("no desired state"))?.fleet;
+                let (id, version) = lock().launch_template.clone().ok_or(ActionError::Missing("no launch template"))?;
+                let fleet_id = self.fleet_api.request(spec, &id, version, *target).await?;
+                Ok(format!("{fleet_id} (target {target})"))
+            }
+            Action::SetFleetTarget { id, to, .. } => {
+                self.fleet_api.set_target(id, *to, false).await?;
+                Ok(format!("target {to}"))
+            }
+            Action::CancelFleet { id, .. } => {
+                self.fleet_api.cancel(std::slice::from_ref(id), true).await?;
+                Ok("cancelled, instances terminating".to_owned())
+            }
+            Action::TerminateInstances { ids, .. } => {
+                ec2::terminate(&self.aws.ec2, ids).await?;
+                Ok(format!("{} terminating", ids.len()))
+            }
+            Action::DeleteClaims { names, .. } => {
+                ssm::delete(&self.aws.ssm, names).await?;
+                Ok(format!("{} deleted", names.len()))
+            }
+            Action::DeleteLaunchTemplate { name } => {
+                let existed = ec2::delete_launch_template(&self.aws.ec2, name).await?;
+                Ok(if existed { "deleted" } else { "already gone" }.to_owned())
+            }
+        }
+    }
+
+    /// Registers a runner and stores its command at once; if storing fails, the runner
+    /// is deleted again (its secret would be lost otherwise).
+    async fn create_runner(&self, name: &str, state: &Mutex<State>) -> Result<String, ActionError> {
+        let key = state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .key_arn
+            .clone()
+            .ok_or(ActionError::Missing("no usable KMS key"))?;
+        let scope = scope(self.config);
+        let created = self.bitbucket.create_runner(&scope, name, self.config.labels()).await?;
+        let command: SecretString = RunnerCommand {
+            image: &self.config.bitbucket.runner_image,
+            account_uuid: &self.observed.account_uuid,
+            repository_uuid: self.observed.repository_uuid.as_deref(),
+            runner_uuid: &created.runner.uuid,
+            client_id: &created.client_id,
+            client_secret: &created.client_secret,
+        }
+        .render();
+        match ssm::put_runner_command(&self.aws.ssm, &self.config.name, &created.runner.uuid, &command, &key).await {
+            Ok(parameter) => Ok(format!("{} stored in {parameter}", created.runner.uuid)),
+            Err(e) => {
+                if let Err(undo) = self.bitbucket.delete_runner(&scope, &created.runner.uuid).await {
+                    tracing::warn!(runner = %created.runner.uuid, error = %undo, "could not delete the runner whose command was not stored; the next apply deletes it");
+                }
+                Err(e.into())
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Reads the world (Bitbucket, SSM, KMS, EC2) into one `Observed` value. Read-only.
+
+use serde::Serialize;
+
+use crate::aws::ec2::{self, ImageInfo, InstanceInfo, LaunchTemplateState, SubnetInfo};
+use crate::aws::fleet::{FleetApi, FleetState};
+use crate::aws::kms::{self, KeyStatus};
+use crate::aws::ssm::{self, Claim, RunnerParameter};
+use crate::aws::{Aws, AwsError};
+use crate::bitbucket::{Bitbucket, BitbucketError, Runner, Scope};
+use crate::config::{AmiRef, Config};
+use crate::names;
+
+/// Everything bbfleet found of the fleet.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observed {
+    /// `workspace acme` or `repository acme/app`.
+    pub scope_name: String,
+    /// Workspace `{uuid}` (the runner's ACCOUNT_UUID).
+    pub account_uuid: String,
+    /// Repository `{uuid}`, for repository runners.
+    pub repository_uuid: Option<String>,
+    /// All runners in the scope, the fleet's and others'.
+    pub scope_runner_count: usize,
+    /// The fleet's runners (named `bbfleet-{fleet}-{n}`).
+    pub runners: Vec<Runner>,
+    /// Stored runner commands.
+    pub parameters: Vec<RunnerParameter>,
+    /// Claim generations.
+    pub claims: Vec<Claim>,
+    /// The configured key (`None` when not looked at).
+    pub key: Option<KeyStatus>,
+    /// Configured subnets with their zones (plan/apply only).
+    pub subnets: Vec<SubnetInfo>,
+    /// The resolved AMI (plan/apply only).
+    pub image: Option<ImageInfo>,
+    /// The launch template.
+    pub launch_template: Option<LaunchTemplateState>,
+    /// Fleet requests tagged with the fleet.
+    pub fleets: Vec<FleetState>,
+    /// Instances tagged with the fleet, not terminated.
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// Reading the world failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// Bitbucket.
+    #[error(transparent)]
+    Bitbucket(#[from] BitbucketError),
+    /// AWS.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+/// How much to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// What exists (destroy, status).
+    Existing,
+    /// Also what `apply` needs to compute the desired state: key, subnets, AMI.
+    ForApply,
+}
+
+/// The Bitbucket scope of a config.
+pub fn scope(config: &Config) -> Scope {
+    Scope {
+        workspace: config.bitbucket.workspace.clone(),
+        repository: config.bitbucket.repository.clone(),
+    }
+}
+
+/// Reads everything, with independent reads in parallel.
+pub async fn observe(
+    config: &Config,
+    aws: &Aws,
+    fleet_api: &dyn FleetApi,
+    bitbucket: &Bitbucket,
+    depth: Depth,
+) -> Result<Observed, ObserveError> {
+    let fleet = config.name.as_str();
+    let scope = scope(config);
+    let bb = async {
+        let (workspace, repository, runners) = tokio::try_join!(
+            bitbucket.workspace(&scope.workspace),
+            async {
+                match &scope.repository {
+                    Some(r) => bitbucket.repository(&scope.workspace, r).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            bitbucket.list_runners(&scope),
+        )?;
+        Ok::<_, ObserveError>((workspace, repository, runners))
+    };
+    let lt_name = names::launch_template(fleet);
+    let aws_existing = async {
+        let (parameters, claims, launch_template, fleets, instances) = tokio::try_join!(
+            ssm::list_runner_parameters(&aws.ssm, fleet),
+            ssm::list_claims(&aws.ssm, fleet),
+            ec2::find_launch_template(&aws.ec2, &lt_name),
+            fleet_api.list(fleet),
+            ec2::fleet_instances(&aws.ec2, fleet),
+        )?;
+        Ok::<_, ObserveError>((parameters, claims, launch_template, fleets, instances))
+    };
+    let aws_desired = async {
+        if depth == Depth::Existing {
+            return Ok::<_, ObserveError>((None, Vec::new(), None));
+        }
+        let (key, subnets, image) = tokio::try_join!(
+            kms::describe(&aws.kms, &config.kms.key),
+            ec2::describe_subnets(&aws.ec2, &config.spot.subnets),
+            resolve_image(config, aws),
+        )?;
+        Ok((Some(key), subnets, Some(image)))
+    };
+    let ((workspace, repository, all_runners), (parameters, claims, launch_template, fleets, instances), (key, subnets, image)) =
+        tokio::try_join!(bb, aws_existing, aws_desired)?;
+    let scope_runner_count = all_runners.len();
+    let mut runners: Vec<Runner> = all_runners
+        .into_iter()
+        .filter(|r| names::runner_slot(fleet, &r.name).is_some())
+        .collect();
+    runners.sort_by_key(|r| names::runner_slot(fleet, &r.name));
+    Ok(Observed {
+        scope_name: scope.to_string(),
+        account_uuid: workspace.uuid,
+        repository_uuid: repository.map(|r| r.uuid),
+        scope_runner_count,
+        runners,
+        parameters,
+        claims,
+        key,
+        subnets,
+        image,
+        launch_template,
+        fleets,
+        instances,
+    })
+}
+
+/// Resolves the configured AMI (an SSM parameter is read here: Spot Fleet needs a concrete id).
+async fn resolve_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError> {
+    let id = match &config.instance.ami {
+        AmiRef::Id(id) => id.clone(),
+        AmiRef::Ssm(path) => ssm::get_string(&aws.ssm, path)
+            .await?
+            .ok_or_else(|| AwsError::Invalid(format!("instance.ami: SSM parameter {path} does not exist in {}", aws.region)))?,
+    };
+    let image = ec2::describe_image(&aws.ec2, &id).await?;
+    let wanted = match config.instance.arch {
+        crate::config::Arch::X86_64 => "x86_64",
+        crate::config::Arch::Arm64 => "arm64",
+    };
+    if image.architecture != wanted {
+        return Err(AwsError::Invalid(format!(
+            "instance.ami: {id} is an {} image but the instance types are {wanted}",
+            image.architecture
+        )));
+    }
+    Ok(image)
+}

@@ -1,0 +1,159 @@
+//! Plans as terraform-style text and as stable JSON, from one value.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{Action, Op, Plan};
+use crate::config::Capacity;
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// `+`
+    pub add: usize,
+    /// `~`
+    pub change: usize,
+    /// `-`
+    pub destroy: usize,
+}
+
+/// One action as printed: `{"op", "kind", "name", "reason"}` plus its details.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionView {
+    /// create | update | delete
+    pub op: Op,
+    /// What kind of thing.
+    pub kind: &'static str,
+    /// Which one.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+    /// The action itself, for tools.
+    pub detail: Action,
+}
+
+/// A plan as printed: `{"fleet", "capacity", "actions", "summary", "warnings"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    /// Fleet name.
+    pub fleet: String,
+    /// Desired capacity and its source (absent for destroy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    /// Actions in order.
+    pub actions: Vec<ActionView>,
+    /// Counts.
+    pub summary: Summary,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+fn list(ids: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if ids.len() <= SHOWN {
+        ids.join(", ")
+    } else {
+        format!("{} and {} more", ids[..SHOWN].join(", "), ids.len() - SHOWN)
+    }
+}
+
+impl Action {
+    /// Kind, name and reason of the action, for people.
+    pub fn describe(&self) -> (&'static str, String, String) {
+        match self {
+            Action::CreateKey { alias } => ("kms_key", alias.clone(), "no key under this alias: a customer managed key is created".into()),
+            Action::RekeyParameter { name, from_key } => (
+                "parameter",
+                name.clone(),
+                format!("re-encrypt under the fleet key (now {})", from_key.as_deref().unwrap_or("not a SecureString")),
+            ),
+            Action::DeleteRunner { uuid, name, reason } => ("runner", format!("{name} {uuid}"), reason.clone()),
+            Action::DeleteParameter { name, reason } => ("parameter", name.clone(), reason.clone()),
+            Action::UpdateRunner { name, from, .. } => ("runner", name.clone(), format!("labels were {}", from.join(","))),
+            Action::CreateRunner { name } => ("runner", name.clone(), "register, then store its command as a SecureString".into()),
+            Action::CreateLaunchTemplate { name, fingerprint } => ("launch_template", name.clone(), format!("contents {fingerprint}")),
+            Action::CreateLaunchTemplateVersion { name, fingerprint } => (
+                "launch_template",
+                name.clone(),
+                format!("new version {fingerprint}: AMI, userdata or instance settings changed"),
+            ),
+            Action::RequestFleet { target, reason, .. } => ("spot_fleet", "new request".into(), format!("target {target}: {reason}")),
+            Action::SetFleetTarget { id, from, to } => ("spot_fleet", id.clone(), format!("target capacity {from} -> {to}")),
+            Action::CancelFleet { id, reason } => ("spot_fleet", id.clone(), reason.clone()),
+            Action::TerminateInstances { ids, reason } => ("instances", list(ids), reason.clone()),
+            Action::DeleteClaims { names, reason } => ("claims", format!("{} claim parameter(s)", names.len()), reason.clone()),
+            Action::DeleteLaunchTemplate { name } => ("launch_template", name.clone(), "destroy".into()),
+        }
+    }
+}
+
+impl Plan {
+    /// Counts by op.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for a in &self.actions {
+            match a.op() {
+                Op::Create => s.add += 1,
+                Op::Update => s.change += 1,
+                Op::Delete => s.destroy += 1,
+            }
+        }
+        s
+    }
+
+    /// The printable view.
+    pub fn view(&self) -> PlanView {
+        PlanView {
+            fleet: self.fleet.clone(),
+            capacity: self.capacity.clone(),
+            actions: self
+                .actions
+                .iter()
+                .map(|a| {
+                    let (kind, name, reason) = a.describe();
+                    ActionView {
+                        op: a.op(),
+                        kind,
+                        name,
+                        reason,
+                        detail: a.clone(),
+                    }
+                })
+                .collect(),
+            summary: self.summary(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PlanView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.capacity {
+            writeln!(f, "Fleet {}: {} runner(s) from {}.", self.fleet, c.desired, c.source)?;
+        } else {
+            writeln!(f, "Fleet {}: destroy.", self.fleet)?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "Warning: {w}")?;
+        }
+        if self.actions.is_empty() {
+            return if self.capacity.is_some() {
+                writeln!(f, "\nNo changes. The fleet matches the configuration.")
+            } else {
+                writeln!(f, "\nNo changes. Nothing of fleet {} exists (the KMS key is kept).", self.fleet)
+            };
+        }
+        writeln!(f, "\nbbfleet will perform the following actions:\n")?;
+        for a in &self.actions {
+            let sign = match a.op {
+                Op::Create => '+',
+                Op::Update => '~',
+                Op::Delete => '-',
+            };
+            writeln!(f, "  {sign} {} {}: {}", a.kind.replace('_', " "), a.name, a.reason)?;
+        }
+        let s = self.summary;
+        writeln!(f, "\nPlan: {} to add, {} to change, {} to destroy.", s.add, s.change, s.destroy)
+    }
+}

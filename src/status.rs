@@ -1,0 +1,134 @@
+//! `bbfleet status`: runners, parameters, claims, fleet and instances, as a table or JSON.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::names::bare_uuid;
+use crate::observe::Observed;
+use crate::plan::newest_claims;
+
+/// One runner's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnerRow {
+    /// `{uuid}`.
+    pub uuid: String,
+    /// Name.
+    pub name: String,
+    /// Bitbucket status.
+    pub status: String,
+    /// Executing a step.
+    pub busy: bool,
+    /// Instance holding its newest claim, if any.
+    pub claimed_by: Option<String>,
+    /// Its command is stored.
+    pub parameter: bool,
+}
+
+/// The fleet request's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetRow {
+    /// Request id.
+    pub id: String,
+    /// State.
+    pub state: String,
+    /// Target capacity.
+    pub target: i32,
+}
+
+/// `{"fleet", "runners", "instances", "fleet_request", ...}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Fleet name.
+    pub fleet: String,
+    /// Runners.
+    pub runners: Vec<RunnerRow>,
+    /// Instances.
+    pub instances: Vec<crate::aws::ec2::InstanceInfo>,
+    /// The live fleet request (the first, if several).
+    pub fleet_request: Option<FleetRow>,
+    /// Parameters with no runner.
+    pub orphan_parameters: Vec<String>,
+    /// Busy / ONLINE runners.
+    pub busy_ratio: Option<f64>,
+}
+
+impl StatusView {
+    /// Builds the view.
+    pub fn new(fleet: &str, observed: &Observed) -> StatusView {
+        let claims = newest_claims(observed);
+        let runners: Vec<RunnerRow> = observed
+            .runners
+            .iter()
+            .map(|r| {
+                let uuid = bare_uuid(&r.uuid);
+                RunnerRow {
+                    uuid: r.uuid.clone(),
+                    name: r.name.clone(),
+                    status: r.status().to_owned(),
+                    busy: r.is_busy(),
+                    claimed_by: claims.get(uuid.as_str()).filter(|c| c.value != "free").map(|c| c.value.clone()),
+                    parameter: observed.parameters.iter().any(|p| p.runner_uuid == uuid),
+                }
+            })
+            .collect();
+        let online = runners.iter().filter(|r| r.status == "ONLINE").count();
+        let busy = runners.iter().filter(|r| r.status == "ONLINE" && r.busy).count();
+        StatusView {
+            fleet: fleet.to_owned(),
+            orphan_parameters: observed
+                .parameters
+                .iter()
+                .filter(|p| !runners.iter().any(|r| bare_uuid(&r.uuid) == p.runner_uuid))
+                .map(|p| p.name.clone())
+                .collect(),
+            runners,
+            instances: observed.instances.clone(),
+            fleet_request: observed.fleets.iter().find(|f| f.is_live()).map(|f| FleetRow {
+                id: f.id.clone(),
+                state: f.state.clone(),
+                target: f.target,
+            }),
+            busy_ratio: (online > 0).then(|| busy as f64 / online as f64),
+        }
+    }
+}
+
+impl fmt::Display for StatusView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fleet_request {
+            Some(r) => writeln!(f, "Fleet {}: spot fleet request {} {}, target {}, {} instance(s).", self.fleet, r.id, r.state, r.target, self.instances.len())?,
+            None => writeln!(f, "Fleet {}: no spot fleet request, {} instance(s).", self.fleet, self.instances.len())?,
+        }
+        if let Some(ratio) = self.busy_ratio {
+            writeln!(f, "Busy ratio: {:.2} (busy / online runners).", ratio)?;
+        }
+        writeln!(f, "\n{:<20} {:<38} {:<13} {:<5} {:<20} PARAMETER", "RUNNER", "UUID", "STATUS", "BUSY", "CLAIMED BY")?;
+        for r in &self.runners {
+            writeln!(
+                f,
+                "{:<20} {:<38} {:<13} {:<5} {:<20} {}",
+                r.name,
+                r.uuid,
+                r.status,
+                if r.busy { "yes" } else { "no" },
+                r.claimed_by.as_deref().unwrap_or("-"),
+                if r.parameter { "stored" } else { "MISSING" }
+            )?;
+        }
+        if self.runners.is_empty() {
+            writeln!(f, "(no runners)")?;
+        }
+        writeln!(f, "\n{:<21} {:<14} {:<12} STATE", "INSTANCE", "TYPE", "ZONE")?;
+        for i in &self.instances {
+            writeln!(f, "{:<21} {:<14} {:<12} {}", i.id, i.instance_type, i.az, i.state)?;
+        }
+        if self.instances.is_empty() {
+            writeln!(f, "(no instances)")?;
+        }
+        for p in &self.orphan_parameters {
+            writeln!(f, "\nWarning: parameter {p} has no runner (the next apply deletes it).")?;
+        }
+        Ok(())
+    }
+}
