@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::aws::fleet::SpotFleet;
 use crate::aws::{Aws, AwsError};
-use crate::bitbucket::{Bitbucket, BitbucketError, Credentials, CredentialsError, RetryPolicy, DEFAULT_API_URL};
+use crate::bitbucket::{
+    Bitbucket, BitbucketError, Credentials, CredentialsError, RetryPolicy, DEFAULT_API_URL,
+};
 use crate::config::{Config, ConfigError, FieldError};
 use crate::execute::{ExecuteError, Executor, DEFAULT_CONCURRENCY};
 use crate::observe::{observe, Depth, ObserveError, Observed};
@@ -24,7 +26,12 @@ use crate::userdata::{self, UserdataError, UserdataVars};
 #[command(name = "bbfleet", version, about, long_about = None)]
 pub struct Cli {
     /// Config file.
-    #[arg(long, global = true, env = "BBFLEET_CONFIG", default_value = "bbfleet.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "BBFLEET_CONFIG",
+        default_value = "bbfleet.toml"
+    )]
     config: PathBuf,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -137,7 +144,10 @@ pub enum CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -163,7 +173,8 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "bbfleet=info",
         (false, _) => "bbfleet=debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -174,11 +185,18 @@ fn init_logging(verbose: u8, quiet: bool) {
 /// With `BBFLEET_STATS_FILE`, the call counts of the run are written there as JSON.
 fn write_stats(stats: &CallStats) {
     let summary = stats.summary();
-    tracing::info!(reads = summary.reads, writes = summary.writes, "remote calls");
+    tracing::info!(
+        reads = summary.reads,
+        writes = summary.writes,
+        "remote calls"
+    );
     if let Some(path) = std::env::var_os("BBFLEET_STATS_FILE") {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         if let Err(e) = std::fs::write(&path, json) {
-            eprintln!("warning: cannot write {}: {e}", PathBuf::from(path).display());
+            eprintln!(
+                "warning: cannot write {}: {e}",
+                PathBuf::from(path).display()
+            );
         }
     }
 }
@@ -202,12 +220,20 @@ async fn connect(config: &Config, stats: &CallStats) -> Result<Remote, CliError>
             })?;
             url.trim().to_owned()
         }
-        _ => config.bitbucket.api_url.clone().unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
+        _ => config
+            .bitbucket
+            .api_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
     };
     let bitbucket = Bitbucket::new(&base, credentials, RetryPolicy::default(), stats.clone())?;
     let aws = Aws::connect(config.region.as_deref(), stats).await?;
     let fleet_api = SpotFleet::new(aws.ec2.clone());
-    Ok(Remote { aws, fleet_api, bitbucket })
+    Ok(Remote {
+        aws,
+        fleet_api,
+        bitbucket,
+    })
 }
 
 fn region_offline(config: &Config) -> Result<String, CliError> {
@@ -250,10 +276,19 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
         }
         Command::RenderUserdata => {
             let region = region_offline(&config)?;
-            print!("{}", userdata::render(config.instance.os, &UserdataVars::from_config(&config, &region))?);
+            print!(
+                "{}",
+                userdata::render(
+                    config.instance.os,
+                    &UserdataVars::from_config(&config, &region)
+                )?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan { detailed_exitcode, target } => {
+        Command::Plan {
+            detailed_exitcode,
+            target,
+        } => {
             let capacity = resolve_capacity(&config, &target)?;
             let remote = connect(&config, stats).await?;
             let (plan, _, _) = plan_apply(&config, &remote, capacity, &target).await?;
@@ -264,25 +299,66 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Apply { auto_approve, target, concurrency } => {
+        Command::Apply {
+            auto_approve,
+            target,
+            concurrency,
+        } => {
             let capacity = resolve_capacity(&config, &target)?;
             let remote = connect(&config, stats).await?;
             let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
-            execute(&config, &remote, &plan, &observed, Some(&desired), auto_approve, concurrency as usize, json).await
+            execute(
+                &config,
+                &remote,
+                &plan,
+                &observed,
+                Some(&desired),
+                auto_approve,
+                concurrency as usize,
+                json,
+            )
+            .await
         }
         Command::Destroy { auto_approve } => {
             let remote = connect(&config, stats).await?;
-            let observed = observe(&config, &remote.aws, &remote.fleet_api, &remote.bitbucket, Depth::Existing).await?;
+            let observed = observe(
+                &config,
+                &remote.aws,
+                &remote.fleet_api,
+                &remote.bitbucket,
+                Depth::Existing,
+            )
+            .await?;
             let plan = plan::plan_destroy(&config, &observed);
-            let code = execute(&config, &remote, &plan, &observed, None, auto_approve, DEFAULT_CONCURRENCY, json).await?;
+            let code = execute(
+                &config,
+                &remote,
+                &plan,
+                &observed,
+                None,
+                auto_approve,
+                DEFAULT_CONCURRENCY,
+                json,
+            )
+            .await?;
             if !json && code == ExitCode::SUCCESS {
-                println!("The KMS key {} is kept: a later apply reuses it.", config.kms.key);
+                println!(
+                    "The KMS key {} is kept: a later apply reuses it.",
+                    config.kms.key
+                );
             }
             Ok(code)
         }
         Command::Status => {
             let remote = connect(&config, stats).await?;
-            let observed = observe(&config, &remote.aws, &remote.fleet_api, &remote.bitbucket, Depth::Existing).await?;
+            let observed = observe(
+                &config,
+                &remote.aws,
+                &remote.fleet_api,
+                &remote.bitbucket,
+                Depth::Existing,
+            )
+            .await?;
             let view = StatusView::new(&config.name, &observed);
             if json {
                 print_json(&view)?;
@@ -300,11 +376,16 @@ fn resolve_capacity(config: &Config, target: &Target) -> Result<crate::config::C
         Some(s) => s.parse().map_err(|e| {
             CliError::Argument(FieldError {
                 field: "--at".to_owned(),
-                message: format!("{s:?} is not an RFC 3339 instant (e.g. 2026-03-04T06:30:00Z): {e}"),
+                message: format!(
+                    "{s:?} is not an RFC 3339 instant (e.g. 2026-03-04T06:30:00Z): {e}"
+                ),
             })
         })?,
     };
-    config.capacity.resolve(at, target.capacity).map_err(CliError::Argument)
+    config
+        .capacity
+        .resolve(at, target.capacity)
+        .map_err(CliError::Argument)
 }
 
 async fn plan_apply(
@@ -313,13 +394,29 @@ async fn plan_apply(
     capacity: crate::config::Capacity,
     target: &Target,
 ) -> Result<(Plan, Observed, plan::Desired), CliError> {
-    let observed = observe(config, &remote.aws, &remote.fleet_api, &remote.bitbucket, Depth::ForApply).await?;
+    let observed = observe(
+        config,
+        &remote.aws,
+        &remote.fleet_api,
+        &remote.bitbucket,
+        Depth::ForApply,
+    )
+    .await?;
     let image = observed
         .image
         .as_ref()
-        .ok_or(CliError::Aws(AwsError::Invalid("instance.ami: not resolved".to_owned())))?;
+        .ok_or(CliError::Aws(AwsError::Invalid(
+            "instance.ami: not resolved".to_owned(),
+        )))?;
     let desired = plan::desired(config, &remote.aws.region, image, capacity)?;
-    let plan = plan::plan_apply(config, &desired, &observed, PlanOptions { force: target.force })?;
+    let plan = plan::plan_apply(
+        config,
+        &desired,
+        &observed,
+        PlanOptions {
+            force: target.force,
+        },
+    )?;
     Ok((plan, observed, desired))
 }
 
@@ -361,7 +458,9 @@ async fn execute(
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
         if answer.trim() != "yes" {
-            return Err(CliError::Refused("apply cancelled: nothing was changed".to_owned()));
+            return Err(CliError::Refused(
+                "apply cancelled: nothing was changed".to_owned(),
+            ));
         }
     }
     let executor = Executor {
@@ -385,8 +484,15 @@ async fn execute(
     if json {
         print_json(&serde_json::json!({"plan": plan.view(), "applied": true}))?;
     } else {
-        let verb = if desired.is_some() { "Apply" } else { "Destroy" };
-        println!("\n{verb} complete! Resources: {} added, {} changed, {} destroyed.", s.add, s.change, s.destroy);
+        let verb = if desired.is_some() {
+            "Apply"
+        } else {
+            "Destroy"
+        };
+        println!(
+            "\n{verb} complete! Resources: {} added, {} changed, {} destroyed.",
+            s.add, s.change, s.destroy
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -251,14 +251,20 @@ pub enum AllocationStrategy {
 impl AllocationStrategy {
     const ALL: [(&'static str, AllocationStrategy); 4] = [
         ("diversified", AllocationStrategy::Diversified),
-        ("price-capacity-optimized", AllocationStrategy::PriceCapacityOptimized),
+        (
+            "price-capacity-optimized",
+            AllocationStrategy::PriceCapacityOptimized,
+        ),
         ("capacity-optimized", AllocationStrategy::CapacityOptimized),
         ("lowest-price", AllocationStrategy::LowestPrice),
     ];
 
     /// The config spelling.
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(_, s)| *s == self).map_or("diversified", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("diversified", |(n, _)| n)
     }
 }
 
@@ -387,7 +393,11 @@ pub enum ConfigError {
 }
 
 fn list(errors: &[FieldError]) -> String {
-    errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---------------------------------------------------------------- loading
@@ -404,20 +414,30 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let field = e.path().to_string();
-            ConfigError::Invalid {
-                path: origin.to_owned(),
-                errors: vec![FieldError {
-                    field: if field == "." { String::new() } else { field },
-                    message: e.into_inner().to_string().lines().next().unwrap_or_default().trim().to_owned(),
-                }],
-            }
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.to_string().trim().replace('\n', " "),
+                })?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let field = e.path().to_string();
+                ConfigError::Invalid {
+                    path: origin.to_owned(),
+                    errors: vec![FieldError {
+                        field: if field == "." { String::new() } else { field },
+                        message: e
+                            .into_inner()
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                    }],
+                }
+            })?;
         let mut v = Validator::default();
         let config = v.config(raw);
         match config {
@@ -461,7 +481,9 @@ fn arch_of_family(family: &str) -> Arch {
         .map(|(i, _)| i);
     let arm = family == "a1"
         || (!family.contains('-')
-            && digits_end.is_some_and(|i| family[i..].starts_with('g') && family[..i].ends_with(|c: char| c.is_ascii_digit())));
+            && digits_end.is_some_and(|i| {
+                family[i..].starts_with('g') && family[..i].ends_with(|c: char| c.is_ascii_digit())
+            }));
     if arm {
         Arch::Arm64
     } else {
@@ -540,8 +562,15 @@ impl Validator {
         let mut custom = 0;
         for (i, label) in raw.labels.iter().enumerate() {
             let field = format!("bitbucket.labels[{i}]");
-            if label.is_empty() || !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.') {
-                self.err(field, format!("{label:?}: labels may hold only lowercase letters, digits and dots"));
+            if label.is_empty()
+                || !label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
+            {
+                self.err(
+                    field,
+                    format!("{label:?}: labels may hold only lowercase letters, digits and dots"),
+                );
                 continue;
             }
             let other_platform = ["linux", "linux.arm64", "linux.shell", "windows", "macos"];
@@ -563,9 +592,14 @@ impl Validator {
             "bitbucket.labels",
             format!("{custom} custom labels; Bitbucket allows at most 10 besides self.hosted and the platform label"),
         );
-        let runner_image = raw.runner_image.unwrap_or_else(|| DEFAULT_RUNNER_IMAGE.to_owned());
+        let runner_image = raw
+            .runner_image
+            .unwrap_or_else(|| DEFAULT_RUNNER_IMAGE.to_owned());
         self.check(
-            !runner_image.is_empty() && runner_image.bytes().all(|b| b.is_ascii_graphic() && b != b'\'' && b != b'"'),
+            !runner_image.is_empty()
+                && runner_image
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'\'' && b != b'"'),
             "bitbucket.runner_image",
             format!("{runner_image:?} is not a container image reference"),
         );
@@ -603,8 +637,16 @@ impl Validator {
         }
         let autoscale = raw.autoscale.map(|a| {
             let amax = a.max.unwrap_or(max);
-            self.check(amax <= max, "capacity.autoscale.max", format!("{amax} is above capacity.max ({max})"));
-            self.check(a.min <= amax, "capacity.autoscale.min", format!("{} is above the autoscale max ({amax})", a.min));
+            self.check(
+                amax <= max,
+                "capacity.autoscale.max",
+                format!("{amax} is above capacity.max ({max})"),
+            );
+            self.check(
+                a.min <= amax,
+                "capacity.autoscale.min",
+                format!("{} is above the autoscale max ({amax})", a.min),
+            );
             for (name, value) in [
                 ("scale_up_threshold", a.scale_up_threshold),
                 ("scale_down_threshold", a.scale_down_threshold),
@@ -623,12 +665,18 @@ impl Validator {
             self.check(
                 a.scale_up_multiplier > 1.0 && a.scale_up_multiplier <= 10.0,
                 "capacity.autoscale.scale_up_multiplier",
-                format!("{} is out of range: above 1, at most 10", a.scale_up_multiplier),
+                format!(
+                    "{} is out of range: above 1, at most 10",
+                    a.scale_up_multiplier
+                ),
             );
             self.check(
                 a.scale_down_multiplier > 0.0 && a.scale_down_multiplier < 1.0,
                 "capacity.autoscale.scale_down_multiplier",
-                format!("{} is out of range: above 0, below 1", a.scale_down_multiplier),
+                format!(
+                    "{} is out of range: above 0, below 1",
+                    a.scale_down_multiplier
+                ),
             );
             AutoscaleConfig {
                 min: a.min,
@@ -650,12 +698,28 @@ impl Validator {
 
     fn window(&mut self, i: usize, w: RawWindow, max: u32) -> Option<ScheduleWindow> {
         let field = |k: &str| format!("capacity.schedule[{i}].{k}");
-        let day_set = parse_days(&w.days).map_err(|m| self.err(field("days"), m)).ok();
-        let hours = parse_hours(&w.hours).map_err(|m| self.err(field("hours"), m)).ok();
-        let tz = jiff::tz::TimeZone::get(&w.timezone)
-            .map_err(|_| self.err(field("timezone"), format!("{:?} is not an IANA time zone (e.g. Europe/Warsaw, UTC)", w.timezone)))
+        let day_set = parse_days(&w.days)
+            .map_err(|m| self.err(field("days"), m))
             .ok();
-        self.check(w.capacity <= max, field("capacity"), format!("{} is above capacity.max ({max})", w.capacity));
+        let hours = parse_hours(&w.hours)
+            .map_err(|m| self.err(field("hours"), m))
+            .ok();
+        let tz = jiff::tz::TimeZone::get(&w.timezone)
+            .map_err(|_| {
+                self.err(
+                    field("timezone"),
+                    format!(
+                        "{:?} is not an IANA time zone (e.g. Europe/Warsaw, UTC)",
+                        w.timezone
+                    ),
+                )
+            })
+            .ok();
+        self.check(
+            w.capacity <= max,
+            field("capacity"),
+            format!("{} is above capacity.max ({max})", w.capacity),
+        );
         let (start_minute, end_minute) = hours?;
         Some(ScheduleWindow {
             days: w.days,
@@ -674,7 +738,10 @@ impl Validator {
         for (i, t) in types.iter().enumerate() {
             let field = format!("spot.instance_types[{i}]");
             if !is_instance_type(t) {
-                self.err(field, format!("{t:?} is not an EC2 instance type (e.g. m6i.large)"));
+                self.err(
+                    field,
+                    format!("{t:?} is not an EC2 instance type (e.g. m6i.large)"),
+                );
             } else if !seen.insert(t.as_str()) {
                 self.err(field, format!("{t:?} is listed twice"));
             }
@@ -694,14 +761,19 @@ impl Validator {
     }
 
     fn arch(&mut self, types: &[String]) -> Arch {
-        let arches: BTreeSet<_> = types.iter().map(|t| arch_of_family(family(t)) as u8).collect();
+        let arches: BTreeSet<_> = types
+            .iter()
+            .map(|t| arch_of_family(family(t)) as u8)
+            .collect();
         if arches.len() > 1 {
             self.err(
                 "spot.instance_types",
                 "mixes x86_64 and arm64 (Graviton) types; one launch template has one AMI, so use one architecture",
             );
         }
-        types.first().map_or(Arch::X86_64, |t| arch_of_family(family(t)))
+        types
+            .first()
+            .map_or(Arch::X86_64, |t| arch_of_family(family(t)))
     }
 
     fn spot(&mut self, raw: RawSpot, instance_types: Vec<String>) -> Option<SpotConfig> {
@@ -709,7 +781,10 @@ impl Validator {
         for (i, s) in raw.subnets.iter().enumerate() {
             let field = format!("spot.subnets[{i}]");
             if !is_aws_id(s, "subnet-") {
-                self.err(field, format!("{s:?} is not a subnet id (subnet-0123abcd...)"));
+                self.err(
+                    field,
+                    format!("{s:?} is not a subnet id (subnet-0123abcd...)"),
+                );
             } else if !seen.insert(s.as_str()) {
                 self.err(field, format!("{s:?} is listed twice"));
             }
@@ -731,13 +806,20 @@ impl Validator {
         let allocation_strategy = match raw.allocation_strategy.as_deref() {
             None => Some(AllocationStrategy::Diversified),
             Some(s) => {
-                let found = AllocationStrategy::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v);
+                let found = AllocationStrategy::ALL
+                    .iter()
+                    .find(|(n, _)| *n == s)
+                    .map(|(_, v)| *v);
                 if found.is_none() {
                     self.err(
                         "spot.allocation_strategy",
                         format!(
                             "{s:?} is not one of {}",
-                            AllocationStrategy::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                            AllocationStrategy::ALL
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     );
                 }
@@ -747,7 +829,10 @@ impl Validator {
         self.check(
             is_role_arn(&raw.fleet_role),
             "spot.fleet_role",
-            format!("{:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)", raw.fleet_role),
+            format!(
+                "{:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
+                raw.fleet_role
+            ),
         );
         Some(SpotConfig {
             instance_types,
@@ -762,7 +847,10 @@ impl Validator {
             "al2023" => Some(Os::Al2023),
             "ubuntu" => Some(Os::Ubuntu),
             other => {
-                self.err("instance.os", format!("{other:?} is not one of al2023, ubuntu"));
+                self.err(
+                    "instance.os",
+                    format!("{other:?} is not one of al2023, ubuntu"),
+                );
                 None
             }
         };
@@ -782,13 +870,19 @@ impl Validator {
         self.check(
             is_instance_profile(&raw.instance_profile),
             "instance.instance_profile",
-            format!("{:?} is not an instance profile name or ARN", raw.instance_profile),
+            format!(
+                "{:?} is not an instance profile name or ARN",
+                raw.instance_profile
+            ),
         );
         let mut seen = BTreeSet::new();
         for (i, sg) in raw.security_groups.iter().enumerate() {
             let field = format!("instance.security_groups[{i}]");
             if !is_aws_id(sg, "sg-") {
-                self.err(field, format!("{sg:?} is not a security group id (sg-0123abcd...)"));
+                self.err(
+                    field,
+                    format!("{sg:?} is not a security group id (sg-0123abcd...)"),
+                );
             } else if !seen.insert(sg) {
                 self.err(field, format!("{sg:?} is listed twice"));
             }
@@ -801,7 +895,10 @@ impl Validator {
         self.check(
             raw.swap_gb <= 64 && raw.swap_gb < raw.root_volume_gb / 2,
             "instance.swap_gb",
-            format!("{} is out of range: 0 to 64 and less than half of root_volume_gb", raw.swap_gb),
+            format!(
+                "{} is out of range: 0 to 64 and less than half of root_volume_gb",
+                raw.swap_gb
+            ),
         );
         Some(InstanceConfig {
             os: os?,
@@ -872,9 +969,9 @@ fn parse_hhmm(s: &str, allow_24: bool) -> Result<u16, String> {
 }
 
 fn parse_hours(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not a range HH:MM-HH:MM (start inclusive, end exclusive)"))?;
+    let (a, b) = s.split_once('-').ok_or_else(|| {
+        format!("{s:?} is not a range HH:MM-HH:MM (start inclusive, end exclusive)")
+    })?;
     let (start, end) = (parse_hhmm(a, false)?, parse_hhmm(b, true)?);
     if start == end {
         return Err(format!("{s:?} is empty: start and end are the same"));
@@ -893,7 +990,8 @@ impl ScheduleWindow {
             self.day_set[day] && (self.start_minute..self.end_minute).contains(&minute)
         } else {
             let yesterday = (day + 6) % 7;
-            (self.day_set[day] && minute >= self.start_minute) || (self.day_set[yesterday] && minute < self.end_minute)
+            (self.day_set[day] && minute >= self.start_minute)
+                || (self.day_set[yesterday] && minute < self.end_minute)
         }
     }
 }
@@ -909,12 +1007,19 @@ pub struct Capacity {
 
 impl CapacityConfig {
     /// The capacity at `at`: `--capacity` > first matching schedule window > default.
-    pub fn resolve(&self, at: jiff::Timestamp, explicit: Option<u32>) -> Result<Capacity, FieldError> {
+    pub fn resolve(
+        &self,
+        at: jiff::Timestamp,
+        explicit: Option<u32>,
+    ) -> Result<Capacity, FieldError> {
         if let Some(n) = explicit {
             if n > self.max {
                 return Err(FieldError {
                     field: "--capacity".to_owned(),
-                    message: format!("{n} is above capacity.max ({}); raise capacity.max in the config first", self.max),
+                    message: format!(
+                        "{n} is above capacity.max ({}); raise capacity.max in the config first",
+                        self.max
+                    ),
                 });
             }
             return Ok(Capacity {
@@ -953,8 +1058,14 @@ fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
         && parts[0].len() == 2
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-        && parts.last().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -972,28 +1083,42 @@ fn is_slug_or_uuid(s: &str) -> bool {
     if let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
         return is_uuid(inner);
     }
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn is_instance_type(s: &str) -> bool {
     match s.split_once('.') {
         Some((fam, size)) => {
             fam.starts_with(|c: char| c.is_ascii_lowercase())
-                && fam.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && fam
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !size.is_empty()
-                && size.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && size
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         }
         None => false,
     }
 }
 
 fn is_aws_id(s: &str, prefix: &str) -> bool {
-    s.strip_prefix(prefix)
-        .is_some_and(|hex| (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix(prefix).is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn is_iam_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
 }
 
 fn iam_arn_of(s: &str, kind: &str) -> Option<String> {
@@ -1002,8 +1127,11 @@ fn iam_arn_of(s: &str, kind: &str) -> Option<String> {
     let rest = rest.strip_prefix("iam::")?;
     let (account, name) = rest.split_once(':')?;
     let name = name.strip_prefix(kind)?.strip_prefix('/')?;
-    (partition.starts_with("aws") && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && is_iam_name(name))
-        .then(|| name.to_owned())
+    (partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && is_iam_name(name))
+    .then(|| name.to_owned())
 }
 
 fn is_role_arn(s: &str) -> bool {
@@ -1011,27 +1139,40 @@ fn is_role_arn(s: &str) -> bool {
 }
 
 fn is_instance_profile(s: &str) -> bool {
-    iam_arn_of(s, "instance-profile").is_some() || (!s.starts_with("arn:") && !s.contains('/') && is_iam_name(s))
+    iam_arn_of(s, "instance-profile").is_some()
+        || (!s.starts_with("arn:") && !s.contains('/') && is_iam_name(s))
 }
 
 fn parse_ami(s: &str) -> Option<AmiRef> {
     if is_aws_id(s, "ami-") {
         return Some(AmiRef::Id(s.to_owned()));
     }
-    let path = s.strip_prefix("resolve:ssm:").or_else(|| s.strip_prefix("ssm:"))?;
-    (path.starts_with('/') && path.len() > 1 && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b)))
-        .then(|| AmiRef::Ssm(path.to_owned()))
+    let path = s
+        .strip_prefix("resolve:ssm:")
+        .or_else(|| s.strip_prefix("ssm:"))?;
+    (path.starts_with('/')
+        && path.len() > 1
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b)))
+    .then(|| AmiRef::Ssm(path.to_owned()))
 }
 
 fn default_ami_parameter(os: Os, arch: Arch) -> String {
     match (os, arch) {
-        (Os::Al2023, Arch::X86_64) => "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64".to_owned(),
-        (Os::Al2023, Arch::Arm64) => "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64".to_owned(),
+        (Os::Al2023, Arch::X86_64) => {
+            "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64".to_owned()
+        }
+        (Os::Al2023, Arch::Arm64) => {
+            "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64".to_owned()
+        }
         (Os::Ubuntu, Arch::X86_64) => {
-            "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id".to_owned()
+            "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+                .to_owned()
         }
         (Os::Ubuntu, Arch::Arm64) => {
-            "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id".to_owned()
+            "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
+                .to_owned()
         }
     }
 }
@@ -1041,21 +1182,39 @@ fn check_kms_key(key: &str) -> Result<(), String> {
         if name.starts_with("aws/") {
             return Err(format!("{key:?} is an AWS managed key; bbfleet needs a customer managed key (e.g. alias/bbfleet-ci)"));
         }
-        if name.is_empty() || key.len() > 256 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)) {
-            return Err(format!("{key:?} is not a valid alias: alias/ followed by letters, digits, '/', '_' or '-'"));
+        if name.is_empty()
+            || key.len() > 256
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
+        {
+            return Err(format!(
+                "{key:?} is not a valid alias: alias/ followed by letters, digits, '/', '_' or '-'"
+            ));
         }
         return Ok(());
     }
-    if is_uuid(key) || key.strip_prefix("mrk-").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if is_uuid(key)
+        || key
+            .strip_prefix("mrk-")
+            .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return Ok(());
     }
-    if key.starts_with("arn:aws") && key.contains(":kms:") && (key.contains(":key/") || key.contains(":alias/")) {
+    if key.starts_with("arn:aws")
+        && key.contains(":kms:")
+        && (key.contains(":key/") || key.contains(":alias/"))
+    {
         if key.contains(":alias/aws/") {
-            return Err(format!("{key:?} is an AWS managed key; bbfleet needs a customer managed key"));
+            return Err(format!(
+                "{key:?} is an AWS managed key; bbfleet needs a customer managed key"
+            ));
         }
         return Ok(());
     }
-    Err(format!("{key:?} is not a KMS key id, key ARN, alias (alias/NAME) or alias ARN"))
+    Err(format!(
+        "{key:?} is not a KMS key id, key ARN, alias (alias/NAME) or alias ARN"
+    ))
 }
 
 /// A Bitbucket-facing URL: https, or http only to a loopback host (credentials travel on it).
@@ -1070,4 +1229,4 @@ pub fn check_api_url(url: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -93,13 +93,21 @@ fn label(a: &Action) -> String {
 
 impl Executor<'_> {
     /// Runs the plan; `on_done` is told of each finished action with a short result.
-    pub async fn execute(&self, plan: &Plan, on_done: &(dyn Fn(&Action, &str) + Sync)) -> Result<usize, ExecuteError> {
+    pub async fn execute(
+        &self,
+        plan: &Plan,
+        on_done: &(dyn Fn(&Action, &str) + Sync),
+    ) -> Result<usize, ExecuteError> {
         let state = Mutex::new(State {
             key_arn: match &self.observed.key {
                 Some(kms::KeyStatus::Usable { arn }) => Some(arn.clone()),
                 _ => None,
             },
-            launch_template: self.observed.launch_template.as_ref().map(|lt| (lt.id.clone(), lt.latest_version)),
+            launch_template: self
+                .observed
+                .launch_template
+                .as_ref()
+                .map(|lt| (lt.id.clone(), lt.latest_version)),
         });
         let total = plan.actions.len();
         let mut done = 0;
@@ -111,40 +119,43 @@ impl Executor<'_> {
             }
             let batch = &plan.actions[i..j];
             let stop = AtomicBool::new(false);
-            let results: Vec<(usize, Result<String, ActionError>)> = if let Action::DeleteParameter { .. } = batch[0] {
-                // One call per ten names rather than one per parameter.
-                let names: Vec<String> = batch
-                    .iter()
-                    .filter_map(|a| match a {
-                        Action::DeleteParameter { name, .. } => Some(name.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                match ssm::delete(&self.aws.ssm, &names).await {
-                    Ok(()) => (0..batch.len()).map(|k| (k, Ok("deleted".to_owned()))).collect(),
-                    Err(e) => std::iter::once((0, Err(e.into())))
-                        .chain((1..batch.len()).map(|k| (k, Err(ActionError::NotStarted))))
-                        .collect(),
-                }
-            } else {
-                stream::iter(batch.iter().enumerate())
-                    .map(|(k, a)| {
-                        let (stop, state) = (&stop, &state);
-                        async move {
-                            if stop.load(Ordering::SeqCst) {
-                                return (k, Err(ActionError::NotStarted));
+            let results: Vec<(usize, Result<String, ActionError>)> =
+                if let Action::DeleteParameter { .. } = batch[0] {
+                    // One call per ten names rather than one per parameter.
+                    let names: Vec<String> = batch
+                        .iter()
+                        .filter_map(|a| match a {
+                            Action::DeleteParameter { name, .. } => Some(name.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    match ssm::delete(&self.aws.ssm, &names).await {
+                        Ok(()) => (0..batch.len())
+                            .map(|k| (k, Ok("deleted".to_owned())))
+                            .collect(),
+                        Err(e) => std::iter::once((0, Err(e.into())))
+                            .chain((1..batch.len()).map(|k| (k, Err(ActionError::NotStarted))))
+                            .collect(),
+                    }
+                } else {
+                    stream::iter(batch.iter().enumerate())
+                        .map(|(k, a)| {
+                            let (stop, state) = (&stop, &state);
+                            async move {
+                                if stop.load(Ordering::SeqCst) {
+                                    return (k, Err(ActionError::NotStarted));
+                                }
+                                let r = self.run(a, state).await;
+                                if r.is_err() {
+                                    stop.store(true, Ordering::SeqCst);
+                                }
+                                (k, r)
                             }
-                            let r = self.run(a, state).await;
-                            if r.is_err() {
-                                stop.store(true, Ordering::SeqCst);
-                            }
-                            (k, r)
-                        }
-                    })
-                    .buffer_unordered(self.concurrency.max(1))
-                    .collect()
-                    .await
-            };
+                        })
+                        .buffer_unordered(self.concurrency.max(1))
+                        .collect()
+                        .await
+                };
             let mut first_error = None;
             for (k, r) in results {
                 match r {
@@ -161,7 +172,12 @@ impl Executor<'_> {
                 }
             }
             if let Some((action, cause)) = first_error {
-                return Err(ExecuteError { action, cause, done, total });
+                return Err(ExecuteError {
+                    action,
+                    cause,
+                    done,
+                    total,
+                });
             }
             i = j;
         }
@@ -179,7 +195,10 @@ impl Executor<'_> {
                 Ok(arn)
             }
             Action::RekeyParameter { name, .. } => {
-                let key = lock().key_arn.clone().ok_or(ActionError::Missing("no usable KMS key"))?;
+                let key = lock()
+                    .key_arn
+                    .clone()
+                    .ok_or(ActionError::Missing("no usable KMS key"))?;
                 ssm::rekey(&self.aws.ssm, name, &key).await?;
                 Ok("re-encrypted".to_owned())
             }
@@ -192,18 +211,26 @@ impl Executor<'_> {
                 Ok("deleted".to_owned())
             }
             Action::UpdateRunner { uuid, name, .. } => {
-                self.bitbucket.update_runner(&scope, uuid, name, self.config.labels()).await?;
+                self.bitbucket
+                    .update_runner(&scope, uuid, name, self.config.labels())
+                    .await?;
                 Ok("labels updated".to_owned())
             }
             Action::CreateRunner { name } => self.create_runner(name, state).await,
             Action::CreateLaunchTemplate { .. } => {
-                let spec = &self.desired.ok_or(ActionError::Missing("no desired state"))?.launch_template;
+                let spec = &self
+                    .desired
+                    .ok_or(ActionError::Missing("no desired state"))?
+                    .launch_template;
                 let (id, version) = ec2::create_launch_template(&self.aws.ec2, spec).await?;
                 lock().launch_template = Some((id.clone(), version));
                 Ok(format!("{id} version {version}"))
             }
             Action::CreateLaunchTemplateVersion { .. } => {
-                let spec = &self.desired.ok_or(ActionError::Missing("no desired state"))?.launch_template;
+                let spec = &self
+                    .desired
+                    .ok_or(ActionError::Missing("no desired state"))?
+                    .launch_template;
                 let id = lock()
                     .launch_template
                     .as_ref()
@@ -214,8 +241,14 @@ impl Executor<'_> {
                 Ok(format!("{id} version {version}"))
             }
             Action::RequestFleet { target, .. } => {
-                let spec = &self.desired.ok_or(ActionError::Missing("no desired state"))?.fleet;
-                let (id, version) = lock().launch_template.clone().ok_or(ActionError::Missing("no launch template"))?;
+                let spec = &self
+                    .desired
+                    .ok_or(ActionError::Missing("no desired state"))?
+                    .fleet;
+                let (id, version) = lock()
+                    .launch_template
+                    .clone()
+                    .ok_or(ActionError::Missing("no launch template"))?;
                 let fleet_id = self.fleet_api.request(spec, &id, version, *target).await?;
                 Ok(format!("{fleet_id} (target {target})"))
             }
@@ -224,7 +257,9 @@ impl Executor<'_> {
                 Ok(format!("target {to}"))
             }
             Action::CancelFleet { id, .. } => {
-                self.fleet_api.cancel(std::slice::from_ref(id), true).await?;
+                self.fleet_api
+                    .cancel(std::slice::from_ref(id), true)
+                    .await?;
                 Ok("cancelled, instances terminating".to_owned())
             }
             Action::TerminateInstances { ids, .. } => {
@@ -252,7 +287,10 @@ impl Executor<'_> {
             .clone()
             .ok_or(ActionError::Missing("no usable KMS key"))?;
         let scope = scope(self.config);
-        let created = self.bitbucket.create_runner(&scope, name, self.config.labels()).await?;
+        let created = self
+            .bitbucket
+            .create_runner(&scope, name, self.config.labels())
+            .await?;
         let command: SecretString = RunnerCommand {
             image: &self.config.bitbucket.runner_image,
             account_uuid: &self.observed.account_uuid,
@@ -262,10 +300,22 @@ impl Executor<'_> {
             client_secret: &created.client_secret,
         }
         .render();
-        match ssm::put_runner_command(&self.aws.ssm, &self.config.name, &created.runner.uuid, &command, &key).await {
+        match ssm::put_runner_command(
+            &self.aws.ssm,
+            &self.config.name,
+            &created.runner.uuid,
+            &command,
+            &key,
+        )
+        .await
+        {
             Ok(parameter) => Ok(format!("{} stored in {parameter}", created.runner.uuid)),
             Err(e) => {
-                if let Err(undo) = self.bitbucket.delete_runner(&scope, &created.runner.uuid).await {
+                if let Err(undo) = self
+                    .bitbucket
+                    .delete_runner(&scope, &created.runner.uuid)
+                    .await
+                {
                     tracing::warn!(runner = %created.runner.uuid, error = %undo, "could not delete the runner whose command was not stored; the next apply deletes it");
                 }
                 Err(e.into())

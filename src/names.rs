@@ -43,7 +43,10 @@ pub fn runner_name(fleet: &str, n: u32) -> String {
 /// The slot number of a runner of this fleet, or `None` if the name is not exactly
 /// `bbfleet-{fleet}-{n}` (n a positive decimal without leading zeros).
 pub fn runner_slot(fleet: &str, name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("bbfleet-")?.strip_prefix(fleet)?.strip_prefix('-')?;
+    let rest = name
+        .strip_prefix("bbfleet-")?
+        .strip_prefix(fleet)?
+        .strip_prefix('-')?;
     if rest.is_empty() || rest.starts_with('0') || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -52,7 +55,10 @@ pub fn runner_slot(fleet: &str, name: &str) -> Option<u32> {
 
 /// A UUID without braces, lower case: `{ABC-1}` -> `abc-1`.
 pub fn bare_uuid(uuid: &str) -> String {
-    uuid.trim().trim_start_matches('{').trim_end_matches('}').to_ascii_lowercase()
+    uuid.trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_ascii_lowercase()
 }
 
 /// A UUID with braces, lower case: `abc-1` -> `{abc-1}`.

@@ -115,8 +115,11 @@ pub async fn observe(
         )?;
         Ok((Some(key), subnets, Some(image)))
     };
-    let ((workspace, repository, all_runners), (parameters, claims, launch_template, fleets, instances), (key, subnets, image)) =
-        tokio::try_join!(bb, aws_existing, aws_desired)?;
+    let (
+        (workspace, repository, all_runners),
+        (parameters, claims, launch_template, fleets, instances),
+        (key, subnets, image),
+    ) = tokio::try_join!(bb, aws_existing, aws_desired)?;
     let scope_runner_count = all_runners.len();
     let mut runners: Vec<Runner> = all_runners
         .into_iter()
@@ -144,9 +147,12 @@ pub async fn observe(
 async fn resolve_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError> {
     let id = match &config.instance.ami {
         AmiRef::Id(id) => id.clone(),
-        AmiRef::Ssm(path) => ssm::get_string(&aws.ssm, path)
-            .await?
-            .ok_or_else(|| AwsError::Invalid(format!("instance.ami: SSM parameter {path} does not exist in {}", aws.region)))?,
+        AmiRef::Ssm(path) => ssm::get_string(&aws.ssm, path).await?.ok_or_else(|| {
+            AwsError::Invalid(format!(
+                "instance.ami: SSM parameter {path} does not exist in {}",
+                aws.region
+            ))
+        })?,
     };
     let image = ec2::describe_image(&aws.ec2, &id).await?;
     let wanted = match config.instance.arch {

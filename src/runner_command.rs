@@ -33,7 +33,10 @@ impl RunnerCommand<'_> {
         env.push(format!("RUNNER_UUID={}", braced(self.runner_uuid)));
         env.push("RUNTIME_PREREQUISITES_ENABLED=true".to_owned());
         env.push(format!("OAUTH_CLIENT_ID={}", self.client_id));
-        env.push(format!("OAUTH_CLIENT_SECRET={}", self.client_secret.expose_secret()));
+        env.push(format!(
+            "OAUTH_CLIENT_SECRET={}",
+            self.client_secret.expose_secret()
+        ));
         env.push("WORKING_DIRECTORY=/tmp".to_owned());
         let mut words: Vec<String> = [
             "docker",
@@ -54,7 +57,10 @@ impl RunnerCommand<'_> {
             words.push(quote(&e));
         }
         words.push("--name".to_owned());
-        words.push(quote(&format!("runner-{}", crate::names::bare_uuid(self.runner_uuid))));
+        words.push(quote(&format!(
+            "runner-{}",
+            crate::names::bare_uuid(self.runner_uuid)
+        )));
         words.push(quote(self.image));
         words.join(" ").into()
     }
@@ -62,7 +68,10 @@ impl RunnerCommand<'_> {
 
 /// Single-quotes a word unless it is made only of characters the shell leaves alone.
 fn quote(word: &str) -> String {
-    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./:=@,+%".contains(&b));
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@,+%".contains(&b));
     if plain {
         word.to_owned()
     } else {
@@ -110,7 +119,13 @@ mod tests {
             client_secret: &secret,
         };
         let line = cmd.render().expose_secret().to_owned();
-        assert!(line.contains("-e 'REPOSITORY_UUID={b}' -e 'RUNNER_UUID={c}'"), "{line}");
-        assert!(line.contains(r"-e 'OAUTH_CLIENT_SECRET=it'\''s $x'"), "{line}");
+        assert!(
+            line.contains("-e 'REPOSITORY_UUID={b}' -e 'RUNNER_UUID={c}'"),
+            "{line}"
+        );
+        assert!(
+            line.contains(r"-e 'OAUTH_CLIENT_SECRET=it'\''s $x'"),
+            "{line}"
+        );
     }
 }

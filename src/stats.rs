@@ -36,7 +36,8 @@ impl CallStats {
     /// Counts one call.
     pub fn record(&self, service: &str, operation: &str, kind: CallKind) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((format!("{service}:{operation}"), kind)).or_default() += 1;
+        *map.entry((format!("{service}:{operation}"), kind))
+            .or_default() += 1;
     }
 
     /// The counts so far.

@@ -67,13 +67,19 @@ impl StatusView {
                     name: r.name.clone(),
                     status: r.status().to_owned(),
                     busy: r.is_busy(),
-                    claimed_by: claims.get(uuid.as_str()).filter(|c| c.value != "free").map(|c| c.value.clone()),
+                    claimed_by: claims
+                        .get(uuid.as_str())
+                        .filter(|c| c.value != "free")
+                        .map(|c| c.value.clone()),
                     parameter: observed.parameters.iter().any(|p| p.runner_uuid == uuid),
                 }
             })
             .collect();
         let online = runners.iter().filter(|r| r.status == "ONLINE").count();
-        let busy = runners.iter().filter(|r| r.status == "ONLINE" && r.busy).count();
+        let busy = runners
+            .iter()
+            .filter(|r| r.status == "ONLINE" && r.busy)
+            .count();
         StatusView {
             fleet: fleet.to_owned(),
             orphan_parameters: observed
@@ -84,11 +90,15 @@ impl StatusView {
                 .collect(),
             runners,
             instances: observed.instances.clone(),
-            fleet_request: observed.fleets.iter().find(|f| f.is_live()).map(|f| FleetRow {
-                id: f.id.clone(),
-                state: f.state.clone(),
-                target: f.target,
-            }),
+            fleet_request: observed
+                .fleets
+                .iter()
+                .find(|f| f.is_live())
+                .map(|f| FleetRow {
+                    id: f.id.clone(),
+                    state: f.state.clone(),
+                    target: f.target,
+                }),
             busy_ratio: (online > 0).then(|| busy as f64 / online as f64),
         }
     }
@@ -97,13 +107,30 @@ impl StatusView {
 impl fmt::Display for StatusView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.fleet_request {
-            Some(r) => writeln!(f, "Fleet {}: spot fleet request {} {}, target {}, {} instance(s).", self.fleet, r.id, r.state, r.target, self.instances.len())?,
-            None => writeln!(f, "Fleet {}: no spot fleet request, {} instance(s).", self.fleet, self.instances.len())?,
+            Some(r) => writeln!(
+                f,
+                "Fleet {}: spot fleet request {} {}, target {}, {} instance(s).",
+                self.fleet,
+                r.id,
+                r.state,
+                r.target,
+                self.instances.len()
+            )?,
+            None => writeln!(
+                f,
+                "Fleet {}: no spot fleet request, {} instance(s).",
+                self.fleet,
+                self.instances.len()
+            )?,
         }
         if let Some(ratio) = self.busy_ratio {
             writeln!(f, "Busy ratio: {:.2} (busy / online runners).", ratio)?;
         }
-        writeln!(f, "\n{:<20} {:<38} {:<13} {:<5} {:<20} PARAMETER", "RUNNER", "UUID", "STATUS", "BUSY", "CLAIMED BY")?;
+        writeln!(
+            f,
+            "\n{:<20} {:<38} {:<13} {:<5} {:<20} PARAMETER",
+            "RUNNER", "UUID", "STATUS", "BUSY", "CLAIMED BY"
+        )?;
         for r in &self.runners {
             writeln!(
                 f,
@@ -119,15 +146,26 @@ impl fmt::Display for StatusView {
         if self.runners.is_empty() {
             writeln!(f, "(no runners)")?;
         }
-        writeln!(f, "\n{:<21} {:<14} {:<12} STATE", "INSTANCE", "TYPE", "ZONE")?;
+        writeln!(
+            f,
+            "\n{:<21} {:<14} {:<12} STATE",
+            "INSTANCE", "TYPE", "ZONE"
+        )?;
         for i in &self.instances {
-            writeln!(f, "{:<21} {:<14} {:<12} {}", i.id, i.instance_type, i.az, i.state)?;
+            writeln!(
+                f,
+                "{:<21} {:<14} {:<12} {}",
+                i.id, i.instance_type, i.az, i.state
+            )?;
         }
         if self.instances.is_empty() {
             writeln!(f, "(no instances)")?;
         }
         for p in &self.orphan_parameters {
-            writeln!(f, "\nWarning: parameter {p} has no runner (the next apply deletes it).")?;
+            writeln!(
+                f,
+                "\nWarning: parameter {p} has no runner (the next apply deletes it)."
+            )?;
         }
         Ok(())
     }

@@ -10,11 +10,17 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use support::harness::Harness;
 
-fn query_values<'a>(body: &'a str, suffix: &str) -> Vec<String> {
+fn query_values(body: &str, suffix: &str) -> Vec<String> {
     body.split('&')
         .filter_map(|kv| kv.split_once('='))
         .filter(|(k, _)| k.ends_with(suffix))
-        .map(|(_, v)| url::form_urlencoded::parse(format!("v={v}").as_bytes()).next().unwrap().1.into_owned())
+        .map(|(_, v)| {
+            url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                .next()
+                .unwrap()
+                .1
+                .into_owned()
+        })
         .collect()
 }
 
@@ -29,18 +35,32 @@ async fn full_cycle_with_capacity_three() {
     let kms = aws_sdk_kms::Client::new(&h.sdk);
 
     // validate: offline.
-    h.run(&["--config", cfg, "validate"], &[]).await.expect_code(0);
-    assert!(h.fake.requests().is_empty() && h.recorder.calls().is_empty(), "validate made calls");
+    h.run(&["--config", cfg, "validate"], &[])
+        .await
+        .expect_code(0);
+    assert!(
+        h.fake.requests().is_empty() && h.recorder.calls().is_empty(),
+        "validate made calls"
+    );
 
     // plan: changes present, nothing written.
-    let plan = h.run(&["--config", cfg, "plan", "--detailed-exitcode"], &token).await;
+    let plan = h
+        .run(&["--config", cfg, "plan", "--detailed-exitcode"], &token)
+        .await;
     plan.expect_code(2);
-    assert!(plan.stdout.contains("Plan: 6 to add, 0 to change, 0 to destroy."), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("Plan: 6 to add, 0 to change, 0 to destroy."),
+        "{}",
+        plan.stdout
+    );
     assert_eq!(h.fake.write_count(), 0);
     assert_eq!(h.recorder.writes(), Vec::<String>::new());
 
     // plan --output json: the documented shape.
-    let json = h.run(&["--config", cfg, "--output", "json", "plan"], &token).await;
+    let json = h
+        .run(&["--config", cfg, "--output", "json", "plan"], &token)
+        .await;
     json.expect_code(0);
     let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan JSON");
     assert_eq!(doc["fleet"], "cycle");
@@ -56,21 +76,44 @@ async fn full_cycle_with_capacity_three() {
     // apply without a terminal and without --auto-approve: refused, nothing written.
     let refused = h.run(&["--config", cfg, "apply"], &token).await;
     refused.expect_code(1);
-    assert!(refused.stderr.contains("--auto-approve"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--auto-approve"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(h.fake.write_count(), 0);
     assert_eq!(h.recorder.writes(), Vec::<String>::new());
 
     // apply.
-    h.run(&["--config", cfg, "apply", "--auto-approve"], &token).await.expect_code(0);
+    h.run(&["--config", cfg, "apply", "--auto-approve"], &token)
+        .await
+        .expect_code(0);
     let runners = h.runners(None);
     assert_eq!(runners.len(), 3, "runners: {runners:#?}");
-    let names: BTreeSet<&str> = runners.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, BTreeSet::from(["bbfleet-cycle-1", "bbfleet-cycle-2", "bbfleet-cycle-3"]));
+    let names: BTreeSet<&str> = runners
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["bbfleet-cycle-1", "bbfleet-cycle-2", "bbfleet-cycle-3"])
+    );
 
-    let key = kms.describe_key().key_id("alias/bbfleet-cycle").send().await.expect("the key exists");
+    let key = kms
+        .describe_key()
+        .key_id("alias/bbfleet-cycle")
+        .send()
+        .await
+        .expect("the key exists");
     let key = key.key_metadata().unwrap();
-    assert_eq!(key.key_manager(), Some(&aws_sdk_kms::types::KeyManagerType::Customer));
-    assert_eq!(key.key_state(), Some(&aws_sdk_kms::types::KeyState::Enabled));
+    assert_eq!(
+        key.key_manager(),
+        Some(&aws_sdk_kms::types::KeyManagerType::Customer)
+    );
+    assert_eq!(
+        key.key_state(),
+        Some(&aws_sdk_kms::types::KeyState::Enabled)
+    );
     let key_arn = key.arn().unwrap().to_owned();
 
     let params = ssm
@@ -95,23 +138,55 @@ async fn full_cycle_with_capacity_three() {
         .unwrap();
     assert_eq!(described.parameters().len(), 3);
     for p in described.parameters() {
-        assert_eq!(p.r#type(), Some(&aws_sdk_ssm::types::ParameterType::SecureString));
-        assert_eq!(p.key_id(), Some(key_arn.as_str()), "parameter {:?} not under the customer key", p.name());
+        assert_eq!(
+            p.r#type(),
+            Some(&aws_sdk_ssm::types::ParameterType::SecureString)
+        );
+        assert_eq!(
+            p.key_id(),
+            Some(key_arn.as_str()),
+            "parameter {:?} not under the customer key",
+            p.name()
+        );
     }
     for p in params.parameters() {
         let name = p.name().unwrap();
         let uuid = name.rsplit('/').next().unwrap();
         let runner = runners
             .iter()
-            .find(|r| r["uuid"].as_str().unwrap().trim_matches(|c| c == '{' || c == '}') == uuid)
+            .find(|r| {
+                r["uuid"]
+                    .as_str()
+                    .unwrap()
+                    .trim_matches(|c| c == '{' || c == '}')
+                    == uuid
+            })
             .unwrap_or_else(|| panic!("no runner for {name}"));
         let command = p.value().unwrap();
-        assert!(command.starts_with("docker container run "), "command shape");
+        assert!(
+            command.starts_with("docker container run "),
+            "command shape"
+        );
         assert!(!command.contains(" -it "), "no -it");
-        assert!(command.contains(&format!("RUNNER_UUID={{{uuid}}}")), "runner uuid in the command");
-        assert!(command.contains(&format!("OAUTH_CLIENT_ID={}", runner["oauth_client"]["id"].as_str().unwrap())), "client id in the command");
-        assert!(command.contains("ACCOUNT_UUID={11111111-2222-4333-8444-555555555555}"), "workspace uuid in the command");
-        assert!(!command.contains("REPOSITORY_UUID"), "workspace runners carry no repository");
+        assert!(
+            command.contains(&format!("RUNNER_UUID={{{uuid}}}")),
+            "runner uuid in the command"
+        );
+        assert!(
+            command.contains(&format!(
+                "OAUTH_CLIENT_ID={}",
+                runner["oauth_client"]["id"].as_str().unwrap()
+            )),
+            "client id in the command"
+        );
+        assert!(
+            command.contains("ACCOUNT_UUID={11111111-2222-4333-8444-555555555555}"),
+            "workspace uuid in the command"
+        );
+        assert!(
+            !command.contains("REPOSITORY_UUID"),
+            "workspace runners carry no repository"
+        );
         let tags = ssm
             .list_tags_for_resource()
             .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
@@ -119,13 +194,23 @@ async fn full_cycle_with_capacity_three() {
             .send()
             .await
             .unwrap();
-        assert!(tags.tag_list().iter().any(|t| t.key() == "bbfleet:fleet" && t.value() == "cycle"));
+        assert!(tags
+            .tag_list()
+            .iter()
+            .any(|t| t.key() == "bbfleet:fleet" && t.value() == "cycle"));
     }
     // Every issued secret is stored, in exactly one parameter.
     let secrets = h.fake.issued_secrets();
     assert_eq!(secrets.len(), 3);
     for s in &secrets {
-        assert_eq!(params.parameters().iter().filter(|p| p.value().unwrap().contains(s.as_str())).count(), 1);
+        assert_eq!(
+            params
+                .parameters()
+                .iter()
+                .filter(|p| p.value().unwrap().contains(s.as_str()))
+                .count(),
+            1
+        );
     }
 
     // Launch template: nohup in userdata, no secret, IMDSv2.
@@ -136,7 +221,9 @@ async fn full_cycle_with_capacity_three() {
         .send()
         .await
         .unwrap();
-    let data = lt.launch_template_versions()[0].launch_template_data().unwrap();
+    let data = lt.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
     let userdata = String::from_utf8(
         base64::engine::general_purpose::STANDARD
             .decode(data.user_data().unwrap())
@@ -144,8 +231,14 @@ async fn full_cycle_with_capacity_three() {
     )
     .unwrap();
     assert!(userdata.starts_with("#!/bin/bash"));
-    assert!(userdata.contains("nohup"), "userdata starts the runner with nohup");
-    assert!(userdata.contains("/bbfleet/cycle"), "userdata names the fleet's SSM path");
+    assert!(
+        userdata.contains("nohup"),
+        "userdata starts the runner with nohup"
+    );
+    assert!(
+        userdata.contains("/bbfleet/cycle"),
+        "userdata names the fleet's SSM path"
+    );
     for s in &secrets {
         assert!(!userdata.contains(s.as_str()), "secret in userdata");
     }
@@ -162,37 +255,84 @@ async fn full_cycle_with_capacity_three() {
         .into_iter()
         .find(|c| c.operation == "ec2:RequestSpotFleet")
         .expect("a RequestSpotFleet call");
-    assert_eq!(query_values(&request.body, "SpotFleetRequestConfig.Type"), ["maintain"]);
-    assert_eq!(query_values(&request.body, "SpotFleetRequestConfig.AllocationStrategy"), ["diversified"]);
-    let types: BTreeSet<String> = query_values(&request.body, ".InstanceType").into_iter().collect();
-    let subnets: BTreeSet<String> = query_values(&request.body, ".SubnetId").into_iter().collect();
+    assert_eq!(
+        query_values(&request.body, "SpotFleetRequestConfig.Type"),
+        ["maintain"]
+    );
+    assert_eq!(
+        query_values(&request.body, "SpotFleetRequestConfig.AllocationStrategy"),
+        ["diversified"]
+    );
+    let types: BTreeSet<String> = query_values(&request.body, ".InstanceType")
+        .into_iter()
+        .collect();
+    let subnets: BTreeSet<String> = query_values(&request.body, ".SubnetId")
+        .into_iter()
+        .collect();
     let families: BTreeSet<&str> = types.iter().map(|t| t.split('.').next().unwrap()).collect();
-    let zones: BTreeSet<&str> = h.subnets.iter().filter(|(s, _)| subnets.contains(s)).map(|(_, az)| az.as_str()).collect();
-    assert!(families.len() >= 2 && zones.len() >= 2, "families {families:?}, zones {zones:?}");
-    assert_eq!(query_values(&request.body, ".Overrides.9.SubnetId").len(), 1, "3 types x 3 subnets = 9 overrides");
+    let zones: BTreeSet<&str> = h
+        .subnets
+        .iter()
+        .filter(|(s, _)| subnets.contains(s))
+        .map(|(_, az)| az.as_str())
+        .collect();
+    assert!(
+        families.len() >= 2 && zones.len() >= 2,
+        "families {families:?}, zones {zones:?}"
+    );
+    assert_eq!(
+        query_values(&request.body, ".Overrides.9.SubnetId").len(),
+        1,
+        "3 types x 3 subnets = 9 overrides"
+    );
     let fleets = ec2.describe_spot_fleet_requests().send().await.unwrap();
     let ours: Vec<_> = fleets
         .spot_fleet_request_configs()
         .iter()
-        .filter(|f| f.tags().iter().any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some("cycle")))
+        .filter(|f| {
+            f.tags()
+                .iter()
+                .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some("cycle"))
+        })
         .collect();
     assert_eq!(ours.len(), 1);
-    assert_eq!(ours[0].spot_fleet_request_config().and_then(|c| c.target_capacity()), Some(3));
+    assert_eq!(
+        ours[0]
+            .spot_fleet_request_config()
+            .and_then(|c| c.target_capacity()),
+        Some(3)
+    );
 
     // Second plan: no changes; second apply: zero writes anywhere.
     h.fake.clear_requests();
     h.recorder.clear();
-    let again = h.run(&["--config", cfg, "plan", "--detailed-exitcode"], &token).await;
+    let again = h
+        .run(&["--config", cfg, "plan", "--detailed-exitcode"], &token)
+        .await;
     again.expect_code(0);
-    assert!(again.stdout.contains("No changes. The fleet matches the configuration."), "{}", again.stdout);
-    let noop = h.run(&["--config", cfg, "apply", "--auto-approve"], &token).await;
+    assert!(
+        again
+            .stdout
+            .contains("No changes. The fleet matches the configuration."),
+        "{}",
+        again.stdout
+    );
+    let noop = h
+        .run(&["--config", cfg, "apply", "--auto-approve"], &token)
+        .await;
     noop.expect_code(0);
     assert!(noop.stdout.contains("No changes."));
     assert_eq!(h.fake.write_count(), 0, "Bitbucket writes on a no-op apply");
-    assert_eq!(h.recorder.writes(), Vec::<String>::new(), "AWS writes on a no-op apply");
+    assert_eq!(
+        h.recorder.writes(),
+        Vec::<String>::new(),
+        "AWS writes on a no-op apply"
+    );
 
     // status: text and JSON.
-    let status = h.run(&["--config", cfg, "--output", "json", "status"], &token).await;
+    let status = h
+        .run(&["--config", cfg, "--output", "json", "status"], &token)
+        .await;
     status.expect_code(0);
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(doc["runners"].as_array().unwrap().len(), 3);
@@ -200,15 +340,36 @@ async fn full_cycle_with_capacity_three() {
     assert!(doc["instances"].as_array().is_some());
 
     // destroy: nothing of the fleet remains but the key.
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token).await.expect_code(0);
+    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
+        .await
+        .expect_code(0);
     assert!(h.runners(None).is_empty(), "runners left");
-    let left = ssm.get_parameters_by_path().path("/bbfleet/cycle").recursive(true).send().await.unwrap();
-    assert!(left.parameters().is_empty(), "parameters left: {:?}", left.parameters());
-    let lt = ec2.describe_launch_templates().launch_template_names("bbfleet-cycle").send().await;
+    let left = ssm
+        .get_parameters_by_path()
+        .path("/bbfleet/cycle")
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        left.parameters().is_empty(),
+        "parameters left: {:?}",
+        left.parameters()
+    );
+    let lt = ec2
+        .describe_launch_templates()
+        .launch_template_names("bbfleet-cycle")
+        .send()
+        .await;
     assert!(lt.is_err(), "launch template left");
     let running = ec2
         .describe_instances()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:bbfleet:fleet").values("cycle").build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:bbfleet:fleet")
+                .values("cycle")
+                .build(),
+        )
         .filters(
             aws_sdk_ec2::types::Filter::builder()
                 .name("instance-state-name")
@@ -219,19 +380,33 @@ async fn full_cycle_with_capacity_three() {
         .send()
         .await
         .unwrap();
-    assert!(running.reservations().iter().all(|r| r.instances().is_empty()), "instances left running");
+    assert!(
+        running
+            .reservations()
+            .iter()
+            .all(|r| r.instances().is_empty()),
+        "instances left running"
+    );
     let fleets = ec2.describe_spot_fleet_requests().send().await.unwrap();
     assert!(fleets
         .spot_fleet_request_configs()
         .iter()
         .filter(|f| f.tags().iter().any(|t| t.value() == Some("cycle")))
-        .all(|f| f.spot_fleet_request_state().is_some_and(|s| s.as_str().starts_with("cancelled"))));
-    kms.describe_key().key_id("alias/bbfleet-cycle").send().await.expect("the key is kept");
+        .all(|f| f
+            .spot_fleet_request_state()
+            .is_some_and(|s| s.as_str().starts_with("cancelled"))));
+    kms.describe_key()
+        .key_id("alias/bbfleet-cycle")
+        .send()
+        .await
+        .expect("the key is kept");
 
     // destroy again: nothing to do, nothing written.
     h.fake.clear_requests();
     h.recorder.clear();
-    let again = h.run(&["--config", cfg, "destroy", "--auto-approve"], &token).await;
+    let again = h
+        .run(&["--config", cfg, "destroy", "--auto-approve"], &token)
+        .await;
     again.expect_code(0);
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     assert_eq!(h.fake.write_count(), 0);
@@ -240,7 +415,10 @@ async fn full_cycle_with_capacity_three() {
     // No runner secret in anything printed.
     let transcript = h.transcript.lock().unwrap().clone();
     for s in &secrets {
-        assert!(!transcript.contains(s.as_str()), "a runner secret was printed");
+        assert!(
+            !transcript.contains(s.as_str()),
+            "a runner secret was printed"
+        );
     }
 }
 
@@ -272,10 +450,15 @@ async fn repository_runners_over_oauth_survive_rate_limits() {
         count: 1,
         path_contains: Some("runners".into()),
     });
-    h.run(&["--config", cfg, "apply", "--auto-approve"], &oauth).await.expect_code(0);
+    h.run(&["--config", cfg, "apply", "--auto-approve"], &oauth)
+        .await
+        .expect_code(0);
     let runners = h.runners(Some("app"));
     assert_eq!(runners.len(), 2);
-    assert!(h.fake.runners("acme", None).is_empty(), "workspace scope untouched");
+    assert!(
+        h.fake.runners("acme", None).is_empty(),
+        "workspace scope untouched"
+    );
     let ssm = aws_sdk_ssm::Client::new(&h.sdk);
     let params = ssm
         .get_parameters_by_path()
@@ -286,15 +469,29 @@ async fn repository_runners_over_oauth_survive_rate_limits() {
         .unwrap();
     assert_eq!(params.parameters().len(), 2);
     for p in params.parameters() {
-        assert!(p.value().unwrap().contains("REPOSITORY_UUID={66666666-7777-4888-9999-000000000000}"));
+        assert!(p
+            .value()
+            .unwrap()
+            .contains("REPOSITORY_UUID={66666666-7777-4888-9999-000000000000}"));
     }
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &oauth).await.expect_code(0);
+    h.run(&["--config", cfg, "destroy", "--auto-approve"], &oauth)
+        .await
+        .expect_code(0);
     assert!(h.runners(Some("app")).is_empty());
     let transcript = h.transcript.lock().unwrap().clone();
-    assert!(transcript.contains("rate limited"), "debug logs show the retries");
-    assert!(!transcript.contains("fake-client-secret"), "the OAuth consumer secret was printed");
+    assert!(
+        transcript.contains("rate limited"),
+        "debug logs show the retries"
+    );
+    assert!(
+        !transcript.contains("fake-client-secret"),
+        "the OAuth consumer secret was printed"
+    );
     for s in h.fake.issued_secrets() {
-        assert!(!transcript.contains(s.as_str()), "a runner secret was printed");
+        assert!(
+            !transcript.contains(s.as_str()),
+            "a runner secret was printed"
+        );
     }
 }
 
@@ -303,23 +500,52 @@ async fn bad_input_changes_nothing() {
     let h = Harness::new("badinput").await;
     let good = h.config(2, None);
     let token = Harness::token();
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
-        (good.replace("max = 20", "max = 500"), token.to_vec(), "capacity.max: 500 is out of range"),
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            good.replace("max = 20", "max = 500"),
+            token.to_vec(),
+            "capacity.max: 500 is out of range",
+        ),
         (
             good.replace("\"m6a.large\", \"c6i.xlarge\"", "\"m6i.xlarge\""),
             token.to_vec(),
             "spot.instance_types: the fleet spans 1 instance family",
         ),
-        (good.replace("name = \"badinput\"", "name = \"Bad_Input\""), token.to_vec(), "name: \"Bad_Input\""),
-        (good.replace("[instance]", "[instance]\ncolour = \"red\""), token.to_vec(), "instance.colour: unknown field"),
-        (good.clone(), vec![], "no Bitbucket credentials in the environment"),
-        (good.clone(), vec![("BITBUCKET_EMAIL", "dev@example.com")], "BITBUCKET_API_TOKEN is not"),
+        (
+            good.replace("name = \"badinput\"", "name = \"Bad_Input\""),
+            token.to_vec(),
+            "name: \"Bad_Input\"",
+        ),
+        (
+            good.replace("[instance]", "[instance]\ncolour = \"red\""),
+            token.to_vec(),
+            "instance.colour: unknown field",
+        ),
         (
             good.clone(),
-            vec![("BITBUCKET_ACCESS_TOKEN", "x"), ("BITBUCKET_EMAIL", "a@b.c"), ("BITBUCKET_API_TOKEN", "y")],
+            vec![],
+            "no Bitbucket credentials in the environment",
+        ),
+        (
+            good.clone(),
+            vec![("BITBUCKET_EMAIL", "dev@example.com")],
+            "BITBUCKET_API_TOKEN is not",
+        ),
+        (
+            good.clone(),
+            vec![
+                ("BITBUCKET_ACCESS_TOKEN", "x"),
+                ("BITBUCKET_EMAIL", "a@b.c"),
+                ("BITBUCKET_API_TOKEN", "y"),
+            ],
             "conflicting Bitbucket credentials",
         ),
-        (good.clone(), vec![("BITBUCKET_ACCESS_TOKEN", "wrong-token")], "did not accept"),
+        (
+            good.clone(),
+            vec![("BITBUCKET_ACCESS_TOKEN", "wrong-token")],
+            "did not accept",
+        ),
     ];
     for (config, env, expected) in cases {
         let path = h.write_config(&config);
@@ -330,19 +556,44 @@ async fn bad_input_changes_nothing() {
             }
             let run = h.run(&args, &env).await;
             assert_eq!(run.code, 1, "{command} with {expected:?}: {}", run.stderr);
-            assert!(run.stderr.contains(expected), "expected {expected:?} in:\n{}", run.stderr);
-            assert_eq!(h.fake.write_count(), 0, "Bitbucket writes after {expected:?}");
-            assert_eq!(h.recorder.writes(), Vec::<String>::new(), "AWS writes after {expected:?}");
+            assert!(
+                run.stderr.contains(expected),
+                "expected {expected:?} in:\n{}",
+                run.stderr
+            );
+            assert_eq!(
+                h.fake.write_count(),
+                0,
+                "Bitbucket writes after {expected:?}"
+            );
+            assert_eq!(
+                h.recorder.writes(),
+                Vec::<String>::new(),
+                "AWS writes after {expected:?}"
+            );
         }
     }
     // A subnet that does not exist: found at plan time, before any write.
     let path = h.write_config(&good.replace(&h.subnets[2].0, "subnet-0123456789abcdef0"));
-    let run = h.run(&["--config", path.to_str().unwrap(), "apply", "--auto-approve"], &token).await;
+    let run = h
+        .run(
+            &[
+                "--config",
+                path.to_str().unwrap(),
+                "apply",
+                "--auto-approve",
+            ],
+            &token,
+        )
+        .await;
     run.expect_code(1);
     assert!(run.stderr.contains("spot.subnets"), "{}", run.stderr);
     // Two subnets of one zone: refused before any write.
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
-    let vpc = ec2.describe_vpcs().send().await.unwrap().vpcs()[0].vpc_id().unwrap().to_owned();
+    let vpc = ec2.describe_vpcs().send().await.unwrap().vpcs()[0]
+        .vpc_id()
+        .unwrap()
+        .to_owned();
     let extra = ec2
         .create_subnet()
         .vpc_id(&vpc)
@@ -351,10 +602,24 @@ async fn bad_input_changes_nothing() {
         .send()
         .await
         .unwrap();
-    let same_zone = format!("[{:?}, {:?}]", h.subnets[0].0, extra.subnet().unwrap().subnet_id().unwrap());
+    let same_zone = format!(
+        "[{:?}, {:?}]",
+        h.subnets[0].0,
+        extra.subnet().unwrap().subnet_id().unwrap()
+    );
     let all: Vec<String> = h.subnets.iter().map(|(s, _)| format!("{s:?}")).collect();
     let path = h.write_config(&good.replace(&format!("[{}]", all.join(", ")), &same_zone));
-    let run = h.run(&["--config", path.to_str().unwrap(), "apply", "--auto-approve"], &token).await;
+    let run = h
+        .run(
+            &[
+                "--config",
+                path.to_str().unwrap(),
+                "apply",
+                "--auto-approve",
+            ],
+            &token,
+        )
+        .await;
     run.expect_code(1);
     assert!(run.stderr.contains("availability zone"), "{}", run.stderr);
     assert_eq!(h.fake.write_count(), 0);

@@ -273,7 +273,7 @@ struct Run {
 }
 
 impl Host {
-    fn new(fleet: &str, instance_id: &str) -> Host {
+    fn new(os: Os, fleet: &str, instance_id: &str) -> Host {
         let dir = tempfile::tempdir().expect("temp dir");
         let imds = FakeImds::start(instance_id);
         let bin = dir.path().join("bin");
@@ -315,7 +315,7 @@ impl Host {
             claim_attempts: 3,
             claim_backoff_max_secs: 1,
         };
-        let script = render(Os::Al2023, &vars).expect("render al2023");
+        let script = render(os, &vars).expect("render the script");
         fs::write(dir.path().join("bootstrap.sh"), &script).expect("write script");
         Host {
             dir,
@@ -419,7 +419,7 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
     let commands: BTreeMap<&str, String> =
         uuids.iter().map(|u| (*u, put_runner(fleet, u))).collect();
     let instance_id = launch_instances(1).remove(0);
-    let host = Host::new(fleet, &instance_id);
+    let host = Host::new(Os::Al2023, fleet, &instance_id);
 
     let started = Instant::now();
     let run = host.run();
@@ -556,7 +556,10 @@ fn racing_instances_claim_each_runner_once_and_a_dead_claim_is_taken_over() {
         uuids.iter().map(|u| (*u, put_runner(fleet, u))).collect();
     let mut ids = launch_instances(5);
     let late_id = ids.pop().expect("a fifth instance");
-    let hosts: Vec<Host> = ids.iter().map(|id| Host::new(fleet, id)).collect();
+    let hosts: Vec<Host> = ids
+        .iter()
+        .map(|id| Host::new(Os::Al2023, fleet, id))
+        .collect();
 
     let started = Instant::now();
     let children: Vec<Child> = hosts.iter().map(Host::spawn).collect();
@@ -626,7 +629,7 @@ fn racing_instances_claim_each_runner_once_and_a_dead_claim_is_taken_over() {
         "--instance-ids",
         &dead.instance_id,
     ]);
-    let late = Host::new(fleet, &late_id);
+    let late = Host::new(Os::Al2023, fleet, &late_id);
     let run = late.run();
     assert_ok(&late, &run);
     assert_eq!(late.state("runner-uuid"), dead_uuid);
@@ -646,7 +649,7 @@ fn racing_instances_claim_each_runner_once_and_a_dead_claim_is_taken_over() {
 #[test]
 fn an_instance_gives_up_when_the_fleet_has_no_runner() {
     let instance_id = launch_instances(1).remove(0);
-    let host = Host::new("empty", &instance_id);
+    let host = Host::new(Os::Al2023, "empty", &instance_id);
     let run = host.run();
     assert!(
         !run.status.success(),
@@ -665,4 +668,125 @@ fn an_instance_gives_up_when_the_fleet_has_no_runner() {
         run.stderr
     );
     assert!(!host.path("docker.done").exists());
+}
+
+#[test]
+fn the_ubuntu_script_installs_from_apt_and_starts_its_runner() {
+    let fleet = "noble";
+    let uuid = "3d3e0eac-0000-4000-8000-0000000000c1";
+    let command = put_runner(fleet, uuid);
+    let instance_id = launch_instances(1).remove(0);
+    let host = Host::new(Os::Ubuntu, fleet, &instance_id);
+    let run = host.run();
+    assert_ok(&host, &run);
+    let stubs = host.read("stubs.log");
+    for expected in [
+        "apt-get update",
+        "apt-get install -y -q -o DPkg::Lock::Timeout=120 docker.io",
+        "systemctl: daemon.json present",
+    ] {
+        assert!(
+            stubs.contains(expected),
+            "{expected:?} not in the stub log:\n{stubs}"
+        );
+    }
+    assert!(
+        !stubs.contains("snap "),
+        "aws is on PATH, so it must not be installed:\n{stubs}"
+    );
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(1, instance_id.clone())])
+    );
+    let mut expected = shell_words(&command);
+    expected.remove(0);
+    assert_eq!(host.docker_argv(), expected);
+    assert!(!run.stderr.contains("canary") && !run.stdout.contains("canary"));
+}
+
+/// `curl` against the fake IMDS: the HTTP status and body.
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8(out.stdout).expect("utf-8 from curl");
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_fake_imds_speaks_imdsv2_and_stops_when_dropped() {
+    let imds = FakeImds::start("i-0123456789abcdef0");
+    let url = |path: &str| format!("{}{path}", imds.endpoint);
+    let ttl = "X-aws-ec2-metadata-token-ttl-seconds: 21600";
+    assert_eq!(curl(&["-X", "PUT", &url("/latest/api/token")]).0, "400");
+    assert_eq!(
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 0",
+            &url("/latest/api/token")
+        ])
+        .0,
+        "400"
+    );
+    let (status, token) = curl(&["-X", "PUT", "-H", ttl, &url("/latest/api/token")]);
+    assert_eq!(status, "200");
+    let auth = format!("X-aws-ec2-metadata-token: {token}");
+    let get = |path: &str| curl(&["-H", &auth, &url(path)]);
+    assert_eq!(curl(&[&url("/latest/meta-data/instance-id")]).0, "401");
+    assert_eq!(
+        curl(&[
+            "-H",
+            "X-aws-ec2-metadata-token: forged",
+            &url("/latest/meta-data/instance-id")
+        ])
+        .0,
+        "401"
+    );
+    assert_eq!(
+        get("/latest/meta-data/instance-id"),
+        ("200".to_owned(), "i-0123456789abcdef0".to_owned())
+    );
+    assert_eq!(
+        get("/latest/meta-data/placement/availability-zone"),
+        ("200".to_owned(), "us-east-1a".to_owned())
+    );
+    assert_eq!(get("/latest/meta-data/spot/instance-action").0, "404");
+    assert_eq!(
+        get("/latest/meta-data/events/recommendations/rebalance").0,
+        "404"
+    );
+    let action = r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#;
+    imds.set_spot_instance_action(Some(action));
+    imds.set_rebalance_recommendation(Some(r#"{"noticeTime": "2026-01-01T00:00:00Z"}"#));
+    assert_eq!(
+        get("/latest/meta-data/spot/instance-action"),
+        ("200".to_owned(), action.to_owned())
+    );
+    assert_eq!(
+        get("/latest/meta-data/events/recommendations/rebalance").0,
+        "200"
+    );
+    imds.set_spot_instance_action(None);
+    assert_eq!(get("/latest/meta-data/spot/instance-action").0, "404");
+
+    let endpoint = imds.endpoint.clone();
+    drop(imds);
+    let address = endpoint.trim_start_matches("http://");
+    assert!(
+        std::net::TcpStream::connect(address).is_err(),
+        "the fake IMDS still listens after drop"
+    );
 }

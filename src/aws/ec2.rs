@@ -5,7 +5,8 @@ use aws_sdk_ec2::types::{
     Filter, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
     LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
-    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification, VolumeType,
+    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
+    TagSpecification, VolumeType,
 };
 use base64::Engine;
 use serde::Serialize;
@@ -101,17 +102,26 @@ pub struct InstanceInfo {
 }
 
 /// Subnets by id; a missing one is a config error naming `spot.subnets`.
-pub async fn describe_subnets(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<Vec<SubnetInfo>, AwsError> {
-    let out = ec2.describe_subnets().set_subnet_ids(Some(ids.to_vec())).send().await.map_err(|e| {
-        if e.code() == Some("InvalidSubnetID.NotFound") {
-            AwsError::Invalid(format!(
-                "spot.subnets: {}",
-                e.message().unwrap_or("a configured subnet does not exist in this region")
-            ))
-        } else {
-            AwsError::call("ec2:DescribeSubnets", e)
-        }
-    })?;
+pub async fn describe_subnets(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+) -> Result<Vec<SubnetInfo>, AwsError> {
+    let out = ec2
+        .describe_subnets()
+        .set_subnet_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .map_err(|e| {
+            if e.code() == Some("InvalidSubnetID.NotFound") {
+                AwsError::Invalid(format!(
+                    "spot.subnets: {}",
+                    e.message()
+                        .unwrap_or("a configured subnet does not exist in this region")
+                ))
+            } else {
+                AwsError::call("ec2:DescribeSubnets", e)
+            }
+        })?;
     let mut subnets: Vec<SubnetInfo> = out
         .subnets()
         .iter()
@@ -133,30 +143,46 @@ pub async fn describe_image(ec2: &aws_sdk_ec2::Client, ami: &str) -> Result<Imag
         .send()
         .await
         .map_err(|e| match e.code() {
-            Some("InvalidAMIID.NotFound" | "InvalidAMIID.Malformed") => {
-                AwsError::Invalid(format!("instance.ami: AMI {ami} does not exist in this region"))
-            }
+            Some("InvalidAMIID.NotFound" | "InvalidAMIID.Malformed") => AwsError::Invalid(format!(
+                "instance.ami: AMI {ami} does not exist in this region"
+            )),
             _ => AwsError::call("ec2:DescribeImages", e),
         })?;
-    let image = out
-        .images()
-        .first()
-        .ok_or_else(|| AwsError::Invalid(format!("instance.ami: AMI {ami} does not exist in this region")))?;
+    let image = out.images().first().ok_or_else(|| {
+        AwsError::Invalid(format!(
+            "instance.ami: AMI {ami} does not exist in this region"
+        ))
+    })?;
     Ok(ImageInfo {
         id: ami.to_owned(),
         root_device: image.root_device_name().unwrap_or("/dev/xvda").to_owned(),
-        architecture: image.architecture().map_or("x86_64", |a| a.as_str()).to_owned(),
+        architecture: image
+            .architecture()
+            .map_or("x86_64", |a| a.as_str())
+            .to_owned(),
     })
 }
 
 /// The launch template named `name`, if any.
-pub async fn find_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<LaunchTemplateState>, AwsError> {
-    let out = match ec2.describe_launch_templates().launch_template_names(name).send().await {
+pub async fn find_launch_template(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+) -> Result<Option<LaunchTemplateState>, AwsError> {
+    let out = match ec2
+        .describe_launch_templates()
+        .launch_template_names(name)
+        .send()
+        .await
+    {
         Ok(o) => o,
-        Err(e) if e.code() == Some("InvalidLaunchTemplateName.NotFoundException") => return Ok(None),
+        Err(e) if e.code() == Some("InvalidLaunchTemplateName.NotFoundException") => {
+            return Ok(None)
+        }
         Err(e) => return Err(AwsError::call("ec2:DescribeLaunchTemplates", e)),
     };
-    let Some(lt) = out.launch_templates().first() else { return Ok(None) };
+    let Some(lt) = out.launch_templates().first() else {
+        return Ok(None);
+    };
     let id = lt.launch_template_id().unwrap_or_default().to_owned();
     let latest_version = lt.latest_version_number().unwrap_or(1);
     let versions = ec2
@@ -201,7 +227,9 @@ fn template_data(spec: &LaunchTemplateSpec) -> RequestLaunchTemplateData {
     RequestLaunchTemplateData::builder()
         .image_id(&spec.image_id)
         .iam_instance_profile(profile)
-        .set_security_group_ids((!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()))
+        .set_security_group_ids(
+            (!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()),
+        )
         .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.userdata))
         // IMDSv2 only, one hop: build containers on the host cannot reach the instance role.
         .metadata_options(
@@ -230,7 +258,10 @@ fn template_data(spec: &LaunchTemplateSpec) -> RequestLaunchTemplateData {
 }
 
 /// Creates the launch template (version 1); returns its id and version.
-pub async fn create_launch_template(ec2: &aws_sdk_ec2::Client, spec: &LaunchTemplateSpec) -> Result<(String, i64), AwsError> {
+pub async fn create_launch_template(
+    ec2: &aws_sdk_ec2::Client,
+    spec: &LaunchTemplateSpec,
+) -> Result<(String, i64), AwsError> {
     let out = ec2
         .create_launch_template()
         .launch_template_name(&spec.name)
@@ -245,9 +276,9 @@ pub async fn create_launch_template(ec2: &aws_sdk_ec2::Client, spec: &LaunchTemp
         .send()
         .await
         .map_err(|e| AwsError::call("ec2:CreateLaunchTemplate", e))?;
-    let lt = out
-        .launch_template()
-        .ok_or_else(|| AwsError::Invalid("ec2:CreateLaunchTemplate returned no template".to_owned()))?;
+    let lt = out.launch_template().ok_or_else(|| {
+        AwsError::Invalid("ec2:CreateLaunchTemplate returned no template".to_owned())
+    })?;
     Ok((
         lt.launch_template_id().unwrap_or_default().to_owned(),
         lt.latest_version_number().unwrap_or(1),
@@ -255,7 +286,11 @@ pub async fn create_launch_template(ec2: &aws_sdk_ec2::Client, spec: &LaunchTemp
 }
 
 /// Adds a complete new version (never relying on `SourceVersion`); returns its number.
-pub async fn create_launch_template_version(ec2: &aws_sdk_ec2::Client, id: &str, spec: &LaunchTemplateSpec) -> Result<i64, AwsError> {
+pub async fn create_launch_template_version(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    spec: &LaunchTemplateSpec,
+) -> Result<i64, AwsError> {
     let out = ec2
         .create_launch_template_version()
         .launch_template_id(id)
@@ -266,12 +301,22 @@ pub async fn create_launch_template_version(ec2: &aws_sdk_ec2::Client, id: &str,
         .map_err(|e| AwsError::call("ec2:CreateLaunchTemplateVersion", e))?;
     out.launch_template_version()
         .and_then(|v| v.version_number())
-        .ok_or_else(|| AwsError::Invalid("ec2:CreateLaunchTemplateVersion returned no version".to_owned()))
+        .ok_or_else(|| {
+            AwsError::Invalid("ec2:CreateLaunchTemplateVersion returned no version".to_owned())
+        })
 }
 
 /// Deletes the launch template; `Ok(false)` if it was already gone.
-pub async fn delete_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<bool, AwsError> {
-    match ec2.delete_launch_template().launch_template_name(name).send().await {
+pub async fn delete_launch_template(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+) -> Result<bool, AwsError> {
+    match ec2
+        .delete_launch_template()
+        .launch_template_name(name)
+        .send()
+        .await
+    {
         Ok(_) => Ok(true),
         Err(e) if e.code() == Some("InvalidLaunchTemplateName.NotFoundException") => Ok(false),
         Err(e) => Err(AwsError::call("ec2:DeleteLaunchTemplate", e)),
@@ -279,15 +324,27 @@ pub async fn delete_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Re
 }
 
 /// Instances tagged with the fleet that are not terminated (or terminating).
-pub async fn fleet_instances(ec2: &aws_sdk_ec2::Client, fleet: &str) -> Result<Vec<InstanceInfo>, AwsError> {
+pub async fn fleet_instances(
+    ec2: &aws_sdk_ec2::Client,
+    fleet: &str,
+) -> Result<Vec<InstanceInfo>, AwsError> {
     let mut out = Vec::new();
     let mut pages = ec2
         .describe_instances()
-        .filters(Filter::builder().name(format!("tag:{FLEET_TAG}")).values(fleet).build())
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{FLEET_TAG}"))
+                .values(fleet)
+                .build(),
+        )
         .filters(
             Filter::builder()
                 .name("instance-state-name")
-                .set_values(Some(["pending", "running", "stopping", "stopped"].map(String::from).to_vec()))
+                .set_values(Some(
+                    ["pending", "running", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
                 .build(),
         )
         .max_results(1000)
@@ -300,8 +357,16 @@ pub async fn fleet_instances(ec2: &aws_sdk_ec2::Client, fleet: &str) -> Result<V
                 out.push(InstanceInfo {
                     id: i.instance_id().unwrap_or_default().to_owned(),
                     instance_type: i.instance_type().map_or("", |t| t.as_str()).to_owned(),
-                    az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
-                    state: i.state().and_then(|s| s.name()).map_or("unknown", |n| n.as_str()).to_owned(),
+                    az: i
+                        .placement()
+                        .and_then(|p| p.availability_zone())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    state: i
+                        .state()
+                        .and_then(|s| s.name())
+                        .map_or("unknown", |n| n.as_str())
+                        .to_owned(),
                 });
             }
         }
@@ -313,7 +378,12 @@ pub async fn fleet_instances(ec2: &aws_sdk_ec2::Client, fleet: &str) -> Result<V
 /// Terminates instances, 1000 a call; already-gone ones are fine.
 pub async fn terminate(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<(), AwsError> {
     for chunk in ids.chunks(1000) {
-        match ec2.terminate_instances().set_instance_ids(Some(chunk.to_vec())).send().await {
+        match ec2
+            .terminate_instances()
+            .set_instance_ids(Some(chunk.to_vec()))
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") && chunk.len() == 1 => {}
             Err(e) => return Err(AwsError::call("ec2:TerminateInstances", e)),

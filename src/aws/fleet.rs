@@ -3,9 +3,11 @@
 //! without touching the planner.
 
 use aws_sdk_ec2::types::{
-    AllocationStrategy as Ec2Strategy, ExcessCapacityTerminationPolicy, FleetLaunchTemplateSpecification, FleetType,
-    InstanceInterruptionBehavior, LaunchTemplateConfig, LaunchTemplateOverrides, ReplacementStrategy, ResourceType,
-    SpotCapacityRebalance, SpotFleetRequestConfigData, SpotMaintenanceStrategies, Tag, TagSpecification,
+    AllocationStrategy as Ec2Strategy, ExcessCapacityTerminationPolicy,
+    FleetLaunchTemplateSpecification, FleetType, InstanceInterruptionBehavior,
+    LaunchTemplateConfig, LaunchTemplateOverrides, ReplacementStrategy, ResourceType,
+    SpotCapacityRebalance, SpotFleetRequestConfigData, SpotMaintenanceStrategies, Tag,
+    TagSpecification,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -57,7 +59,9 @@ pub struct FleetSpec {
 impl FleetSpec {
     /// Digest of everything that needs a new request when it changes.
     pub fn fingerprint(&self) -> String {
-        hex16(&Sha256::digest(serde_json::to_vec(self).unwrap_or_default()))
+        hex16(&Sha256::digest(
+            serde_json::to_vec(self).unwrap_or_default(),
+        ))
     }
 }
 
@@ -67,9 +71,20 @@ pub trait FleetApi: Send + Sync {
     /// Requests tagged with the fleet (live and leftover), with their instances.
     async fn list(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError>;
     /// Requests a new fleet; returns its id.
-    async fn request(&self, spec: &FleetSpec, launch_template_id: &str, version: i64, target: u32) -> Result<String, AwsError>;
+    async fn request(
+        &self,
+        spec: &FleetSpec,
+        launch_template_id: &str,
+        version: i64,
+        target: u32,
+    ) -> Result<String, AwsError>;
     /// Sets the target capacity; `terminate_excess` = false keeps every instance (bbfleet terminates the chosen ones).
-    async fn set_target(&self, id: &str, target: u32, terminate_excess: bool) -> Result<(), AwsError>;
+    async fn set_target(
+        &self,
+        id: &str,
+        target: u32,
+        terminate_excess: bool,
+    ) -> Result<(), AwsError>;
     /// Cancels requests.
     async fn cancel(&self, ids: &[String], terminate_instances: bool) -> Result<(), AwsError>;
 }
@@ -100,8 +115,15 @@ impl SpotFleet {
                 .send()
                 .await
                 .map_err(|e| AwsError::call("ec2:DescribeSpotFleetInstances", e))?;
-            ids.extend(out.active_instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)));
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            ids.extend(
+                out.active_instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_owned)),
+            );
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
@@ -136,23 +158,40 @@ impl FleetApi for SpotFleet {
                 .await
                 .map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequests", e))?;
             for r in out.spot_fleet_request_configs() {
-                let tag = |k: &str| r.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
+                let tag = |k: &str| {
+                    r.tags()
+                        .iter()
+                        .find(|t| t.key() == Some(k))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned)
+                };
                 if tag(FLEET_TAG).as_deref() != Some(fleet) {
                     continue;
                 }
-                let state = r.spot_fleet_request_state().map_or("unknown", |s| s.as_str()).to_owned();
-                if matches!(state.as_str(), "cancelled" | "cancelled_terminating" | "failed") {
+                let state = r
+                    .spot_fleet_request_state()
+                    .map_or("unknown", |s| s.as_str())
+                    .to_owned();
+                if matches!(
+                    state.as_str(),
+                    "cancelled" | "cancelled_terminating" | "failed"
+                ) {
                     continue;
                 }
                 found.push(FleetState {
                     id: r.spot_fleet_request_id().unwrap_or_default().to_owned(),
                     state,
-                    target: r.spot_fleet_request_config().map_or(0, |c| c.target_capacity().unwrap_or(0)),
+                    target: r
+                        .spot_fleet_request_config()
+                        .map_or(0, |c| c.target_capacity().unwrap_or(0)),
                     fingerprint: tag(CONFIG_TAG),
                     instance_ids: Vec::new(),
                 });
             }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
@@ -164,7 +203,13 @@ impl FleetApi for SpotFleet {
         Ok(found)
     }
 
-    async fn request(&self, spec: &FleetSpec, launch_template_id: &str, version: i64, target: u32) -> Result<String, AwsError> {
+    async fn request(
+        &self,
+        spec: &FleetSpec,
+        launch_template_id: &str,
+        version: i64,
+        target: u32,
+    ) -> Result<String, AwsError> {
         let mut overrides = Vec::new();
         for t in &spec.instance_types {
             for s in &spec.subnets {
@@ -212,7 +257,10 @@ impl FleetApi for SpotFleet {
                     .build(),
             )
             // A retried request (same template version, same config) is the same fleet.
-            .client_token(format!("bbfleet-{}-{fingerprint}-{launch_template_id}-{version}", spec.fleet))
+            .client_token(format!(
+                "bbfleet-{}-{fingerprint}-{launch_template_id}-{version}",
+                spec.fleet
+            ))
             .build();
         let out = self
             .ec2
@@ -223,15 +271,29 @@ impl FleetApi for SpotFleet {
             .map_err(|e| AwsError::call("ec2:RequestSpotFleet", e))?;
         out.spot_fleet_request_id()
             .map(str::to_owned)
-            .ok_or_else(|| AwsError::Invalid("ec2:RequestSpotFleet returned no request id".to_owned()))
+            .ok_or_else(|| {
+                AwsError::Invalid("ec2:RequestSpotFleet returned no request id".to_owned())
+            })
     }
 
-    async fn set_target(&self, id: &str, target: u32, terminate_excess: bool) -> Result<(), AwsError> {
-        let mut req = self.ec2.modify_spot_fleet_request().spot_fleet_request_id(id).target_capacity(target as i32);
+    async fn set_target(
+        &self,
+        id: &str,
+        target: u32,
+        terminate_excess: bool,
+    ) -> Result<(), AwsError> {
+        let mut req = self
+            .ec2
+            .modify_spot_fleet_request()
+            .spot_fleet_request_id(id)
+            .target_capacity(target as i32);
         if !terminate_excess {
-            req = req.excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination);
+            req = req
+                .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination);
         }
-        req.send().await.map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
+        req.send()
+            .await
+            .map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
         Ok(())
     }
 

@@ -14,9 +14,9 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -66,17 +66,26 @@ impl AwsError {
             SdkError::ServiceError(se) => match (se.err().code(), se.err().message()) {
                 (Some(code), Some(msg)) => format!("{code}: {msg}"),
                 (Some(code), None) => code.to_owned(),
-                _ => format!("HTTP {} without an AWS error in the body", se.raw().status_code()),
+                _ => format!(
+                    "HTTP {} without an AWS error in the body",
+                    se.raw().status_code()
+                ),
             },
             SdkError::TimeoutError(_) => "the request timed out".to_owned(),
-            SdkError::DispatchFailure(_) => format!("could not reach the endpoint: {}", DisplayErrorContext(&err)),
+            SdkError::DispatchFailure(_) => format!(
+                "could not reach the endpoint: {}",
+                DisplayErrorContext(&err)
+            ),
             _ => DisplayErrorContext(&err).to_string(),
         };
         AwsError::Call { operation, message }
     }
 
     /// A request could not be built (a missing required field: a bug, reported plainly).
-    pub fn build(operation: &'static str, err: aws_smithy_types::error::operation::BuildError) -> Self {
+    pub fn build(
+        operation: &'static str,
+        err: aws_smithy_types::error::operation::BuildError,
+    ) -> Self {
         AwsError::Call {
             operation,
             message: err.to_string(),
@@ -113,7 +122,11 @@ impl Intercept for CallCounter {
     ) -> Result<(), BoxError> {
         if let Some(md) = cfg.load::<Metadata>() {
             let service = md.service().to_ascii_lowercase();
-            let service = service.split_whitespace().next().unwrap_or("aws").to_owned();
+            let service = service
+                .split_whitespace()
+                .next()
+                .unwrap_or("aws")
+                .to_owned();
             self.0.record(&service, md.name(), aws_kind(md.name()));
             tracing::debug!(service, operation = md.name(), "aws");
         }
@@ -129,15 +142,31 @@ impl Aws {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
         }
         let shared = loader.load().await;
-        let region = shared.region().map(|r| r.to_string()).ok_or(AwsError::NoRegion)?;
+        let region = shared
+            .region()
+            .map(|r| r.to_string())
+            .ok_or(AwsError::NoRegion)?;
         let counter = CallCounter(stats.clone());
         let ec2 = aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&shared).interceptor(counter.clone()).build(),
+            aws_sdk_ec2::config::Builder::from(&shared)
+                .interceptor(counter.clone())
+                .build(),
         );
         let ssm = aws_sdk_ssm::Client::from_conf(
-            aws_sdk_ssm::config::Builder::from(&shared).interceptor(counter.clone()).build(),
+            aws_sdk_ssm::config::Builder::from(&shared)
+                .interceptor(counter.clone())
+                .build(),
         );
-        let kms = aws_sdk_kms::Client::from_conf(aws_sdk_kms::config::Builder::from(&shared).interceptor(counter).build());
-        Ok(Aws { ec2, ssm, kms, region })
+        let kms = aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&shared)
+                .interceptor(counter)
+                .build(),
+        );
+        Ok(Aws {
+            ec2,
+            ssm,
+            kms,
+            region,
+        })
     }
 }

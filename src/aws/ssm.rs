@@ -35,7 +35,10 @@ pub struct Claim {
 }
 
 /// The fleet's runner parameters (one level under `/bbfleet/{fleet}/runners`).
-pub async fn list_runner_parameters(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<RunnerParameter>, AwsError> {
+pub async fn list_runner_parameters(
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+) -> Result<Vec<RunnerParameter>, AwsError> {
     let path = names::runners_path(fleet);
     let filter = ParameterStringFilter::builder()
         .key("Path")
@@ -54,7 +57,9 @@ pub async fn list_runner_parameters(ssm: &aws_sdk_ssm::Client, fleet: &str) -> R
         let page = page.map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
         for p in page.parameters() {
             let Some(name) = p.name() else { continue };
-            let Some(uuid) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else { continue };
+            let Some(uuid) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
             if uuid.is_empty() || uuid.contains('/') {
                 continue;
             }
@@ -85,9 +90,15 @@ pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<C
         let page = page.map_err(|e| AwsError::call("ssm:GetParametersByPath", e))?;
         for p in page.parameters() {
             let Some(name) = p.name() else { continue };
-            let Some(rest) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else { continue };
-            let Some((uuid, generation)) = rest.split_once('/') else { continue };
-            let Ok(generation) = generation.parse() else { continue };
+            let Some(rest) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
+            let Some((uuid, generation)) = rest.split_once('/') else {
+                continue;
+            };
+            let Ok(generation) = generation.parse() else {
+                continue;
+            };
             out.push(Claim {
                 name: name.to_owned(),
                 runner_uuid: uuid.to_owned(),
@@ -123,7 +134,10 @@ pub async fn put_runner_command(
         .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
     ssm.put_parameter()
         .name(&name)
-        .description(format!("bbfleet {fleet}: docker command of Bitbucket runner {}", names::braced_uuid(runner_uuid)))
+        .description(format!(
+            "bbfleet {fleet}: docker command of Bitbucket runner {}",
+            names::braced_uuid(runner_uuid)
+        ))
         .value(value)
         .r#type(ParameterType::SecureString)
         .key_id(key_id)
@@ -179,7 +193,12 @@ pub async fn delete(ssm: &aws_sdk_ssm::Client, names: &[String]) -> Result<(), A
 pub async fn get_string(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<Option<String>, AwsError> {
     match ssm.get_parameter().name(name).send().await {
         Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_owned)),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(AwsError::call("ssm:GetParameter", e)),
     }
 }

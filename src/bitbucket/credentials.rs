@@ -66,7 +66,9 @@ impl Credentials {
                 Some(v) => Ok(Some(v.trim().to_owned())),
             }
         };
-        let pair = |a: &'static str, b: &'static str| -> Result<Option<(String, String)>, CredentialsError> {
+        let pair = |a: &'static str,
+                    b: &'static str|
+         -> Result<Option<(String, String)>, CredentialsError> {
             match (var(a)?, var(b)?) {
                 (Some(x), Some(y)) => Ok(Some((x, y))),
                 (None, None) => Ok(None),
@@ -100,7 +102,8 @@ impl Credentials {
             return Ok(Credentials::AccessToken(token.into()));
         }
         if let Some((client_id, secret)) = oauth {
-            let token_url = var("BITBUCKET_OAUTH_TOKEN_URL")?.unwrap_or_else(|| DEFAULT_OAUTH_TOKEN_URL.to_owned());
+            let token_url = var("BITBUCKET_OAUTH_TOKEN_URL")?
+                .unwrap_or_else(|| DEFAULT_OAUTH_TOKEN_URL.to_owned());
             crate::config::check_api_url(&token_url).map_err(CredentialsError::TokenUrl)?;
             return Ok(Credentials::OAuth {
                 client_id,
@@ -128,7 +131,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Credentials, CredentialsError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Credentials::from_env(|k| map.get(k).cloned())
     }
 
@@ -138,8 +144,14 @@ mod tests {
         assert!(matches!(c, Credentials::ApiToken { ref email, .. } if email == "a@b.c"));
         let c = env(&[("BITBUCKET_ACCESS_TOKEN", "t")]).unwrap();
         assert!(matches!(c, Credentials::AccessToken(ref t) if t.expose_secret() == "t"));
-        let c = env(&[("BITBUCKET_OAUTH_CLIENT_ID", "id"), ("BITBUCKET_OAUTH_CLIENT_SECRET", "s")]).unwrap();
-        assert!(matches!(c, Credentials::OAuth { ref token_url, .. } if token_url == DEFAULT_OAUTH_TOKEN_URL));
+        let c = env(&[
+            ("BITBUCKET_OAUTH_CLIENT_ID", "id"),
+            ("BITBUCKET_OAUTH_CLIENT_SECRET", "s"),
+        ])
+        .unwrap();
+        assert!(
+            matches!(c, Credentials::OAuth { ref token_url, .. } if token_url == DEFAULT_OAUTH_TOKEN_URL)
+        );
     }
 
     #[test]
@@ -147,22 +159,40 @@ mod tests {
         assert_eq!(env(&[]).unwrap_err(), CredentialsError::Missing);
         assert_eq!(
             env(&[("BITBUCKET_EMAIL", "a@b.c")]).unwrap_err(),
-            CredentialsError::Incomplete { set: "BITBUCKET_EMAIL", missing: "BITBUCKET_API_TOKEN" }
+            CredentialsError::Incomplete {
+                set: "BITBUCKET_EMAIL",
+                missing: "BITBUCKET_API_TOKEN"
+            }
         );
         assert!(matches!(
-            env(&[("BITBUCKET_ACCESS_TOKEN", "t"), ("BITBUCKET_OAUTH_CLIENT_ID", "i"), ("BITBUCKET_OAUTH_CLIENT_SECRET", "s")]),
+            env(&[
+                ("BITBUCKET_ACCESS_TOKEN", "t"),
+                ("BITBUCKET_OAUTH_CLIENT_ID", "i"),
+                ("BITBUCKET_OAUTH_CLIENT_SECRET", "s")
+            ]),
             Err(CredentialsError::Conflict(_))
         ));
-        assert_eq!(env(&[("BITBUCKET_ACCESS_TOKEN", " ")]).unwrap_err(), CredentialsError::Empty("BITBUCKET_ACCESS_TOKEN"));
+        assert_eq!(
+            env(&[("BITBUCKET_ACCESS_TOKEN", " ")]).unwrap_err(),
+            CredentialsError::Empty("BITBUCKET_ACCESS_TOKEN")
+        );
         assert!(matches!(
-            env(&[("BITBUCKET_OAUTH_CLIENT_ID", "i"), ("BITBUCKET_OAUTH_CLIENT_SECRET", "s"), ("BITBUCKET_OAUTH_TOKEN_URL", "http://evil.example/t")]),
+            env(&[
+                ("BITBUCKET_OAUTH_CLIENT_ID", "i"),
+                ("BITBUCKET_OAUTH_CLIENT_SECRET", "s"),
+                ("BITBUCKET_OAUTH_TOKEN_URL", "http://evil.example/t")
+            ]),
             Err(CredentialsError::TokenUrl(_))
         ));
     }
 
     #[test]
     fn debug_output_hides_secrets() {
-        let c = env(&[("BITBUCKET_OAUTH_CLIENT_ID", "id"), ("BITBUCKET_OAUTH_CLIENT_SECRET", "canary-secret-123")]).unwrap();
+        let c = env(&[
+            ("BITBUCKET_OAUTH_CLIENT_ID", "id"),
+            ("BITBUCKET_OAUTH_CLIENT_SECRET", "canary-secret-123"),
+        ])
+        .unwrap();
         assert!(!format!("{c:?}").contains("canary-secret-123"));
     }
 }

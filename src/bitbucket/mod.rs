@@ -158,7 +158,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Full-jitter exponential back-off before retry number `attempt` (1-based).
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let ceiling = exp.min(self.cap);
         ceiling.mul_f64(fastrand::f64().max(0.1))
     }
@@ -218,7 +220,12 @@ enum Body<'a> {
 
 impl Bitbucket {
     /// A client for `base_url` (e.g. `https://api.bitbucket.org/2.0`).
-    pub fn new(base_url: &str, credentials: Credentials, retry: RetryPolicy, stats: CallStats) -> Result<Self, BitbucketError> {
+    pub fn new(
+        base_url: &str,
+        credentials: Credentials,
+        retry: RetryPolicy,
+        stats: CallStats,
+    ) -> Result<Self, BitbucketError> {
         crate::config::check_api_url(base_url).map_err(BitbucketError::Client)?;
         let mut base = Url::parse(base_url).map_err(|e| BitbucketError::Client(e.to_string()))?;
         if !base.path().ends_with('/') {
@@ -255,22 +262,43 @@ impl Bitbucket {
         url
     }
 
-    fn runners_segments<'a>(scope: &'a Scope) -> Vec<&'a str> {
+    fn runners_segments(scope: &Scope) -> Vec<&str> {
         match &scope.repository {
-            Some(repo) => vec!["repositories", &scope.workspace, repo, "pipelines-config", "runners"],
-            None => vec!["workspaces", &scope.workspace, "pipelines-config", "runners"],
+            Some(repo) => vec![
+                "repositories",
+                &scope.workspace,
+                repo,
+                "pipelines-config",
+                "runners",
+            ],
+            None => vec![
+                "workspaces",
+                &scope.workspace,
+                "pipelines-config",
+                "runners",
+            ],
         }
     }
 
     /// Looks up a workspace (slug or `{uuid}`).
     pub async fn workspace(&self, workspace: &str) -> Result<Owner, BitbucketError> {
         let url = self.url(&["workspaces", workspace]);
-        self.json(Method::GET, url, Body::None, &format!("workspace {workspace}"), "GET workspace")
-            .await
+        self.json(
+            Method::GET,
+            url,
+            Body::None,
+            &format!("workspace {workspace}"),
+            "GET workspace",
+        )
+        .await
     }
 
     /// Looks up a repository.
-    pub async fn repository(&self, workspace: &str, repository: &str) -> Result<Owner, BitbucketError> {
+    pub async fn repository(
+        &self,
+        workspace: &str,
+        repository: &str,
+    ) -> Result<Owner, BitbucketError> {
         let url = self.url(&["repositories", workspace, repository]);
         self.json(
             Method::GET,
@@ -292,11 +320,18 @@ impl Bitbucket {
             if !seen.insert(url.to_string()) {
                 return Err(BitbucketError::InvalidResponse {
                     call: format!("GET {}", url.path()),
-                    message: "the `next` link points to a page already read (pagination loop)".to_owned(),
+                    message: "the `next` link points to a page already read (pagination loop)"
+                        .to_owned(),
                 });
             }
             let page: Page<Runner> = self
-                .json(Method::GET, url.clone(), Body::None, &scope.to_string(), "GET runners")
+                .json(
+                    Method::GET,
+                    url.clone(),
+                    Body::None,
+                    &scope.to_string(),
+                    "GET runners",
+                )
                 .await?;
             runners.extend(page.values);
             match page.next {
@@ -312,10 +347,12 @@ impl Bitbucket {
 
     /// A `next` link, only if it stays on the API's origin (credentials go with it).
     fn same_origin(&self, next: &str, current: &Url) -> Result<Url, BitbucketError> {
-        let parsed = current.join(next).map_err(|e| BitbucketError::InvalidResponse {
-            call: format!("GET {}", current.path()),
-            message: format!("the `next` link is not a URL: {e}"),
-        })?;
+        let parsed = current
+            .join(next)
+            .map_err(|e| BitbucketError::InvalidResponse {
+                call: format!("GET {}", current.path()),
+                message: format!("the `next` link is not a URL: {e}"),
+            })?;
         if parsed.origin() != self.base.origin() {
             return Err(BitbucketError::InvalidResponse {
                 call: format!("GET {}", current.path()),
@@ -329,15 +366,28 @@ impl Bitbucket {
     }
 
     /// Registers a runner. The returned secret exists only here: store it at once.
-    pub async fn create_runner(&self, scope: &Scope, name: &str, labels: &[String]) -> Result<CreatedRunner, BitbucketError> {
+    pub async fn create_runner(
+        &self,
+        scope: &Scope,
+        name: &str,
+        labels: &[String],
+    ) -> Result<CreatedRunner, BitbucketError> {
         let url = self.url(&Self::runners_segments(scope));
         let body = serde_json::json!({ "name": name, "labels": labels });
         let result = self
-            .json::<model::CreatedRaw>(Method::POST, url, Body::Json(&body), &scope.to_string(), "POST runner")
+            .json::<model::CreatedRaw>(
+                Method::POST,
+                url,
+                Body::Json(&body),
+                &scope.to_string(),
+                "POST runner",
+            )
             .await;
         match result {
             Ok(raw) => raw.into_created(),
-            Err(BitbucketError::BadRequest { message, .. }) if message.to_ascii_lowercase().contains("limit") => {
+            Err(BitbucketError::BadRequest { message, .. })
+                if message.to_ascii_lowercase().contains("limit") =>
+            {
                 Err(BitbucketError::RunnerLimit {
                     scope: scope.to_string(),
                     message,
@@ -348,13 +398,25 @@ impl Bitbucket {
     }
 
     /// Changes a runner's name and labels.
-    pub async fn update_runner(&self, scope: &Scope, uuid: &str, name: &str, labels: &[String]) -> Result<Runner, BitbucketError> {
+    pub async fn update_runner(
+        &self,
+        scope: &Scope,
+        uuid: &str,
+        name: &str,
+        labels: &[String],
+    ) -> Result<Runner, BitbucketError> {
         let braced = crate::names::braced_uuid(uuid);
         let mut segments = Self::runners_segments(scope);
         segments.push(&braced);
         let body = serde_json::json!({ "name": name, "labels": labels });
-        self.json(Method::PUT, self.url(&segments), Body::Json(&body), &format!("runner {braced}"), "PUT runner")
-            .await
+        self.json(
+            Method::PUT,
+            self.url(&segments),
+            Body::Json(&body),
+            &format!("runner {braced}"),
+            "PUT runner",
+        )
+        .await
     }
 
     /// Deletes a runner; `Ok(false)` if it was already gone.
@@ -363,14 +425,30 @@ impl Bitbucket {
         let mut segments = Self::runners_segments(scope);
         segments.push(&braced);
         let url = self.url(&segments);
-        match self.send(Method::DELETE, url, Body::None, &format!("runner {braced}"), "DELETE runner").await {
+        match self
+            .send(
+                Method::DELETE,
+                url,
+                Body::None,
+                &format!("runner {braced}"),
+                "DELETE runner",
+            )
+            .await
+        {
             Ok(_) => Ok(true),
             Err(BitbucketError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, url: Url, body: Body<'_>, what: &str, op: &str) -> Result<T, BitbucketError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Body<'_>,
+        what: &str,
+        op: &str,
+    ) -> Result<T, BitbucketError> {
         let call = format!("{method} {}", url.path());
         let bytes = self.send(method, url, body, what, op).await?;
         serde_json::from_slice(&bytes).map_err(|e| BitbucketError::InvalidResponse {
@@ -379,9 +457,14 @@ impl Bitbucket {
         })
     }
 
-    async fn auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, BitbucketError> {
+    async fn auth(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, BitbucketError> {
         Ok(match &self.credentials {
-            Credentials::ApiToken { email, token } => req.basic_auth(email, Some(token.expose_secret())),
+            Credentials::ApiToken { email, token } => {
+                req.basic_auth(email, Some(token.expose_secret()))
+            }
             Credentials::AccessToken(token) => req.bearer_auth(token.expose_secret()),
             Credentials::OAuth { .. } => {
                 let token = self.oauth_token().await?;
@@ -405,7 +488,8 @@ impl Bitbucket {
         }
         let call = format!("POST {token_url}");
         for attempt in 1..=self.retry.max_attempts {
-            self.stats.record("bitbucket", "POST oauth2/access_token", CallKind::Read);
+            self.stats
+                .record("bitbucket", "POST oauth2/access_token", CallKind::Read);
             let sent = self
                 .http
                 .post(token_url)
@@ -420,7 +504,13 @@ impl Bitbucket {
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                     continue;
                 }
-                Err(e) => return Err(BitbucketError::Exhausted { call, attempts: attempt, last: e.without_url().to_string() }),
+                Err(e) => {
+                    return Err(BitbucketError::Exhausted {
+                        call,
+                        attempts: attempt,
+                        last: e.without_url().to_string(),
+                    })
+                }
             };
             let status = response.status();
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -428,20 +518,28 @@ impl Bitbucket {
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                     continue;
                 }
-                return Err(BitbucketError::Exhausted { call, attempts: attempt, last: format!("status {status}") });
+                return Err(BitbucketError::Exhausted {
+                    call,
+                    attempts: attempt,
+                    last: format!("status {status}"),
+                });
             }
             let bytes = response.bytes().await.unwrap_or_default();
             if !status.is_success() {
                 return Err(BitbucketError::Unauthorized {
                     kind: self.credentials.kind(),
                     call,
-                    message: format!("the OAuth consumer was refused ({status}): {}", excerpt(&bytes)),
+                    message: format!(
+                        "the OAuth consumer was refused ({status}): {}",
+                        excerpt(&bytes)
+                    ),
                 });
             }
-            let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| BitbucketError::InvalidResponse {
-                call: call.clone(),
-                message: format!("token response without access_token: {e}"),
-            })?;
+            let parsed: TokenResponse =
+                serde_json::from_slice(&bytes).map_err(|e| BitbucketError::InvalidResponse {
+                    call: call.clone(),
+                    message: format!("token response without access_token: {e}"),
+                })?;
             // Renew a minute early, and never trust a lifetime below two minutes.
             let lifetime = parsed.expires_in.unwrap_or(3600).max(120);
             *cached = Some(CachedToken {
@@ -450,19 +548,37 @@ impl Bitbucket {
             });
             return Ok(parsed.access_token);
         }
-        Err(BitbucketError::Exhausted { call, attempts: self.retry.max_attempts, last: "no attempt left".to_owned() })
+        Err(BitbucketError::Exhausted {
+            call,
+            attempts: self.retry.max_attempts,
+            last: "no attempt left".to_owned(),
+        })
     }
 
     /// Sends with retries; returns the body of a 2xx answer.
-    async fn send(&self, method: Method, url: Url, body: Body<'_>, what: &str, op: &str) -> Result<Vec<u8>, BitbucketError> {
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Body<'_>,
+        what: &str,
+        op: &str,
+    ) -> Result<Vec<u8>, BitbucketError> {
         let call = format!("{method} {}", url.path());
-        let kind = if method == Method::GET { CallKind::Read } else { CallKind::Write };
+        let kind = if method == Method::GET {
+            CallKind::Read
+        } else {
+            CallKind::Write
+        };
         let mut last = String::new();
         let mut renewed_token = false;
         let mut attempt = 0;
         while attempt < self.retry.max_attempts {
             attempt += 1;
-            let mut req = self.http.request(method.clone(), url.clone()).header("Accept", "application/json");
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .header("Accept", "application/json");
             if let Body::Json(v) = body {
                 req = req.json(v);
             }
@@ -485,7 +601,11 @@ impl Bitbucket {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let bytes = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let bytes = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
             if status.is_success() {
                 return Ok(bytes);
             }
@@ -497,7 +617,10 @@ impl Bitbucket {
                             return Err(BitbucketError::Exhausted {
                                 call,
                                 attempts: attempt,
-                                last: format!("rate limited; Bitbucket asks to wait {} s", d.as_secs()),
+                                last: format!(
+                                    "rate limited; Bitbucket asks to wait {} s",
+                                    d.as_secs()
+                                ),
                             })
                         }
                         Some(d) => d,
@@ -509,17 +632,23 @@ impl Bitbucket {
                 }
                 s if s.is_server_error() => {
                     last = format!("status {s}: {message}");
-                    let wait = retry_after.unwrap_or_else(|| self.retry.backoff(attempt)).min(self.retry.max_retry_after);
+                    let wait = retry_after
+                        .unwrap_or_else(|| self.retry.backoff(attempt))
+                        .min(self.retry.max_retry_after);
                     tracing::debug!(%call, attempt, status = s.as_u16(), "server error; retrying");
                     tokio::time::sleep(wait).await;
                 }
-                StatusCode::UNAUTHORIZED if matches!(self.credentials, Credentials::OAuth { .. }) && !renewed_token => {
+                StatusCode::UNAUTHORIZED
+                    if matches!(self.credentials, Credentials::OAuth { .. }) && !renewed_token =>
+                {
                     // The access token may have expired early: get a new one, once.
                     renewed_token = true;
                     attempt -= 1;
                     *self.token.lock().await = None;
                 }
-                StatusCode::BAD_REQUEST => return Err(BitbucketError::BadRequest { call, message }),
+                StatusCode::BAD_REQUEST => {
+                    return Err(BitbucketError::BadRequest { call, message })
+                }
                 StatusCode::UNAUTHORIZED => {
                     return Err(BitbucketError::Unauthorized {
                         kind: self.credentials.kind(),
@@ -528,7 +657,12 @@ impl Bitbucket {
                     })
                 }
                 StatusCode::FORBIDDEN => return Err(BitbucketError::Forbidden { call, message }),
-                StatusCode::NOT_FOUND => return Err(BitbucketError::NotFound { what: what.to_owned(), call }),
+                StatusCode::NOT_FOUND => {
+                    return Err(BitbucketError::NotFound {
+                        what: what.to_owned(),
+                        call,
+                    })
+                }
                 StatusCode::CONFLICT => return Err(BitbucketError::Conflict { call, message }),
                 s => {
                     return Err(BitbucketError::Unexpected {
@@ -539,7 +673,11 @@ impl Bitbucket {
                 }
             }
         }
-        Err(BitbucketError::Exhausted { call, attempts: attempt, last })
+        Err(BitbucketError::Exhausted {
+            call,
+            attempts: attempt,
+            last,
+        })
     }
 }
 
@@ -573,7 +711,11 @@ fn error_message(bytes: &[u8]) -> String {
                 Some(serde_json::Value::Object(o)) => {
                     let scopes = |k: &str| o.get(k).map(|v| v.to_string()).unwrap_or_default();
                     if o.contains_key("required") {
-                        msg = format!("{msg} (required scopes {}, granted {})", scopes("required"), scopes("granted"));
+                        msg = format!(
+                            "{msg} (required scopes {}, granted {})",
+                            scopes("required"),
+                            scopes("granted")
+                        );
                     }
                 }
                 _ => {}
@@ -609,7 +751,10 @@ mod tests {
     #[test]
     fn retry_after_takes_seconds_and_dates() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -625,8 +770,14 @@ mod tests {
     fn error_messages_come_from_the_envelope() {
         let body = br#"{"type":"error","error":{"message":"Your credentials lack one or more required privilege scopes.","detail":{"required":["runner:write"],"granted":["runner"]}}}"#;
         let m = error_message(body);
-        assert!(m.contains("lack one or more") && m.contains("runner:write"), "{m}");
-        assert_eq!(error_message(b"<html><body>Bad gateway</body></html>"), "\"<html><body>Bad gateway</body></html>\"");
+        assert!(
+            m.contains("lack one or more") && m.contains("runner:write"),
+            "{m}"
+        );
+        assert_eq!(
+            error_message(b"<html><body>Bad gateway</body></html>"),
+            "\"<html><body>Bad gateway</body></html>\""
+        );
     }
 
     #[test]
@@ -638,7 +789,16 @@ mod tests {
             CallStats::default(),
         )
         .unwrap();
-        let url = bb.url(&["workspaces", "acme", "pipelines-config", "runners", "{ab-1}"]);
-        assert_eq!(url.as_str(), "http://127.0.0.1:9/2.0/workspaces/acme/pipelines-config/runners/%7Bab-1%7D");
+        let url = bb.url(&[
+            "workspaces",
+            "acme",
+            "pipelines-config",
+            "runners",
+            "{ab-1}",
+        ]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/2.0/workspaces/acme/pipelines-config/runners/%7Bab-1%7D"
+        );
     }
 }

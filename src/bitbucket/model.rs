@@ -83,9 +83,19 @@ impl CreatedRaw {
             call: "POST runners".to_owned(),
             message: format!("runner {} ({}): {message}", self.name, self.uuid),
         };
-        let client = self.oauth_client.as_ref().ok_or_else(|| invalid("no oauth_client in the create response"))?;
-        let client_id = client.id.clone().filter(|s| !s.is_empty()).ok_or_else(|| invalid("no oauth_client.id"))?;
-        let client_secret = client.secret.clone().ok_or_else(|| invalid("no oauth_client.secret"))?;
+        let client = self
+            .oauth_client
+            .as_ref()
+            .ok_or_else(|| invalid("no oauth_client in the create response"))?;
+        let client_id = client
+            .id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("no oauth_client.id"))?;
+        let client_secret = client
+            .secret
+            .clone()
+            .ok_or_else(|| invalid("no oauth_client.secret"))?;
         if !is_braced_uuid(&self.uuid) {
             return Err(invalid("uuid is not a {uuid}"));
         }
@@ -105,5 +115,7 @@ impl CreatedRaw {
 fn is_braced_uuid(s: &str) -> bool {
     s.strip_prefix('{')
         .and_then(|r| r.strip_suffix('}'))
-        .is_some_and(|inner| inner.len() == 36 && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .is_some_and(|inner| {
+            inner.len() == 36 && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        })
 }

@@ -29,7 +29,9 @@ instance_profile = "bbfleet-runner"
 fn errors(text: &str) -> Vec<String> {
     match Config::parse(text, "test.toml") {
         Ok(_) => vec![],
-        Err(ConfigError::Invalid { errors, .. }) => errors.iter().map(ToString::to_string).collect(),
+        Err(ConfigError::Invalid { errors, .. }) => {
+            errors.iter().map(ToString::to_string).collect()
+        }
         Err(e) => vec![e.to_string()],
     }
 }
@@ -56,7 +58,14 @@ fn good_config_gets_defaults() {
 
 #[test]
 fn mandatory_labels_are_added() {
-    let c = Config::parse(&with(r#"labels = ["self.hosted", "linux", "spot"]"#, r#"labels = ["spot"]"#), "t").unwrap();
+    let c = Config::parse(
+        &with(
+            r#"labels = ["self.hosted", "linux", "spot"]"#,
+            r#"labels = ["spot"]"#,
+        ),
+        "t",
+    )
+    .unwrap();
     assert_eq!(c.bitbucket.labels, ["self.hosted", "linux", "spot"]);
 }
 
@@ -64,43 +73,130 @@ fn mandatory_labels_are_added() {
 fn errors_name_the_field() {
     let cases = [
         (with(r#"name = "ci""#, r#"name = "CI_fleet""#), "name: "),
-        (with(r#"subnets = ["subnet-0123abcd", "subnet-0123abce"]"#, r#"subnets = ["subnet-0123abcd"]"#), "spot.subnets: 1 subnet"),
-        (with(r#""subnet-0123abce""#, r#""subnet-a""#), "spot.subnets[1]: "),
-        (with(r#"["m6i.large", "m6a.large", "c6i.xlarge"]"#, r#"["m6i.large", "m6i.xlarge"]"#), "spot.instance_types: the fleet spans 1 instance family"),
-        (with("max = 20", "max = 101"), "capacity.max: 101 is out of range"),
-        (with("default = 2", "default = 30"), "capacity.default: 30 is above"),
-        (with("default = 2", "default = -1"), "capacity.default: invalid value"),
-        (with("default = 2", "default = \"two\""), "capacity.default: invalid type"),
-        (with(r#"timezone = "Europe/Warsaw""#, r#"timezone = "Mars/Olympus""#), "capacity.schedule[0].timezone"),
-        (with(r#"hours = "07:00-19:00""#, r#"hours = "7-19""#), "capacity.schedule[0].hours"),
-        (with(r#"days = "mon-fri""#, r#"days = "monday""#), "capacity.schedule[0].days"),
+        (
+            with(
+                r#"subnets = ["subnet-0123abcd", "subnet-0123abce"]"#,
+                r#"subnets = ["subnet-0123abcd"]"#,
+            ),
+            "spot.subnets: 1 subnet",
+        ),
+        (
+            with(r#""subnet-0123abce""#, r#""subnet-a""#),
+            "spot.subnets[1]: ",
+        ),
+        (
+            with(
+                r#"["m6i.large", "m6a.large", "c6i.xlarge"]"#,
+                r#"["m6i.large", "m6i.xlarge"]"#,
+            ),
+            "spot.instance_types: the fleet spans 1 instance family",
+        ),
+        (
+            with("max = 20", "max = 101"),
+            "capacity.max: 101 is out of range",
+        ),
+        (
+            with("default = 2", "default = 30"),
+            "capacity.default: 30 is above",
+        ),
+        (
+            with("default = 2", "default = -1"),
+            "capacity.default: invalid value",
+        ),
+        (
+            with("default = 2", "default = \"two\""),
+            "capacity.default: invalid type",
+        ),
+        (
+            with(
+                r#"timezone = "Europe/Warsaw""#,
+                r#"timezone = "Mars/Olympus""#,
+            ),
+            "capacity.schedule[0].timezone",
+        ),
+        (
+            with(r#"hours = "07:00-19:00""#, r#"hours = "7-19""#),
+            "capacity.schedule[0].hours",
+        ),
+        (
+            with(r#"days = "mon-fri""#, r#"days = "monday""#),
+            "capacity.schedule[0].days",
+        ),
         (with(r#""spot"]"#, r#""Spot!"]"#), "bitbucket.labels[2]"),
-        (with(r#"fleet_role = "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role""#, r#"fleet_role = "my-role""#), "spot.fleet_role"),
-        (with("[instance]", "[instance]\nbogus = 1"), "instance.bogus: unknown field `bogus`, expected one of"),
-        (with("[instance]", "[instance]\nos = \"windows\""), "instance.os"),
-        (with("[instance]", "[instance]\nami = \"resolve:ssm:\""), "instance.ami"),
-        (with("[instance]", "[kms]\nkey = \"alias/aws/ssm\"\n[instance]"), "kms.key: \"alias/aws/ssm\" is an AWS managed key"),
-        (with(r#"workspace = "acme""#, r#"workspace = "ac me""#), "bitbucket.workspace"),
-        (with(r#"workspace = "acme""#, "workspace = \"acme\"\napi_url = \"http://bitbucket.example.com/2.0\""), "bitbucket.api_url"),
-        (with(r#"region = "us-east-1""#, r#"region = "mars""#), "region: "),
-        (with(r#"["m6i.large", "m6a.large", "c6i.xlarge"]"#, r#"["m6i.large", "m6g.large"]"#), "mixes x86_64 and arm64"),
+        (
+            with(
+                r#"fleet_role = "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role""#,
+                r#"fleet_role = "my-role""#,
+            ),
+            "spot.fleet_role",
+        ),
+        (
+            with("[instance]", "[instance]\nbogus = 1"),
+            "instance.bogus: unknown field `bogus`, expected one of",
+        ),
+        (
+            with("[instance]", "[instance]\nos = \"windows\""),
+            "instance.os",
+        ),
+        (
+            with("[instance]", "[instance]\nami = \"resolve:ssm:\""),
+            "instance.ami",
+        ),
+        (
+            with("[instance]", "[kms]\nkey = \"alias/aws/ssm\"\n[instance]"),
+            "kms.key: \"alias/aws/ssm\" is an AWS managed key",
+        ),
+        (
+            with(r#"workspace = "acme""#, r#"workspace = "ac me""#),
+            "bitbucket.workspace",
+        ),
+        (
+            with(
+                r#"workspace = "acme""#,
+                "workspace = \"acme\"\napi_url = \"http://bitbucket.example.com/2.0\"",
+            ),
+            "bitbucket.api_url",
+        ),
+        (
+            with(r#"region = "us-east-1""#, r#"region = "mars""#),
+            "region: ",
+        ),
+        (
+            with(
+                r#"["m6i.large", "m6a.large", "c6i.xlarge"]"#,
+                r#"["m6i.large", "m6g.large"]"#,
+            ),
+            "mixes x86_64 and arm64",
+        ),
     ];
     for (text, expected) in cases {
         let errs = errors(&text);
-        assert!(errs.iter().any(|e| e.contains(expected)), "expected {expected:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "expected {expected:?} in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn syntax_errors_say_where() {
-    let err = Config::parse("name = \"ci\n", "x.toml").unwrap_err().to_string();
+    let err = Config::parse("name = \"ci\n", "x.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("x.toml is not valid TOML"), "{err}");
     assert!(err.contains("line 1"), "{err}");
 }
 
 #[test]
 fn arch_follows_family() {
-    for (f, a) in [("m6g", Arch::Arm64), ("c7gn", Arch::Arm64), ("t4g", Arch::Arm64), ("a1", Arch::Arm64), ("im4gn", Arch::Arm64), ("g5g", Arch::Arm64)] {
+    for (f, a) in [
+        ("m6g", Arch::Arm64),
+        ("c7gn", Arch::Arm64),
+        ("t4g", Arch::Arm64),
+        ("a1", Arch::Arm64),
+        ("im4gn", Arch::Arm64),
+        ("g5g", Arch::Arm64),
+    ] {
         assert_eq!(arch_of_family(f), a, "{f}");
     }
     for f in ["m6i", "m6a", "c6i", "r6i", "g5", "m7i-flex", "t3", "inf2"] {
@@ -117,7 +213,10 @@ fn capacity_precedence_and_windows() {
     let sunday: jiff::Timestamp = "2026-03-01T09:00:00Z".parse().unwrap();
     let cap = |at, explicit| c.capacity.resolve(at, explicit).unwrap();
     assert_eq!(cap(monday_work, None).desired, 8);
-    assert_eq!(cap(monday_work, None).source, "schedule mon-fri 07:00-19:00 Europe/Warsaw");
+    assert_eq!(
+        cap(monday_work, None).source,
+        "schedule mon-fri 07:00-19:00 Europe/Warsaw"
+    );
     assert_eq!(cap(monday_night, None).desired, 2);
     assert_eq!(cap(sunday, None).desired, 2);
     assert_eq!(cap(sunday, Some(5)).desired, 5);
@@ -126,7 +225,8 @@ fn capacity_precedence_and_windows() {
 
 #[test]
 fn windows_crossing_midnight_belong_to_their_start_day() {
-    let text = with(r#"hours = "07:00-19:00""#, r#"hours = "22:00-02:00""#).replace("Europe/Warsaw", "UTC");
+    let text = with(r#"hours = "07:00-19:00""#, r#"hours = "22:00-02:00""#)
+        .replace("Europe/Warsaw", "UTC");
     let c = Config::parse(&text, "t").unwrap();
     let w = &c.capacity.schedule[0];
     let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();

@@ -218,7 +218,12 @@ fn removal_rank(status: &str, claimed: bool) -> u8 {
 }
 
 /// Plans `apply`: bring the world to `desired`.
-pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, options: PlanOptions) -> Result<Plan, PlanError> {
+pub fn plan_apply(
+    config: &Config,
+    desired: &Desired,
+    observed: &Observed,
+    options: PlanOptions,
+) -> Result<Plan, PlanError> {
     let fleet = &config.name;
     let mut actions = Vec::new();
     let mut warnings = Vec::new();
@@ -252,10 +257,16 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
     }
 
     // 3. Runners and their stored commands.
-    let runners: BTreeMap<String, &crate::bitbucket::Runner> =
-        observed.runners.iter().map(|r| (bare_uuid(&r.uuid), r)).collect();
-    let params: BTreeMap<&str, &crate::aws::ssm::RunnerParameter> =
-        observed.parameters.iter().map(|p| (p.runner_uuid.as_str(), p)).collect();
+    let runners: BTreeMap<String, &crate::bitbucket::Runner> = observed
+        .runners
+        .iter()
+        .map(|r| (bare_uuid(&r.uuid), r))
+        .collect();
+    let params: BTreeMap<&str, &crate::aws::ssm::RunnerParameter> = observed
+        .parameters
+        .iter()
+        .map(|p| (p.runner_uuid.as_str(), p))
+        .collect();
     let mut deleted_runners = BTreeSet::new();
     for p in &observed.parameters {
         if !runners.contains_key(&p.runner_uuid) {
@@ -264,7 +275,10 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
                 reason: "no runner of the fleet has this uuid".to_owned(),
             });
         } else if let Some(arn) = &key_arn {
-            let on_key = p.kind == "SecureString" && p.key_id.as_deref().is_some_and(|k| key_matches(k, arn, &config.kms.key));
+            let on_key = p.kind == "SecureString"
+                && p.key_id
+                    .as_deref()
+                    .is_some_and(|k| key_matches(k, arn, &config.kms.key));
             if !on_key {
                 actions.push(Action::RekeyParameter {
                     name: p.name.clone(),
@@ -285,12 +299,17 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
             actions.push(Action::DeleteRunner {
                 uuid: r.uuid.clone(),
                 name: r.name.clone(),
-                reason: "its command was never stored (the secret is lost); a new runner replaces it".to_owned(),
+                reason:
+                    "its command was never stored (the secret is lost); a new runner replaces it"
+                        .to_owned(),
             });
         }
     }
-    let mut healthy: Vec<&crate::bitbucket::Runner> =
-        runners.iter().filter(|(u, _)| params.contains_key(u.as_str())).map(|(_, r)| *r).collect();
+    let mut healthy: Vec<&crate::bitbucket::Runner> = runners
+        .iter()
+        .filter(|(u, _)| params.contains_key(u.as_str()))
+        .map(|(_, r)| *r)
+        .collect();
     healthy.sort_by_key(|r| names::runner_slot(fleet, &r.name));
     for r in &healthy {
         if !same_labels(&r.labels, config.labels()) {
@@ -315,7 +334,10 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
     let mut creates = 0;
     let mut victims = Vec::new();
     if desired_n > healthy.len() {
-        let used: BTreeSet<u32> = healthy.iter().filter_map(|r| names::runner_slot(fleet, &r.name)).collect();
+        let used: BTreeSet<u32> = healthy
+            .iter()
+            .filter_map(|r| names::runner_slot(fleet, &r.name))
+            .collect();
         let mut slot = 1;
         while healthy.len() + creates < desired_n {
             if !used.contains(&slot) {
@@ -383,7 +405,9 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
     let target = (healthy.len() + creates - victims.len()) as u32;
     let fingerprint = desired.fleet.fingerprint();
     let live: Vec<_> = observed.fleets.iter().filter(|f| f.is_live()).collect();
-    let keep = live.iter().find(|f| f.fingerprint.as_deref() == Some(fingerprint.as_str()));
+    let keep = live
+        .iter()
+        .find(|f| f.fingerprint.as_deref() == Some(fingerprint.as_str()));
     match keep {
         Some(f) if f.target != target as i32 => actions.push(Action::SetFleetTarget {
             id: f.id.clone(),
@@ -412,7 +436,10 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
     }
 
     // 6. Scale-down: terminate exactly the instances of the removed runners, then delete them.
-    let mut victim_instances: Vec<String> = victims.iter().filter_map(|r| claimed_by(&bare_uuid(&r.uuid))).collect();
+    let mut victim_instances: Vec<String> = victims
+        .iter()
+        .filter_map(|r| claimed_by(&bare_uuid(&r.uuid)))
+        .collect();
     if let Some(f) = keep.filter(|f| (target as i32) < f.target) {
         // The target drops with noTermination: surplus instances holding no kept runner go too.
         let kept_claims: BTreeSet<String> = healthy
@@ -420,8 +447,15 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
             .filter(|r| !victims.iter().any(|v| v.uuid == r.uuid))
             .filter_map(|r| claimed_by(&bare_uuid(&r.uuid)))
             .collect();
-        let alive: Vec<&String> = f.instance_ids.iter().filter(|i| live_instances.contains(i.as_str())).collect();
-        let remaining = alive.iter().filter(|i| !victim_instances.contains(i)).count();
+        let alive: Vec<&String> = f
+            .instance_ids
+            .iter()
+            .filter(|i| live_instances.contains(i.as_str()))
+            .collect();
+        let remaining = alive
+            .iter()
+            .filter(|i| !victim_instances.contains(i))
+            .count();
         let surplus = remaining.saturating_sub(target as usize);
         let spare: Vec<String> = alive
             .into_iter()
@@ -442,7 +476,11 @@ pub fn plan_apply(config: &Config, desired: &Desired, observed: &Observed, optio
         actions.push(Action::DeleteRunner {
             uuid: r.uuid.clone(),
             name: r.name.clone(),
-            reason: format!("scale-down to {target} ({}, {})", r.status(), if r.is_busy() { "busy" } else { "idle" }),
+            reason: format!(
+                "scale-down to {target} ({}, {})",
+                r.status(),
+                if r.is_busy() { "busy" } else { "idle" }
+            ),
         });
     }
     for r in &victims {
@@ -500,7 +538,12 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
     let instances: Vec<String> = observed
         .instances
         .iter()
-        .filter(|i| !observed.fleets.iter().any(|f| f.instance_ids.contains(&i.id)))
+        .filter(|i| {
+            !observed
+                .fleets
+                .iter()
+                .any(|f| f.instance_ids.contains(&i.id))
+        })
         .map(|i| i.id.clone())
         .collect();
     if !instances.is_empty() {
@@ -529,7 +572,9 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
         });
     }
     if let Some(lt) = &observed.launch_template {
-        actions.push(Action::DeleteLaunchTemplate { name: lt.name.clone() });
+        actions.push(Action::DeleteLaunchTemplate {
+            name: lt.name.clone(),
+        });
     }
     Plan {
         fleet: config.name.clone(),
@@ -542,7 +587,11 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
 /// Fleet-tagged instances that no live request owns. With no live request, every tagged
 /// instance is a leftover; with one, only instances of leftover (cancelled) requests are,
 /// since a just-launched instance may not be listed under its request yet.
-fn stray_instances(observed: &Observed, already: &[String], cancelled: &BTreeSet<&str>) -> Vec<String> {
+fn stray_instances(
+    observed: &Observed,
+    already: &[String],
+    cancelled: &BTreeSet<&str>,
+) -> Vec<String> {
     let any_live = observed.fleets.iter().any(|f| f.is_live());
     let owned_by = |id: &str, live: bool| {
         observed
@@ -590,7 +639,10 @@ pub fn desired(
     image: &crate::aws::ec2::ImageInfo,
     capacity: Capacity,
 ) -> Result<Desired, crate::userdata::UserdataError> {
-    let userdata = crate::userdata::render(config.instance.os, &crate::userdata::UserdataVars::from_config(config, region))?;
+    let userdata = crate::userdata::render(
+        config.instance.os,
+        &crate::userdata::UserdataVars::from_config(config, region),
+    )?;
     let launch_template = LaunchTemplateSpec {
         name: names::launch_template(&config.name),
         fleet: config.name.clone(),

@@ -62,28 +62,63 @@ impl Action {
     /// Kind, name and reason of the action, for people.
     pub fn describe(&self) -> (&'static str, String, String) {
         match self {
-            Action::CreateKey { alias } => ("kms_key", alias.clone(), "no key under this alias: a customer managed key is created".into()),
+            Action::CreateKey { alias } => (
+                "kms_key",
+                alias.clone(),
+                "no key under this alias: a customer managed key is created".into(),
+            ),
             Action::RekeyParameter { name, from_key } => (
                 "parameter",
                 name.clone(),
-                format!("re-encrypt under the fleet key (now {})", from_key.as_deref().unwrap_or("not a SecureString")),
+                format!(
+                    "re-encrypt under the fleet key (now {})",
+                    from_key.as_deref().unwrap_or("not a SecureString")
+                ),
             ),
-            Action::DeleteRunner { uuid, name, reason } => ("runner", format!("{name} {uuid}"), reason.clone()),
+            Action::DeleteRunner { uuid, name, reason } => {
+                ("runner", format!("{name} {uuid}"), reason.clone())
+            }
             Action::DeleteParameter { name, reason } => ("parameter", name.clone(), reason.clone()),
-            Action::UpdateRunner { name, from, .. } => ("runner", name.clone(), format!("labels were {}", from.join(","))),
-            Action::CreateRunner { name } => ("runner", name.clone(), "register, then store its command as a SecureString".into()),
-            Action::CreateLaunchTemplate { name, fingerprint } => ("launch_template", name.clone(), format!("contents {fingerprint}")),
+            Action::UpdateRunner { name, from, .. } => (
+                "runner",
+                name.clone(),
+                format!("labels were {}", from.join(",")),
+            ),
+            Action::CreateRunner { name } => (
+                "runner",
+                name.clone(),
+                "register, then store its command as a SecureString".into(),
+            ),
+            Action::CreateLaunchTemplate { name, fingerprint } => (
+                "launch_template",
+                name.clone(),
+                format!("contents {fingerprint}"),
+            ),
             Action::CreateLaunchTemplateVersion { name, fingerprint } => (
                 "launch_template",
                 name.clone(),
                 format!("new version {fingerprint}: AMI, userdata or instance settings changed"),
             ),
-            Action::RequestFleet { target, reason, .. } => ("spot_fleet", "new request".into(), format!("target {target}: {reason}")),
-            Action::SetFleetTarget { id, from, to } => ("spot_fleet", id.clone(), format!("target capacity {from} -> {to}")),
+            Action::RequestFleet { target, reason, .. } => (
+                "spot_fleet",
+                "new request".into(),
+                format!("target {target}: {reason}"),
+            ),
+            Action::SetFleetTarget { id, from, to } => (
+                "spot_fleet",
+                id.clone(),
+                format!("target capacity {from} -> {to}"),
+            ),
             Action::CancelFleet { id, reason } => ("spot_fleet", id.clone(), reason.clone()),
             Action::TerminateInstances { ids, reason } => ("instances", list(ids), reason.clone()),
-            Action::DeleteClaims { names, reason } => ("claims", format!("{} claim parameter(s)", names.len()), reason.clone()),
-            Action::DeleteLaunchTemplate { name } => ("launch_template", name.clone(), "destroy".into()),
+            Action::DeleteClaims { names, reason } => (
+                "claims",
+                format!("{} claim parameter(s)", names.len()),
+                reason.clone(),
+            ),
+            Action::DeleteLaunchTemplate { name } => {
+                ("launch_template", name.clone(), "destroy".into())
+            }
         }
     }
 }
@@ -130,7 +165,11 @@ impl Plan {
 impl fmt::Display for PlanView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(c) = &self.capacity {
-            writeln!(f, "Fleet {}: {} runner(s) from {}.", self.fleet, c.desired, c.source)?;
+            writeln!(
+                f,
+                "Fleet {}: {} runner(s) from {}.",
+                self.fleet, c.desired, c.source
+            )?;
         } else {
             writeln!(f, "Fleet {}: destroy.", self.fleet)?;
         }
@@ -141,7 +180,11 @@ impl fmt::Display for PlanView {
             return if self.capacity.is_some() {
                 writeln!(f, "\nNo changes. The fleet matches the configuration.")
             } else {
-                writeln!(f, "\nNo changes. Nothing of fleet {} exists (the KMS key is kept).", self.fleet)
+                writeln!(
+                    f,
+                    "\nNo changes. Nothing of fleet {} exists (the KMS key is kept).",
+                    self.fleet
+                )
             };
         }
         writeln!(f, "\nbbfleet will perform the following actions:\n")?;
@@ -151,9 +194,19 @@ impl fmt::Display for PlanView {
                 Op::Update => '~',
                 Op::Delete => '-',
             };
-            writeln!(f, "  {sign} {} {}: {}", a.kind.replace('_', " "), a.name, a.reason)?;
+            writeln!(
+                f,
+                "  {sign} {} {}: {}",
+                a.kind.replace('_', " "),
+                a.name,
+                a.reason
+            )?;
         }
         let s = self.summary;
-        writeln!(f, "\nPlan: {} to add, {} to change, {} to destroy.", s.add, s.change, s.destroy)
+        writeln!(
+            f,
+            "\nPlan: {} to add, {} to change, {} to destroy.",
+            s.add, s.change, s.destroy
+        )
     }
 }

@@ -47,25 +47,39 @@ impl Harness {
     /// Same, with a configured fake.
     pub async fn with_fake(fleet: &str, fake_config: FakeConfig) -> Harness {
         let moto = moto();
-        let fake = FakeBitbucket::start(fake_config).await.expect("start the Bitbucket fake");
+        let fake = FakeBitbucket::start(fake_config)
+            .await
+            .expect("start the Bitbucket fake");
         let recorder = Recorder::start(&moto.endpoint).await;
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(&moto.endpoint)
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
             .load()
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let out = ec2
             .describe_subnets()
-            .filters(aws_sdk_ec2::types::Filter::builder().name("default-for-az").values("true").build())
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("default-for-az")
+                    .values("true")
+                    .build(),
+            )
             .send()
             .await
             .expect("describe moto subnets");
         let mut subnets: Vec<(String, String)> = out
             .subnets()
             .iter()
-            .map(|s| (s.subnet_id().unwrap().to_owned(), s.availability_zone().unwrap().to_owned()))
+            .map(|s| {
+                (
+                    s.subnet_id().unwrap().to_owned(),
+                    s.availability_zone().unwrap().to_owned(),
+                )
+            })
             .filter(|(_, az)| ["us-east-1a", "us-east-1b", "us-east-1c"].contains(&az.as_str()))
             .collect();
         subnets.sort_by(|a, b| a.1.cmp(&b.1));
@@ -84,7 +98,9 @@ impl Harness {
     /// A config for this fleet; `extra` is appended to `[bitbucket]`-free top level sections.
     pub fn config(&self, capacity: u32, repository: Option<&str>) -> String {
         let subnets: Vec<String> = self.subnets.iter().map(|(s, _)| format!("{s:?}")).collect();
-        let repo = repository.map(|r| format!("repository = {r:?}\n")).unwrap_or_default();
+        let repo = repository
+            .map(|r| format!("repository = {r:?}\n"))
+            .unwrap_or_default();
         format!(
             r#"name = "{fleet}"
 region = "us-east-1"
@@ -129,7 +145,10 @@ instance_profile = "bbfleet-runner"
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("AWS_CONFIG_FILE", self.dir.path().join("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("no-aws-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("no-aws-credentials"),
+            )
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -149,7 +168,12 @@ instance_profile = "bbfleet-runner"
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
         let mut t = self.transcript.lock().unwrap();
-        t.push_str(&format!("$ bbfleet {}\n{}{}", args.join(" "), run.stdout, run.stderr));
+        t.push_str(&format!(
+            "$ bbfleet {}\n{}{}",
+            args.join(" "),
+            run.stdout,
+            run.stderr
+        ));
         run
     }
 
@@ -172,7 +196,11 @@ instance_profile = "bbfleet-runner"
 impl Run {
     /// Panics with the output unless the exit code is `code`.
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }

@@ -78,13 +78,19 @@ impl Moto {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if self.get("/moto-api/").is_some_and(|s| s.starts_with("HTTP/1.1 200") || s.starts_with("HTTP/1.0 200")) {
+            if self
+                .get("/moto-api/")
+                .is_some_and(|s| s.starts_with("HTTP/1.1 200") || s.starts_with("HTTP/1.0 200"))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = std::fs::read_to_string(self._dir.path().join("moto.log")).unwrap_or_default();
-        panic!("moto_server did not become ready on port {} within 60 s; log:\n{log}", self.port);
+        panic!(
+            "moto_server did not become ready on port {} within 60 s; log:\n{log}",
+            self.port
+        );
     }
 
     /// One blocking HTTP/1.0 GET, returning the raw response.
@@ -116,4 +122,11 @@ pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Proxy variables a test must remove from a child's environment.
-pub const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"];
+pub const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];

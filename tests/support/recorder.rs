@@ -20,7 +20,9 @@ impl AwsCall {
     /// Describe/Get/List calls only read.
     pub fn is_write(&self) -> bool {
         let op = self.operation.split(':').nth(1).unwrap_or("");
-        !["Describe", "Get", "List"].iter().any(|p| op.starts_with(p))
+        !["Describe", "Get", "List"]
+            .iter()
+            .any(|p| op.starts_with(p))
     }
 }
 
@@ -58,13 +60,23 @@ fn operation(headers: &HeaderMap, body: &str) -> String {
     format!("ec2:{action}")
 }
 
-async fn forward(State(up): State<Upstream>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response<Body> {
+async fn forward(
+    State(up): State<Upstream>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     let text = String::from_utf8_lossy(&body).into_owned();
     up.calls.lock().unwrap().push(AwsCall {
         operation: operation(&headers, &text),
         body: text,
     });
-    let url = format!("{}{}", up.base, uri.path_and_query().map_or("/", |p| p.as_str()));
+    let url = format!(
+        "{}{}",
+        up.base,
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
     let mut req = up.http.request(method, url).body(body);
     for (k, v) in headers.iter() {
         if k != "host" && k != "content-length" {
@@ -79,7 +91,8 @@ async fn forward(State(up): State<Upstream>, method: Method, uri: Uri, headers: 
                     out = out.header(k, v);
                 }
             }
-            out.body(Body::from(r.bytes().await.unwrap_or_default())).unwrap()
+            out.body(Body::from(r.bytes().await.unwrap_or_default()))
+                .unwrap()
         }
         Err(e) => Response::builder()
             .status(StatusCode::BAD_GATEWAY)
@@ -123,7 +136,11 @@ impl Recorder {
 
     /// Write calls so far.
     pub fn writes(&self) -> Vec<String> {
-        self.calls().into_iter().filter(AwsCall::is_write).map(|c| c.operation).collect()
+        self.calls()
+            .into_iter()
+            .filter(AwsCall::is_write)
+            .map(|c| c.operation)
+            .collect()
     }
 
     /// Forgets the calls so far.
