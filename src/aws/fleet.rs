@@ -133,6 +133,14 @@ impl SpotFleet {
     }
 }
 
+/// Idempotency token of a request: EC2 allows at most 64 ASCII characters.
+fn client_token(fleet: &str, fingerprint: &str, launch_template_id: &str, version: i64) -> String {
+    let digest = Sha256::digest(format!(
+        "{fleet}\n{fingerprint}\n{launch_template_id}\n{version}"
+    ));
+    format!("bbfleet-{}", hex16(&digest))
+}
+
 fn strategy(s: AllocationStrategy) -> Ec2Strategy {
     match s {
         AllocationStrategy::Diversified => Ec2Strategy::Diversified,
@@ -257,9 +265,11 @@ impl FleetApi for SpotFleet {
                     .build(),
             )
             // A retried request (same template version, same config) is the same fleet.
-            .client_token(format!(
-                "bbfleet-{}-{fingerprint}-{launch_template_id}-{version}",
-                spec.fleet
+            .client_token(client_token(
+                &spec.fleet,
+                &fingerprint,
+                launch_template_id,
+                version,
             ))
             .build();
         let out = self
@@ -308,5 +318,19 @@ impl FleetApi for SpotFleet {
                 .map_err(|e| AwsError::call("ec2:CancelSpotFleetRequests", e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_tokens_fit_ec2s_limit_and_follow_their_inputs() {
+        let long = "a".repeat(24);
+        let t = super::client_token(&long, "0123456789abcdef", "lt-0123456789abcdef0", 12345);
+        assert!(t.len() <= 64 && t.is_ascii(), "{t}");
+        assert_ne!(
+            t,
+            super::client_token(&long, "0123456789abcdef", "lt-0123456789abcdef0", 12346)
+        );
     }
 }
