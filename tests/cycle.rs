@@ -574,20 +574,12 @@ async fn bad_input_changes_nothing() {
         }
     }
     // A subnet that does not exist: found at plan time, before any write.
-    let path = h.write_config(&good.replace(&h.subnets[2].0, "subnet-0123456789abcdef0"));
-    let run = h
-        .run(
-            &[
-                "--config",
-                path.to_str().unwrap(),
-                "apply",
-                "--auto-approve",
-            ],
-            &token,
-        )
-        .await;
-    run.expect_code(1);
-    assert!(run.stderr.contains("spot.subnets"), "{}", run.stderr);
+    apply_refused(
+        &h,
+        &good.replace(&h.subnets[2].0, "subnet-0123456789abcdef0"),
+        "spot.subnets",
+    )
+    .await;
     // Two subnets of one zone: refused before any write.
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
     let vpc = ec2.describe_vpcs().send().await.unwrap().vpcs()[0]
@@ -608,7 +600,19 @@ async fn bad_input_changes_nothing() {
         extra.subnet().unwrap().subnet_id().unwrap()
     );
     let all: Vec<String> = h.subnets.iter().map(|(s, _)| format!("{s:?}")).collect();
-    let path = h.write_config(&good.replace(&format!("[{}]", all.join(", ")), &same_zone));
+    apply_refused(
+        &h,
+        &good.replace(&format!("[{}]", all.join(", ")), &same_zone),
+        "availability zone",
+    )
+    .await;
+    assert_eq!(h.fake.write_count(), 0);
+    assert_eq!(h.recorder.writes(), Vec::<String>::new());
+}
+
+/// `apply --auto-approve` of `config` exits 1 naming `expected`, and nothing is written.
+async fn apply_refused(h: &Harness, config: &str, expected: &str) {
+    let path = h.write_config(config);
     let run = h
         .run(
             &[
@@ -617,11 +621,23 @@ async fn bad_input_changes_nothing() {
                 "apply",
                 "--auto-approve",
             ],
-            &token,
+            &Harness::token(),
         )
         .await;
     run.expect_code(1);
-    assert!(run.stderr.contains("availability zone"), "{}", run.stderr);
-    assert_eq!(h.fake.write_count(), 0);
-    assert_eq!(h.recorder.writes(), Vec::<String>::new());
+    assert!(
+        run.stderr.contains(expected),
+        "expected {expected:?} in:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        h.fake.write_count(),
+        0,
+        "Bitbucket writes after {expected:?}"
+    );
+    assert_eq!(
+        h.recorder.writes(),
+        Vec::<String>::new(),
+        "AWS writes after {expected:?}"
+    );
 }

@@ -95,7 +95,7 @@ impl Harness {
         }
     }
 
-    /// A config for this fleet; `extra` is appended to `[bitbucket]`-free top level sections.
+    /// A config for this fleet with `capacity` runners, workspace runners unless `repository`.
     pub fn config(&self, capacity: u32, repository: Option<&str>) -> String {
         let subnets: Vec<String> = self.subnets.iter().map(|(s, _)| format!("{s:?}")).collect();
         let repo = repository
