@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::aws::fleet::SpotFleet;
+use crate::aws::fleet::{FleetApi, SpotFleet};
 use crate::aws::{Aws, AwsError};
 use crate::bitbucket::{
     Bitbucket, BitbucketError, Credentials, CredentialsError, RetryPolicy, DEFAULT_API_URL,
@@ -86,6 +86,18 @@ enum Command {
     },
     /// Runners, instances, claims and the fleet request.
     Status,
+    /// Size the fleet to demand from the runners' busy ratio (`[capacity.autoscale]`).
+    Autoscale {
+        /// One tick, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Time between ticks (e.g. 60s, 5m).
+        #[arg(long, default_value = "60s")]
+        interval: String,
+        /// Calls in flight at once when a tick changes the fleet.
+        #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+    },
 }
 
 /// Which capacity to plan for.
@@ -349,6 +361,44 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             }
             Ok(code)
         }
+        Command::Autoscale {
+            once,
+            interval,
+            concurrency,
+        } => {
+            let Some(auto) = config.capacity.autoscale.clone() else {
+                return Err(CliError::Argument(FieldError {
+                    field: "capacity.autoscale".to_owned(),
+                    message: "missing: add a [capacity.autoscale] table (min, thresholds, multipliers) to use autoscale".to_owned(),
+                }));
+            };
+            let interval: jiff::SignedDuration = interval.parse().map_err(|e| {
+                CliError::Argument(FieldError {
+                    field: "--interval".to_owned(),
+                    message: format!("{interval:?} is not a duration (e.g. 60s, 5m): {e}"),
+                })
+            })?;
+            let interval = std::time::Duration::try_from(interval)
+                .ok()
+                .filter(|d| d.as_secs() >= 1)
+                .ok_or_else(|| {
+                    CliError::Argument(FieldError {
+                        field: "--interval".to_owned(),
+                        message: "must be at least 1s".to_owned(),
+                    })
+                })?;
+            let remote = connect(&config, stats).await?;
+            autoscale(
+                &config,
+                &remote,
+                &auto,
+                once,
+                interval,
+                concurrency as usize,
+                json,
+            )
+            .await
+        }
         Command::Status => {
             let remote = connect(&config, stats).await?;
             let observed = observe(
@@ -494,5 +544,137 @@ async fn execute(
             s.add, s.change, s.destroy
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One tick: three reads, a decision logged on one line, and an apply when it says so.
+async fn autoscale_tick(
+    config: &Config,
+    remote: &Remote,
+    auto: &crate::config::AutoscaleConfig,
+    concurrency: usize,
+    json: bool,
+) -> Result<(), CliError> {
+    use crate::autoscale::{decide, AutoscaleState, Load};
+    let scope = crate::observe::scope(config);
+    let state_name = crate::names::autoscale_state(&config.name);
+    let (runners, fleets, state) = tokio::try_join!(
+        async {
+            remote
+                .bitbucket
+                .list_runners(&scope)
+                .await
+                .map_err(CliError::from)
+        },
+        async {
+            remote
+                .fleet_api
+                .list(&config.name, false)
+                .await
+                .map_err(CliError::from)
+        },
+        async {
+            crate::aws::ssm::get_string(&remote.aws.ssm, &state_name)
+                .await
+                .map_err(CliError::from)
+        },
+    )?;
+    let ours: Vec<_> = runners
+        .iter()
+        .filter(|r| crate::names::runner_slot(&config.name, &r.name).is_some())
+        .collect();
+    let online = ours.iter().filter(|r| r.status() == "ONLINE").count() as u32;
+    let busy = ours
+        .iter()
+        .filter(|r| r.status() == "ONLINE" && r.is_busy())
+        .count() as u32;
+    let current = fleets
+        .iter()
+        .find(|f| f.is_live())
+        .map_or(ours.len() as u32, |f| f.target.max(0) as u32);
+    let last: Option<AutoscaleState> = state.and_then(|s: String| match serde_json::from_str(&s) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(parameter = %state_name, error = %e, "ignoring an unreadable autoscale state");
+            None
+        }
+    });
+    let now = jiff::Timestamp::now();
+    let load = Load {
+        current,
+        online,
+        busy,
+    };
+    let decision = decide(auto, load, last.as_ref(), now);
+    if json {
+        print_json(
+            &serde_json::json!({"at": now.to_string(), "load": load, "decision": decision}),
+        )?;
+    } else {
+        match decision.scale_to {
+            Some(n) => println!("autoscale: scale {current} -> {n}: {}", decision.reason),
+            None => println!("autoscale: hold at {current}: {}", decision.reason),
+        }
+    }
+    let Some(n) = decision.scale_to else {
+        return Ok(());
+    };
+    let capacity = crate::config::Capacity {
+        desired: n,
+        source: "autoscale".to_owned(),
+    };
+    let target = Target {
+        capacity: Some(n),
+        at: None,
+        force: false,
+    };
+    let (plan, observed, desired) = plan_apply(config, remote, capacity, &target).await?;
+    execute(
+        config,
+        remote,
+        &plan,
+        &observed,
+        Some(&desired),
+        true,
+        concurrency,
+        json,
+    )
+    .await?;
+    let state = serde_json::to_string(&AutoscaleState {
+        capacity: n,
+        changed_at: now,
+    })
+    .unwrap_or_default();
+    crate::aws::ssm::put_string(&remote.aws.ssm, &state_name, &state).await?;
+    Ok(())
+}
+
+/// Ticks until SIGINT/SIGTERM (between ticks: a tick in progress finishes), or once.
+async fn autoscale(
+    config: &Config,
+    remote: &Remote,
+    auto: &crate::config::AutoscaleConfig,
+    once: bool,
+    interval: std::time::Duration,
+    concurrency: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    if once {
+        autoscale_tick(config, remote, auto, concurrency, json).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        if let Err(e) = autoscale_tick(config, remote, auto, concurrency, json).await {
+            // A failed tick is retried at the next one; the apply it ran converges then.
+            eprintln!("autoscale: tick failed: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    eprintln!("autoscale: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! bbfleet: Bitbucket Pipelines self-hosted runners on AWS spot capacity.
 
+pub mod autoscale;
 pub mod aws;
 pub mod bitbucket;
 pub mod cli;

@@ -20,6 +20,11 @@ pub fn claims_path(fleet: &str) -> String {
     format!("/bbfleet/{fleet}/claims")
 }
 
+/// SSM name of the autoscaler's state (last change), a plain String.
+pub fn autoscale_state(fleet: &str) -> String {
+    format!("/bbfleet/{fleet}/autoscale")
+}
+
 /// SSM name of one runner's command: the UUID without braces, lower case.
 pub fn runner_parameter(fleet: &str, runner_uuid: &str) -> String {
     format!("{}/{}", runners_path(fleet), bare_uuid(runner_uuid))

@@ -40,6 +40,8 @@ pub struct Observed {
     pub fleets: Vec<FleetState>,
     /// Instances tagged with the fleet, not terminated.
     pub instances: Vec<InstanceInfo>,
+    /// The autoscaler's state parameter, if it exists.
+    pub autoscale_state: Option<String>,
 }
 
 /// Reading the world failed.
@@ -95,14 +97,25 @@ pub async fn observe(
     };
     let lt_name = names::launch_template(fleet);
     let aws_existing = async {
-        let (parameters, claims, launch_template, fleets, instances) = tokio::try_join!(
+        let (parameters, claims, launch_template, fleets, instances, autoscale_state) = tokio::try_join!(
             ssm::list_runner_parameters(&aws.ssm, fleet),
             ssm::list_claims(&aws.ssm, fleet),
             ec2::find_launch_template(&aws.ec2, &lt_name),
-            fleet_api.list(fleet),
+            fleet_api.list(fleet, true),
             ec2::fleet_instances(&aws.ec2, fleet),
+            async {
+                let name = names::autoscale_state(fleet);
+                Ok(ssm::get_string(&aws.ssm, &name).await?.map(|_| name))
+            },
         )?;
-        Ok::<_, ObserveError>((parameters, claims, launch_template, fleets, instances))
+        Ok::<_, ObserveError>((
+            parameters,
+            claims,
+            launch_template,
+            fleets,
+            instances,
+            autoscale_state,
+        ))
     };
     let aws_desired = async {
         if depth == Depth::Existing {
@@ -117,7 +130,7 @@ pub async fn observe(
     };
     let (
         (workspace, repository, all_runners),
-        (parameters, claims, launch_template, fleets, instances),
+        (parameters, claims, launch_template, fleets, instances, autoscale_state),
         (key, subnets, image),
     ) = tokio::try_join!(bb, aws_existing, aws_desired)?;
     let scope_runner_count = all_runners.len();
@@ -140,6 +153,7 @@ pub async fn observe(
         launch_template,
         fleets,
         instances,
+        autoscale_state,
     })
 }
 

@@ -68,8 +68,9 @@ impl FleetSpec {
 /// The operations bbfleet needs from a fleet API.
 #[async_trait::async_trait]
 pub trait FleetApi: Send + Sync {
-    /// Requests tagged with the fleet (live and leftover), with their instances.
-    async fn list(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError>;
+    /// Requests tagged with the fleet (live and leftover), with their instances when
+    /// `with_instances` (one more call per request).
+    async fn list(&self, fleet: &str, with_instances: bool) -> Result<Vec<FleetState>, AwsError>;
     /// Requests a new fleet; returns its id.
     async fn request(
         &self,
@@ -152,7 +153,7 @@ fn strategy(s: AllocationStrategy) -> Ec2Strategy {
 
 #[async_trait::async_trait]
 impl FleetApi for SpotFleet {
-    async fn list(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError> {
+    async fn list(&self, fleet: &str, with_instances: bool) -> Result<Vec<FleetState>, AwsError> {
         // No server-side tag filter exists: list all and match the tag here.
         let mut found = Vec::new();
         let mut token = None;
@@ -204,8 +205,10 @@ impl FleetApi for SpotFleet {
                 break;
             }
         }
-        for f in &mut found {
-            f.instance_ids = self.instances(&f.id).await?;
+        if with_instances {
+            for f in &mut found {
+                f.instance_ids = self.instances(&f.id).await?;
+            }
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)

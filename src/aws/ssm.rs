@@ -202,3 +202,20 @@ pub async fn get_string(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<Option<
         Err(e) => Err(AwsError::call("ssm:GetParameter", e)),
     }
 }
+
+/// Writes a plain String parameter, replacing its value.
+pub async fn put_string(
+    ssm: &aws_sdk_ssm::Client,
+    name: &str,
+    value: &str,
+) -> Result<(), AwsError> {
+    ssm.put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
+    Ok(())
+}

@@ -236,3 +236,124 @@ fn windows_crossing_midnight_belong_to_their_start_day() {
     assert!(!w.contains(at("2026-03-02T01:00:00Z"))); // early Monday: Sunday had no window
     assert!(!w.contains(at("2026-03-06T02:00:00Z"))); // end is exclusive
 }
+
+fn window_config(days: &str, hours: &str, tz: &str) -> Config {
+    let text = with(r#"days = "mon-fri""#, &format!("days = {days:?}"))
+        .replace(r#"hours = "07:00-19:00""#, &format!("hours = {hours:?}"))
+        .replace(
+            r#"timezone = "Europe/Warsaw""#,
+            &format!("timezone = {tz:?}"),
+        );
+    Config::parse(&text, "t").unwrap()
+}
+
+#[test]
+fn schedule_table_with_dst_and_midnight() {
+    // (days, hours, zone, instant, capacity: 8 in the window, 2 outside)
+    let table = [
+        // Warsaw is UTC+1 in winter, UTC+2 from 2026-03-29 02:00 local (03:00 CEST).
+        (
+            "mon-fri",
+            "07:00-19:00",
+            "Europe/Warsaw",
+            "2026-03-27T06:30:00Z",
+            8,
+        ), // Fri 07:30 CET
+        (
+            "mon-fri",
+            "07:00-19:00",
+            "Europe/Warsaw",
+            "2026-03-27T05:30:00Z",
+            2,
+        ), // Fri 06:30 CET
+        (
+            "mon-fri",
+            "07:00-19:00",
+            "Europe/Warsaw",
+            "2026-03-30T05:30:00Z",
+            8,
+        ), // Mon 07:30 CEST
+        (
+            "mon-fri",
+            "07:00-19:00",
+            "Europe/Warsaw",
+            "2026-03-30T17:00:00Z",
+            2,
+        ), // Mon 19:00 CEST: end exclusive
+        (
+            "mon-fri",
+            "07:00-19:00",
+            "Europe/Warsaw",
+            "2026-03-28T10:00:00Z",
+            2,
+        ), // Saturday
+        // The spring-forward night: 02:00-03:00 does not exist on 2026-03-29.
+        (
+            "sun",
+            "01:00-03:00",
+            "Europe/Warsaw",
+            "2026-03-29T00:30:00Z",
+            8,
+        ), // 01:30 CET
+        (
+            "sun",
+            "01:00-03:00",
+            "Europe/Warsaw",
+            "2026-03-29T01:00:00Z",
+            2,
+        ), // 03:00 CEST
+        // The fall-back night: 02:30 happens twice on 2026-10-25, both are in the window.
+        (
+            "sun",
+            "02:00-03:00",
+            "Europe/Warsaw",
+            "2026-10-25T00:30:00Z",
+            8,
+        ), // 02:30 CEST
+        (
+            "sun",
+            "02:00-03:00",
+            "Europe/Warsaw",
+            "2026-10-25T01:30:00Z",
+            8,
+        ), // 02:30 CET
+        (
+            "sun",
+            "02:00-03:00",
+            "Europe/Warsaw",
+            "2026-10-25T02:00:00Z",
+            2,
+        ), // 03:00 CET
+        // US zones change on other dates: New York is UTC-4 from 2026-03-08.
+        (
+            "mon-fri",
+            "09:00-17:00",
+            "America/New_York",
+            "2026-03-09T13:30:00Z",
+            8,
+        ), // Mon 09:30 EDT
+        (
+            "mon-fri",
+            "09:00-17:00",
+            "America/New_York",
+            "2026-03-06T13:30:00Z",
+            2,
+        ), // Fri 08:30 EST
+        // Crossing midnight: Friday's night window runs into Saturday, Sunday's into Monday.
+        ("fri,sun", "20:00-06:00", "UTC", "2026-03-07T05:59:00Z", 8), // Sat early: Friday's
+        ("fri,sun", "20:00-06:00", "UTC", "2026-03-07T20:00:00Z", 2), // Sat evening
+        ("fri,sun", "20:00-06:00", "UTC", "2026-03-09T03:00:00Z", 8), // Mon early: Sunday's
+        ("fri,sun", "20:00-06:00", "UTC", "2026-03-06T06:00:00Z", 2), // Fri early: Thursday had none
+        ("sat-mon", "00:00-24:00", "UTC", "2026-03-09T23:59:00Z", 8), // wrapping day range, whole day
+        ("sat-mon", "00:00-24:00", "UTC", "2026-03-10T00:00:00Z", 2), // Tuesday
+    ];
+    for (days, hours, tz, at, want) in table {
+        let c = window_config(days, hours, tz);
+        let got = c.capacity.resolve(at.parse().unwrap(), None).unwrap();
+        assert_eq!(
+            got.desired, want,
+            "{days} {hours} {tz} at {at}: {}",
+            got.source
+        );
+    }
+}

@@ -571,6 +571,12 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
             reason: "destroy".to_owned(),
         });
     }
+    if let Some(name) = &observed.autoscale_state {
+        actions.push(Action::DeleteParameter {
+            name: name.clone(),
+            reason: "destroy (autoscaler state)".to_owned(),
+        });
+    }
     if let Some(lt) = &observed.launch_template {
         actions.push(Action::DeleteLaunchTemplate {
             name: lt.name.clone(),

@@ -109,6 +109,7 @@ fn converged(config: &Config, n: u32) -> Observed {
                 state: "running".into(),
             })
             .collect(),
+        autoscale_state: None,
     }
 }
 

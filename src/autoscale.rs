@@ -1,0 +1,183 @@
+//! `bbfleet autoscale`: sizes the fleet from the runners' busy ratio, with the semantics of
+//! Atlassian's runners-autoscaler, at O(1) API calls a tick (one runners listing, one
+//! fleet describe, one state read). A change is applied through the normal planner, so it
+//! never removes a busy runner.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::AutoscaleConfig;
+
+/// What the tick saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Load {
+    /// The fleet's target capacity now.
+    pub current: u32,
+    /// ONLINE runners of the fleet.
+    pub online: u32,
+    /// ONLINE runners executing a step.
+    pub busy: u32,
+}
+
+/// The autoscaler's memory, kept in SSM so `--once` runs share a cooldown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleState {
+    /// Capacity set by the last change.
+    pub capacity: u32,
+    /// When (RFC 3339).
+    pub changed_at: jiff::Timestamp,
+}
+
+/// The decision of one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// New capacity, or `None` to hold.
+    pub scale_to: Option<u32>,
+    /// Why, with the numbers behind it.
+    pub reason: String,
+    /// busy / online, when any runner is online.
+    pub ratio: Option<f64>,
+}
+
+impl Decision {
+    fn hold(reason: String, ratio: Option<f64>) -> Decision {
+        Decision {
+            scale_to: None,
+            reason,
+            ratio,
+        }
+    }
+}
+
+/// Decides one tick. Pure.
+pub fn decide(
+    cfg: &AutoscaleConfig,
+    load: Load,
+    last: Option<&AutoscaleState>,
+    now: jiff::Timestamp,
+) -> Decision {
+    let ratio = (load.online > 0).then(|| f64::from(load.busy) / f64::from(load.online));
+    let clamp = |n: u32| n.clamp(cfg.min, cfg.max);
+    if load.current != clamp(load.current) {
+        return Decision {
+            scale_to: Some(clamp(load.current)),
+            reason: format!(
+                "capacity {} is outside min {} / max {}",
+                load.current, cfg.min, cfg.max
+            ),
+            ratio,
+        };
+    }
+    if let Some(last) = last {
+        let since = now.duration_since(last.changed_at).as_secs().max(0) as u64;
+        if since < cfg.cooldown_seconds {
+            return Decision::hold(
+                format!(
+                    "cooldown: last change to {} was {since}s ago ({}s left)",
+                    last.capacity,
+                    cfg.cooldown_seconds - since
+                ),
+                ratio,
+            );
+        }
+    }
+    let Some(r) = ratio else {
+        return Decision::hold("no runner is online yet".to_owned(), None);
+    };
+    let target = if r > cfg.scale_up_threshold {
+        clamp(
+            ((f64::from(load.current) * cfg.scale_up_multiplier).ceil() as u32)
+                .max(load.current + 1),
+        )
+    } else if r < cfg.scale_down_threshold {
+        clamp((f64::from(load.current) * cfg.scale_down_multiplier).floor() as u32)
+    } else {
+        load.current
+    };
+    let numbers = format!(
+        "busy {}/{} online = {r:.2} (up above {}, down below {}), capacity {}",
+        load.busy, load.online, cfg.scale_up_threshold, cfg.scale_down_threshold, load.current
+    );
+    if target == load.current {
+        Decision::hold(format!("{numbers}: within bounds"), ratio)
+    } else {
+        Decision {
+            scale_to: Some(target),
+            reason: format!("{numbers} -> {target}"),
+            ratio,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AutoscaleConfig {
+        AutoscaleConfig {
+            min: 1,
+            max: 10,
+            scale_up_threshold: 0.8,
+            scale_down_threshold: 0.2,
+            scale_up_multiplier: 1.5,
+            scale_down_multiplier: 0.5,
+            cooldown_seconds: 300,
+        }
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn busy_ratio_table() {
+        let now = at("2026-03-02T10:00:00Z");
+        let table = [
+            // current, online, busy -> new capacity
+            (4, 4, 4, Some(6)),    // ratio 1.0: ceil(4 * 1.5)
+            (3, 3, 3, Some(5)),    // ceil(4.5)
+            (1, 1, 1, Some(2)),    // ceil(1.5)
+            (8, 8, 7, Some(10)),   // ceil(12) capped at max
+            (10, 10, 10, None),    // at max
+            (4, 4, 2, None),       // 0.5: hold
+            (4, 4, 0, Some(2)),    // floor(4 * 0.5)
+            (3, 3, 0, Some(1)),    // floor(1.5)
+            (1, 1, 0, None),       // at min
+            (4, 0, 0, None),       // nobody online: hold
+            (0, 0, 0, Some(1)),    // below min
+            (12, 12, 0, Some(10)), // above max
+        ];
+        for (current, online, busy, want) in table {
+            let d = decide(
+                &cfg(),
+                Load {
+                    current,
+                    online,
+                    busy,
+                },
+                None,
+                now,
+            );
+            assert_eq!(d.scale_to, want, "{current} {online} {busy}: {}", d.reason);
+        }
+    }
+
+    #[test]
+    fn cooldown_holds_after_a_change() {
+        let last = AutoscaleState {
+            capacity: 4,
+            changed_at: at("2026-03-02T10:00:00Z"),
+        };
+        let busy = Load {
+            current: 4,
+            online: 4,
+            busy: 4,
+        };
+        let d = decide(&cfg(), busy, Some(&last), at("2026-03-02T10:04:59Z"));
+        assert_eq!(d.scale_to, None);
+        assert!(d.reason.starts_with("cooldown"), "{}", d.reason);
+        assert_eq!(
+            decide(&cfg(), busy, Some(&last), at("2026-03-02T10:05:00Z")).scale_to,
+            Some(6)
+        );
+    }
+}
