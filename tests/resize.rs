@@ -487,3 +487,55 @@ async fn a_tick_costs_the_same_calls_at_10_and_50_runners() {
     .await
     .expect_code(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_loop_stops_cleanly_on_sigterm() {
+    let h = Harness::new("sigterm").await;
+    let path = h.write_config(&with_capacity_section(&h, 1, AUTOSCALE));
+    let child = h
+        .command(
+            &[
+                "--config",
+                path.to_str().unwrap(),
+                "autoscale",
+                "--interval",
+                "1s",
+            ],
+            &Harness::token(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the first tick, then ask it to stop.
+    let mut ticked = false;
+    for _ in 0..100 {
+        if h.fake
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/runners") || r.path.ends_with("/runners/"))
+        {
+            ticked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ticked, "no tick within 10 s");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("autoscale stopped within 10 s of SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("autoscale: stopped"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("autoscale: "),
+        "one line per decision"
+    );
+}

@@ -136,9 +136,8 @@ instance_profile = "bbfleet-runner"
         path
     }
 
-    /// Runs bbfleet with `args`, a clean environment (fake AWS credentials to the proxy,
-    /// `credentials` for Bitbucket), and no proxy variables.
-    pub async fn run(&self, args: &[&str], credentials: &[(&str, &str)]) -> Run {
+    /// The command `run` would run, not started (for tests that signal it).
+    pub fn command(&self, args: &[&str], credentials: &[(&str, &str)]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbfleet"));
         cmd.args(args)
             .env_clear()
@@ -158,6 +157,13 @@ instance_profile = "bbfleet-runner"
         for (k, v) in credentials {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Runs bbfleet with `args`, a clean environment (fake AWS credentials to the proxy,
+    /// `credentials` for Bitbucket), and no proxy variables.
+    pub async fn run(&self, args: &[&str], credentials: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args, credentials);
         let out: Output = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
             .await
             .expect("bbfleet finished within 120 s")
