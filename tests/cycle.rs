@@ -561,16 +561,7 @@ async fn bad_input_changes_nothing() {
                 "expected {expected:?} in:\n{}",
                 run.stderr
             );
-            assert_eq!(
-                h.fake.write_count(),
-                0,
-                "Bitbucket writes after {expected:?}"
-            );
-            assert_eq!(
-                h.recorder.writes(),
-                Vec::<String>::new(),
-                "AWS writes after {expected:?}"
-            );
+            h.assert_no_writes(&format!("{command} with {expected:?}"));
         }
     }
     // A subnet that does not exist: found at plan time, before any write.
@@ -630,14 +621,5 @@ async fn apply_refused(h: &Harness, config: &str, expected: &str) {
         "expected {expected:?} in:\n{}",
         run.stderr
     );
-    assert_eq!(
-        h.fake.write_count(),
-        0,
-        "Bitbucket writes after {expected:?}"
-    );
-    assert_eq!(
-        h.recorder.writes(),
-        Vec::<String>::new(),
-        "AWS writes after {expected:?}"
-    );
+    h.assert_no_writes(expected);
 }

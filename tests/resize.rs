@@ -92,36 +92,11 @@ async fn schedule_resizes_up_then_down_at_two_instants() {
         "{}",
         day.stdout
     );
-    h.run(
-        &[
-            "--config",
-            cfg,
-            "apply",
-            "--auto-approve",
-            "--at",
-            "2026-03-02T09:00:00Z",
-        ],
-        &token,
-    )
-    .await
-    .expect_code(0);
+    h.apply(cfg, &["--at", "2026-03-02T09:00:00Z"]).await;
     assert_eq!(h.runners(None).len(), 4);
     assert_eq!(fleet_request(&h).await.1, 4);
     // The same Monday, 23:00 in Warsaw: back to the default.
-    let night = h
-        .run(
-            &[
-                "--config",
-                cfg,
-                "apply",
-                "--auto-approve",
-                "--at",
-                "2026-03-02T22:00:00Z",
-            ],
-            &token,
-        )
-        .await;
-    night.expect_code(0);
+    let night = h.apply(cfg, &["--at", "2026-03-02T22:00:00Z"]).await;
     assert!(
         night.stdout.contains("1 runner(s) from default"),
         "{}",
@@ -170,9 +145,7 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
     let path = h.write_config(&h.config(5, None));
     let cfg = path.to_str().unwrap();
     let token = Harness::token();
-    h.run(&["--config", cfg, "apply", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.apply(cfg, &[]).await;
 
     // What the instances' userdata would do: each claims one runner; all come ONLINE.
     let (fleet_id, _) = fleet_request(&h).await;
@@ -213,24 +186,8 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
     }
 
     // Down to 2: exactly the busy runners stay, on their instances.
-    h.run(
-        &[
-            "--config",
-            cfg,
-            "apply",
-            "--auto-approve",
-            "--capacity",
-            "2",
-        ],
-        &token,
-    )
-    .await
-    .expect_code(0);
-    let left: BTreeSet<String> = h
-        .runners(None)
-        .iter()
-        .map(|r| r["uuid"].as_str().unwrap().to_owned())
-        .collect();
+    h.apply(cfg, &["--capacity", "2"]).await;
+    let left: BTreeSet<String> = h.runner_uuids().into_iter().collect();
     assert_eq!(left, busy.iter().cloned().collect());
     let running = instances(&h, "running").await;
     let busy_instances: BTreeSet<String> = busy.iter().map(|u| holder[u].clone()).collect();
@@ -287,24 +244,8 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
 
     // When a step ends, the next apply finishes the job.
     h.fake.set_busy(&busy[1], false);
-    h.run(
-        &[
-            "--config",
-            cfg,
-            "apply",
-            "--auto-approve",
-            "--capacity",
-            "1",
-        ],
-        &token,
-    )
-    .await
-    .expect_code(0);
-    let left: Vec<String> = h
-        .runners(None)
-        .iter()
-        .map(|r| r["uuid"].as_str().unwrap().to_owned())
-        .collect();
+    h.apply(cfg, &["--capacity", "1"]).await;
+    let left: Vec<String> = h.runner_uuids().into_iter().collect();
     assert_eq!(left, [busy[0].clone()]);
     assert_eq!(
         instances(&h, "running").await,
@@ -313,6 +254,22 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
     h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
         .await
         .expect_code(0);
+}
+
+/// One `autoscale --once`; panics unless it exits 0 and prints `expected`.
+async fn tick(h: &Harness, config: &str, expected: &str) {
+    let run = h
+        .run(
+            &["--config", config, "autoscale", "--once"],
+            &Harness::token(),
+        )
+        .await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains(expected),
+        "expected {expected:?} in:\n{}",
+        run.stdout
+    );
 }
 
 const AUTOSCALE: &str = "[capacity.autoscale]\nmin = 1\nmax = 6\nscale_up_threshold = 0.8\nscale_down_threshold = 0.2\nscale_up_multiplier = 1.5\nscale_down_multiplier = 0.5";
@@ -335,65 +292,37 @@ async fn autoscale_once_steps_up_hold_down_and_cools_down() {
         &format!("{AUTOSCALE}\ncooldown_seconds = 0"),
     ));
     let cfg = path.to_str().unwrap();
-    h.run(&["--config", cfg, "apply", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.apply(cfg, &[]).await;
 
     // Nobody online yet: hold.
-    let tick = h
-        .run(&["--config", cfg, "autoscale", "--once"], &token)
-        .await;
-    tick.expect_code(0);
-    assert!(
-        tick.stdout
-            .contains("autoscale: hold at 2: no runner is online yet"),
-        "{}",
-        tick.stdout
-    );
+    tick(&h, cfg, "autoscale: hold at 2: no runner is online yet").await;
 
     // 2 of 2 busy: up to ceil(2 x 1.5) = 3.
     set_all(&h, "ONLINE", 2);
-    let tick = h
-        .run(&["--config", cfg, "autoscale", "--once"], &token)
-        .await;
-    tick.expect_code(0);
-    assert!(
-        tick.stdout
-            .contains("autoscale: scale 2 -> 3: busy 2/2 online = 1.00"),
-        "{}",
-        tick.stdout
-    );
+    tick(&h, cfg, "autoscale: scale 2 -> 3: busy 2/2 online = 1.00").await;
     assert_eq!(h.runners(None).len(), 3);
     assert_eq!(fleet_request(&h).await.1, 3);
 
     // 2 of 3 busy (0.67): hold.
     set_all(&h, "ONLINE", 2);
-    let tick = h
-        .run(&["--config", cfg, "autoscale", "--once"], &token)
-        .await;
-    assert!(
-        tick.stdout
-            .contains("autoscale: hold at 3: busy 2/3 online = 0.67"),
-        "{}",
-        tick.stdout
-    );
+    tick(&h, cfg, "autoscale: hold at 3: busy 2/3 online = 0.67").await;
     assert_eq!(h.runners(None).len(), 3);
 
     // All idle: down to floor(3 x 0.5) = 1.
     set_all(&h, "ONLINE", 0);
-    let tick = h
+    let json_tick = h
         .run(
             &["--config", cfg, "--output", "json", "autoscale", "--once"],
             &token,
         )
         .await;
-    tick.expect_code(0);
-    let first: serde_json::Value = serde_json::Deserializer::from_str(&tick.stdout)
+    json_tick.expect_code(0);
+    let first: serde_json::Value = serde_json::Deserializer::from_str(&json_tick.stdout)
         .into_iter()
         .next()
         .unwrap()
         .unwrap();
-    assert_eq!(first["decision"]["scale_to"], 1, "{}", tick.stdout);
+    assert_eq!(first["decision"]["scale_to"], 1, "{}", json_tick.stdout);
     assert_eq!(h.runners(None).len(), 1);
 
     // With a cooldown, the tick right after a change holds even though all are busy.
@@ -403,19 +332,12 @@ async fn autoscale_once_steps_up_hold_down_and_cools_down() {
         &format!("{AUTOSCALE}\ncooldown_seconds = 3600"),
     ));
     set_all(&h, "ONLINE", 1);
-    let tick = h
-        .run(
-            &["--config", cooled.to_str().unwrap(), "autoscale", "--once"],
-            &token,
-        )
-        .await;
-    tick.expect_code(0);
-    assert!(
-        tick.stdout
-            .contains("autoscale: hold at 1: cooldown: last change to 1 was"),
-        "{}",
-        tick.stdout
-    );
+    tick(
+        &h,
+        cooled.to_str().unwrap(),
+        "autoscale: hold at 1: cooldown: last change to 1 was",
+    )
+    .await;
     assert_eq!(h.runners(None).len(), 1);
 
     // destroy removes the autoscaler's state too.
@@ -447,18 +369,12 @@ async fn a_tick_costs_the_same_calls_at_10_and_50_runners() {
             &with_capacity_section(&h, n, &autoscale).replace("max = 20\n", "max = 60\n"),
         );
         let cfg = path.to_str().unwrap();
-        h.run(&["--config", cfg, "apply", "--auto-approve"], &token)
-            .await
-            .expect_code(0);
+        h.apply(cfg, &[]).await;
         assert_eq!(h.runners(None).len(), n as usize);
         set_all(&h, "ONLINE", n as usize / 2); // ratio 0.5: a holding tick
         h.fake.clear_requests();
         h.recorder.clear();
-        let tick = h
-            .run(&["--config", cfg, "autoscale", "--once"], &token)
-            .await;
-        tick.expect_code(0);
-        assert!(tick.stdout.contains("hold"), "{}", tick.stdout);
+        tick(&h, cfg, "hold").await;
         let mut aws: Vec<String> = h
             .recorder
             .calls()

@@ -188,6 +188,33 @@ instance_profile = "bbfleet-runner"
         [("BITBUCKET_ACCESS_TOKEN", "fake-access-token")]
     }
 
+    /// Panics if anything was written at the fake or at AWS (`after` names the step).
+    pub fn assert_no_writes(&self, after: &str) {
+        assert_eq!(self.fake.write_count(), 0, "Bitbucket writes after {after}");
+        assert_eq!(
+            self.recorder.writes(),
+            Vec::<String>::new(),
+            "AWS writes after {after}"
+        );
+    }
+
+    /// `{uuid}`s of the fleet's workspace runners at the fake, in creation order.
+    pub fn runner_uuids(&self) -> Vec<String> {
+        self.runners(None)
+            .iter()
+            .map(|r| r["uuid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// `apply --auto-approve` with `extra` arguments; panics unless it exits 0.
+    pub async fn apply(&self, config: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["--config", config, "apply", "--auto-approve"];
+        args.extend_from_slice(extra);
+        let run = self.run(&args, &Self::token()).await;
+        run.expect_code(0);
+        run
+    }
+
     /// The fleet's runners at the fake.
     pub fn runners(&self, repository: Option<&str>) -> Vec<serde_json::Value> {
         let prefix = format!("bbfleet-{}-", self.fleet);
