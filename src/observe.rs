@@ -40,7 +40,7 @@ pub struct Observed {
     pub fleets: Vec<FleetState>,
     /// Instances tagged with the fleet, not terminated.
     pub instances: Vec<InstanceInfo>,
-    /// The autoscaler's state parameter, if it exists.
+    /// The autoscaler's state parameter, if it exists (not read for apply).
     pub autoscale_state: Option<String>,
 }
 
@@ -104,6 +104,10 @@ pub async fn observe(
             fleet_api.list(fleet, true),
             ec2::fleet_instances(&aws.ec2, fleet),
             async {
+                // Only destroy deletes the autoscaler's state; plan and apply never read it.
+                if depth == Depth::ForApply {
+                    return Ok(None);
+                }
                 let name = names::autoscale_state(fleet);
                 Ok(ssm::get_string(&aws.ssm, &name).await?.map(|_| name))
             },

@@ -504,12 +504,8 @@ pub fn plan_apply(
             reason: "their runners no longer exist".to_owned(),
         });
     }
-    let cancelled: BTreeSet<&str> = live
-        .iter()
-        .filter(|f| keep.map(|k| &k.id) != Some(&f.id))
-        .flat_map(|f| f.instance_ids.iter().map(String::as_str))
-        .collect();
-    let strays = stray_instances(observed, &victim_instances, &cancelled);
+    // Instances of live requests replaced above terminate with their request.
+    let strays = stray_instances(observed, &victim_instances);
     if !strays.is_empty() {
         actions.push(Action::TerminateInstances {
             ids: strays,
@@ -593,11 +589,7 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
 /// Fleet-tagged instances that no live request owns. With no live request, every tagged
 /// instance is a leftover; with one, only instances of leftover (cancelled) requests are,
 /// since a just-launched instance may not be listed under its request yet.
-fn stray_instances(
-    observed: &Observed,
-    already: &[String],
-    cancelled: &BTreeSet<&str>,
-) -> Vec<String> {
+fn stray_instances(observed: &Observed, already: &[String]) -> Vec<String> {
     let any_live = observed.fleets.iter().any(|f| f.is_live());
     let owned_by = |id: &str, live: bool| {
         observed
@@ -610,7 +602,7 @@ fn stray_instances(
         .iter()
         .map(|i: &InstanceInfo| i.id.as_str())
         .filter(|id| !owned_by(id, true) && (!any_live || owned_by(id, false)))
-        .filter(|id| !cancelled.contains(id) && !already.iter().any(|a| a == id))
+        .filter(|id| !already.iter().any(|a| a == id))
         .map(str::to_owned)
         .collect()
 }
