@@ -36,6 +36,18 @@ pub struct UserdataVars {
     pub claim_attempts: u32,
     /// Upper bound of the back-off between claim rounds, in seconds.
     pub claim_backoff_max_secs: u32,
+    /// Log file of the agent (runner supervisor and spot notice watcher).
+    pub agent_log: String,
+    /// How often the agent polls IMDS for spot notices and checks the runner, in milliseconds.
+    pub poll_interval_ms: u32,
+    /// How many polls the agent makes before it stops; 0 = for the instance's lifetime.
+    pub agent_max_polls: u32,
+    /// How many times the agent restarts a runner container that exited by itself.
+    pub runner_restarts: u32,
+    /// Pause before each restart, in seconds.
+    pub restart_delay_secs: u32,
+    /// `docker container stop --time`: how long the runner gets to stop before it is killed.
+    pub stop_timeout_secs: u32,
 }
 
 impl UserdataVars {
@@ -51,6 +63,14 @@ impl UserdataVars {
             state_dir: "/run/bbfleet".to_owned(),
             claim_attempts: 60,
             claim_backoff_max_secs: 30,
+            agent_log: "/var/log/bbfleet-agent.log".to_owned(),
+            // AWS recommends checking for the interruption notice every 5 seconds.
+            poll_interval_ms: 5000,
+            agent_max_polls: 0,
+            runner_restarts: 10,
+            restart_delay_secs: 10,
+            // Well inside the 2-minute interruption notice.
+            stop_timeout_secs: 60,
         }
     }
 }

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,12 @@ fn production_vars(fleet: &str) -> UserdataVars {
         state_dir: "/run/bbfleet".to_owned(),
         claim_attempts: 60,
         claim_backoff_max_secs: 30,
+        agent_log: "/var/log/bbfleet-agent.log".to_owned(),
+        poll_interval_ms: 5000,
+        agent_max_polls: 0,
+        runner_restarts: 10,
+        restart_delay_secs: 10,
+        stop_timeout_secs: 60,
     }
 }
 
@@ -99,7 +106,11 @@ fn both_templates_render_to_clean_bash() {
             !script.contains("OAUTH_CLIENT_SECRET"),
             "{name}: mentions the runner secret"
         );
-        assert!(!script.contains("{{"), "{name}: unrendered handlebars");
+        // `{{.Names}}` is docker's own template syntax, escaped in the template.
+        assert!(
+            !script.replace("'{{.Names}}'", "").contains("{{"),
+            "{name}: unrendered handlebars"
+        );
         assert!(
             !script.contains("--overwrite"),
             "{name}: claims must never overwrite"
@@ -246,7 +257,7 @@ fn shell_words(command: &str) -> Vec<String> {
 
 // ---- a simulated instance: temp dir, stubs, fake IMDS, the rendered script ----
 
-const STUBS: [&str; 9] = [
+const STUBS: [&str; 11] = [
     "docker",
     "dnf",
     "apt-get",
@@ -256,7 +267,13 @@ const STUBS: [&str; 9] = [
     "swapon",
     "fallocate",
     "sysctl",
+    "findmnt",
+    "mount",
 ];
+/// The agent's poll interval in the tests.
+const TEST_POLL_MS: u32 = 200;
+/// How long a test waits for the agent to react to something.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Host {
     dir: tempfile::TempDir,
@@ -274,6 +291,11 @@ struct Run {
 
 impl Host {
     fn new(os: Os, fleet: &str, instance_id: &str) -> Host {
+        Host::with(os, fleet, instance_id, |_| {})
+    }
+
+    /// A host whose script is rendered with the test values, then `tweak`.
+    fn with(os: Os, fleet: &str, instance_id: &str, tweak: impl FnOnce(&mut UserdataVars)) -> Host {
         let dir = tempfile::tempdir().expect("temp dir");
         let imds = FakeImds::start(instance_id);
         let bin = dir.path().join("bin");
@@ -286,11 +308,28 @@ impl Host {
                 log.display()
             );
             match stub {
-                // The full argv, NUL-separated, then a marker that it is complete.
+                // `container run`: the full argv (NUL-separated), a marker that it is
+                // complete, then it runs until `container stop` (or crashes when asked
+                // to, or ends after 120 s). `container ls`: the step containers in `steps`.
                 "docker" => body += &format!(
-                    "printf '%s\\0' \"$@\" >>'{0}/docker.argv'\n: >'{0}/docker.done'\n",
+                    "D='{0}'\n\
+                     case \"$1 $2\" in\n\
+                     'container run')\n\
+                       printf '%s\\0' \"$@\" >\"$D/docker.argv.new\"\n\
+                       mv \"$D/docker.argv.new\" \"$D/docker.argv\"\n\
+                       echo run >>\"$D/docker.runs\"\n\
+                       : >\"$D/docker.done\"\n\
+                       if [ -e \"$D/crash\" ]; then exit 3; fi\n\
+                       i=0\n\
+                       while [ ! -e \"$D/stopped\" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done ;;\n\
+                     'container stop') : >\"$D/stopped\" ;;\n\
+                     'container ls') cat \"$D/steps\" 2>/dev/null ;;\n\
+                     esac\n\
+                     exit 0\n",
                     dir.path().display()
                 ),
+                // /tmp is a tmpfs, as on AL2023.
+                "findmnt" => body += "echo tmpfs\n",
                 // Docker must first start with the log rotation config in place.
                 "systemctl" => body += &format!(
                     "if [ -e '{0}/root/etc/docker/daemon.json' ]; then d=present; else d=absent; fi\n\
@@ -304,7 +343,7 @@ impl Host {
             fs::write(&path, body).expect("write stub");
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod stub");
         }
-        let vars = UserdataVars {
+        let mut vars = UserdataVars {
             fleet: fleet.to_owned(),
             region: "us-east-1".to_owned(),
             ssm_prefix: format!("/bbfleet/{fleet}"),
@@ -314,7 +353,15 @@ impl Host {
             state_dir: dir.path().join("state").display().to_string(),
             claim_attempts: 3,
             claim_backoff_max_secs: 1,
+            agent_log: dir.path().join("log/agent.log").display().to_string(),
+            poll_interval_ms: TEST_POLL_MS,
+            // Bounded: the agent ends by itself after about two minutes.
+            agent_max_polls: 600,
+            runner_restarts: 2,
+            restart_delay_secs: 0,
+            stop_timeout_secs: 1,
         };
+        tweak(&mut vars);
         let script = render(os, &vars).expect("render the script");
         fs::write(dir.path().join("bootstrap.sh"), &script).expect("write script");
         Host {
@@ -342,6 +389,8 @@ impl Host {
             .env("PATH", format!("{}:{path}", self.path("bin").display()))
             .env("BBFLEET_HOST_ROOT", self.path("root"))
             .current_dir(self.dir.path())
+            // Its own process group, so a test can stop it with every child.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(fs::File::create(self.path("stdout")).expect("stdout file"))
             .stderr(fs::File::create(self.path("stderr")).expect("stderr file"))
@@ -396,6 +445,120 @@ impl Host {
     fn state(&self, name: &str) -> String {
         self.read(&format!("state/{name}")).trim().to_owned()
     }
+
+    fn agent_log(&self) -> String {
+        fs::read_to_string(self.path("log/agent.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the agent's log has `line`.
+    fn wait_for_agent(&self, line: &str) {
+        wait_for(
+            &format!("{}: agent log line {line:?}", self.instance_id),
+            AGENT_TIMEOUT,
+            || self.agent_log().contains(line),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.agent_log()));
+    }
+
+    /// The pid of the detached agent (its session and process group), while it runs.
+    fn agent_pid(&self) -> Option<u32> {
+        let pid = fs::read_to_string(self.path("state/agent.pid")).ok()?;
+        let pid: u32 = pid.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// Kills the agent and everything it started, as the instance's death would.
+    fn kill_agent(&self) {
+        if let Some(pid) = self.agent_pid() {
+            kill_group(pid);
+            let _ = fs::remove_file(self.path("state/agent.pid"));
+        }
+    }
+
+    /// What reached the docker stub, in order.
+    fn stub_log(&self) -> String {
+        self.read("stubs.log")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+/// SIGKILL to the process group `pgid` (a process this test started in its own group).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Polls `done` every 50 ms until it holds, for at most `bound`.
+fn wait_for(what: &str, bound: Duration, mut done: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("{what}: not within {bound:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// What the docker stub must receive for a stored command on `host`: the command's words
+/// after `docker`, its `-e NAME=VALUE` pairs replaced by `--env-file` after `run`; and the
+/// env file's lines.
+fn expected_run(host: &Host, command: &str) -> (Vec<String>, Vec<String>) {
+    let words = shell_words(command);
+    assert_eq!(words[..3], ["docker", "container", "run"]);
+    let mut argv = vec![
+        "container".to_owned(),
+        "run".to_owned(),
+        "--env-file".to_owned(),
+        host.path("state/runner.env").display().to_string(),
+    ];
+    let mut env = Vec::new();
+    let mut rest = words[3..].iter();
+    while let Some(word) = rest.next() {
+        if word == "-e" {
+            env.push(rest.next().expect("a value after -e").clone());
+        } else {
+            argv.push(word.clone());
+        }
+    }
+    (argv, env)
+}
+
+/// Asserts that docker got the stored `command` with its environment from the root-only
+/// env file, and that no secret is in docker's arguments.
+fn assert_runner_started(host: &Host, command: &str) {
+    let (argv, env) = expected_run(host, command);
+    let got = host.docker_argv();
+    assert_eq!(got, argv, "{}: docker argv", host.instance_id);
+    assert!(!got.iter().any(|w| w.contains("canary")));
+    let env_file = host.read("state/runner.env");
+    assert_eq!(env_file.lines().collect::<Vec<_>>(), env);
+    let mode = fs::metadata(host.path("state/runner.env"))
+        .expect("runner.env")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "runner.env mode {mode:o}");
+}
+
+/// The state of an instance in moto.
+fn instance_state(id: &str) -> String {
+    aws(&[
+        "ec2",
+        "describe-instances",
+        "--instance-ids",
+        id,
+        "--query",
+        "Reservations[].Instances[].State.Name",
+        "--output",
+        "text",
+    ])
 }
 
 fn assert_ok(host: &Host, run: &Run) {
@@ -431,9 +594,9 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
     let command = commands
         .get(uuid.as_str())
         .unwrap_or_else(|| panic!("claimed unknown runner {uuid:?}"));
-    let mut expected = shell_words(command);
-    assert_eq!(expected.remove(0), "docker");
-    assert_eq!(host.docker_argv(), expected);
+    assert_runner_started(&host, command);
+    // The bootstrap is over; the detached agent keeps the runner going.
+    assert!(host.agent_pid().is_some(), "the agent does not run");
 
     // (b) the claim: generation 1 holds this instance, and the state file names it.
     let claim = format!("/bbfleet/{fleet}/claims/{uuid}/1");
@@ -477,12 +640,8 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
         run.stderr
     );
 
-    // (d) the command file is private to root.
-    let mode = fs::metadata(host.path("state/runner.sh"))
-        .expect("runner.sh")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o077, 0, "runner.sh mode {mode:o}");
+    // (d) the state dir is private to root, and the decrypted command is not left on disk.
+    assert!(!host.path("state/command.tmp").exists());
     let mode = fs::metadata(host.path("state"))
         .expect("state dir")
         .permissions()
@@ -497,6 +656,11 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
         "systemctl enable --now docker",
         "swapon ",
         "sysctl -q -w vm.swappiness=10",
+        "systemctl mask tmp.mount",
+        &format!(
+            "mount --bind {0}/root/var/lib/bbfleet-tmp {0}/root/tmp",
+            host.dir.path().display()
+        ),
     ] {
         assert!(
             stubs.contains(expected),
@@ -512,6 +676,18 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
     assert_eq!(daemon["log-driver"], "json-file");
     assert_eq!(daemon["log-opts"]["max-file"], "5");
     assert_eq!(host.read("root/etc/fstab"), "/swapfile none swap sw 0 0\n");
+    // IMDSv2: a token, the instance id, then the agent polls only the spot notices.
+    wait_for(
+        "the agent polls the rebalance notice",
+        AGENT_TIMEOUT,
+        || {
+            host.imds
+                .requests()
+                .iter()
+                .any(|r| r.path.ends_with("/rebalance"))
+        },
+    )
+    .unwrap();
     let imds: Vec<(String, String, u16)> = host
         .imds
         .requests()
@@ -519,7 +695,7 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
         .map(|r| (r.method, r.path, r.status))
         .collect();
     assert_eq!(
-        imds,
+        imds[..2],
         [
             ("PUT".to_owned(), "/latest/api/token".to_owned(), 200),
             (
@@ -529,8 +705,25 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
             )
         ]
     );
+    for (method, path, status) in &imds[2..] {
+        assert!(
+            matches!(
+                (method.as_str(), path.as_str(), status),
+                ("PUT", "/latest/api/token", 200)
+                    | ("GET", "/latest/meta-data/spot/instance-action", 404)
+                    | (
+                        "GET",
+                        "/latest/meta-data/events/recommendations/rebalance",
+                        404
+                    )
+            ),
+            "unexpected IMDS request {method} {path} ({status})"
+        );
+    }
+    assert!(!host.agent_log().contains("canary"));
 
     // A second run on the same instance (after a reboot) keeps its claim and its host set-up.
+    host.kill_agent();
     fs::remove_file(host.path("docker.argv")).expect("reset docker argv");
     fs::remove_file(host.path("docker.done")).expect("reset docker marker");
     let rerun = host.run();
@@ -541,97 +734,147 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
         claims(fleet, &uuid),
         BTreeMap::from([(1, instance_id.clone())])
     );
-    assert_eq!(host.docker_argv(), expected);
+    assert_runner_started(&host, command);
     assert_eq!(host.read("root/etc/fstab"), "/swapfile none swap sw 0 0\n");
 }
 
+/// Collects the runs of the `children` that have ended.
+fn reap(hosts: &[Host], children: &mut [Option<Child>], finished: &mut BTreeMap<usize, Run>) {
+    for (i, slot) in children.iter_mut().enumerate() {
+        let Some(child) = slot else { continue };
+        if let Some(status) = child.try_wait().expect("poll a script") {
+            *slot = None;
+            let host = &hosts[i];
+            finished.insert(
+                i,
+                Run {
+                    status,
+                    stdout: host.read("stdout"),
+                    stderr: host.read("stderr"),
+                },
+            );
+        }
+    }
+}
+
 #[test]
-fn racing_instances_claim_each_runner_once_and_a_dead_claim_is_taken_over() {
+fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     let fleet = "race";
-    let uuids = [
-        "2c2d0d9b-0000-4000-8000-00000000000a",
-        "2c2d0d9b-0000-4000-8000-00000000000b",
-    ];
-    let commands: BTreeMap<&str, String> =
-        uuids.iter().map(|u| (*u, put_runner(fleet, u))).collect();
-    let mut ids = launch_instances(5);
-    let late_id = ids.pop().expect("a fifth instance");
+    let uuids: Vec<String> = (0..10)
+        .map(|i| format!("2c2d0d9b-0000-4000-8000-0000000000{i:02}"))
+        .collect();
+    let commands: BTreeMap<String, String> = uuids
+        .iter()
+        .map(|u| (u.clone(), put_runner(fleet, u)))
+        .collect();
+    let ids = launch_instances(20);
+    // Waiters retry (at most 1 s apart) long enough to see the takeover; the test stops them.
     let hosts: Vec<Host> = ids
         .iter()
-        .map(|id| Host::new(Os::Al2023, fleet, id))
+        .map(|id| {
+            Host::with(Os::Al2023, fleet, id, |v| {
+                v.claim_attempts = 200;
+                v.poll_interval_ms = 1000;
+            })
+        })
         .collect();
-
-    let started = Instant::now();
-    let children: Vec<Child> = hosts.iter().map(Host::spawn).collect();
-    let runs: Vec<Run> = hosts.iter().zip(children).map(|(h, c)| h.wait(c)).collect();
-    eprintln!("four racing bootstraps took {:?}", started.elapsed());
-
-    let (winners, losers): (Vec<_>, Vec<_>) = hosts
-        .iter()
-        .zip(&runs)
-        .partition(|(_, r)| r.status.success());
-    let report = || {
-        hosts
+    let report = |finished: &BTreeMap<usize, Run>| {
+        finished
             .iter()
-            .zip(&runs)
-            .map(|(h, r)| format!("--- {} ({}):\n{}", h.instance_id, r.status, r.stderr))
+            .map(|(i, r)| {
+                format!(
+                    "--- {} ({}):\n{}",
+                    hosts[*i].instance_id, r.status, r.stderr
+                )
+            })
             .collect::<String>()
     };
-    assert_eq!(
-        winners.len(),
-        2,
-        "exactly two instances must win:\n{}",
-        report()
+
+    let started = Instant::now();
+    let mut children: Vec<Option<Child>> = hosts.iter().map(|h| Some(h.spawn())).collect();
+    let mut finished = BTreeMap::new();
+    wait_for("ten bootstraps end", SCRIPT_TIMEOUT, || {
+        reap(&hosts, &mut children, &mut finished);
+        finished.len() >= 10
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", report(&finished)));
+    eprintln!(
+        "20 instances racing for 10 runners: 10 claimed in {:?}",
+        started.elapsed()
     );
+    assert_eq!(finished.len(), 10, "{}", report(&finished));
+    assert!(
+        finished.values().all(|r| r.status.success()),
+        "{}",
+        report(&finished)
+    );
+    let winners: Vec<&Host> = finished.keys().map(|i| &hosts[*i]).collect();
 
     // Each runner claimed exactly once, by a different winner, at generation 1.
     let mut holders = BTreeSet::new();
-    for uuid in uuids {
+    for uuid in &uuids {
         let claims = claims(fleet, uuid);
-        assert_eq!(claims.len(), 1, "runner {uuid}: {claims:?}\n{}", report());
+        assert_eq!(
+            claims.len(),
+            1,
+            "runner {uuid}: {claims:?}\n{}",
+            report(&finished)
+        );
         holders.insert(claims[&1].clone());
     }
-    let winner_ids: BTreeSet<String> = winners.iter().map(|(h, _)| h.instance_id.clone()).collect();
+    let winner_ids: BTreeSet<String> = winners.iter().map(|h| h.instance_id.clone()).collect();
     assert_eq!(holders, winner_ids);
-    for (host, _) in &winners {
-        let uuid = host.state("runner-uuid");
-        assert_eq!(claims(fleet, &uuid)[&1], host.instance_id);
-        let mut expected = shell_words(&commands[uuid.as_str()]);
-        expected.remove(0);
-        assert_eq!(host.docker_argv(), expected);
+    for host in &winners {
+        assert_runner_started(host, &commands[&host.state("runner-uuid")]);
     }
-    for (host, run) in &losers {
-        assert!(
-            run.stderr
-                .contains("bbfleet: gave up: no runner of fleet race could be claimed in 3 rounds"),
-            "{}:\n{}",
-            host.instance_id,
-            run.stderr
-        );
+    // The ten others wait: still running, no runner, no command fetched.
+    let waiters: Vec<usize> = (0..hosts.len())
+        .filter(|i| children[*i].is_some())
+        .collect();
+    assert_eq!(waiters.len(), 10);
+    for &i in &waiters {
+        let host = &hosts[i];
+        wait_for("a waiter sees no free runner", SCRIPT_TIMEOUT, || {
+            host.read("stderr")
+                .contains("bbfleet: no free runner among the 10 listed")
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", host.instance_id, host.read("stderr")));
         assert!(
             !host.path("docker.done").exists(),
             "{} started a runner",
             host.instance_id
         );
         assert!(
-            !host.path("state/runner.sh").exists(),
+            !host.path("state/runner.env").exists(),
             "{} fetched a command",
             host.instance_id
         );
     }
 
-    // The instance holding a runner dies; a new instance takes its runner at generation 2.
-    let (dead, _) = winners[0];
+    // A claimer's instance dies; one waiter takes its runner over at generation 2.
+    let dead = winners[0];
     let dead_uuid = dead.state("runner-uuid");
+    dead.kill_agent();
     aws(&[
         "ec2",
         "terminate-instances",
         "--instance-ids",
         &dead.instance_id,
     ]);
-    let late = Host::new(Os::Al2023, fleet, &late_id);
-    let run = late.run();
-    assert_ok(&late, &run);
+    let takeover = Instant::now();
+    wait_for("a waiter takes the dead claim over", SCRIPT_TIMEOUT, || {
+        reap(&hosts, &mut children, &mut finished);
+        finished.len() > 10
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", report(&finished)));
+    eprintln!("takeover after {:?}", takeover.elapsed());
+    assert_eq!(finished.len(), 11, "{}", report(&finished));
+    let (&late, run) = finished
+        .iter()
+        .find(|(i, _)| waiters.contains(i))
+        .expect("a waiter ended");
+    let late = &hosts[late];
+    assert_ok(late, run);
     assert_eq!(late.state("runner-uuid"), dead_uuid);
     assert_eq!(
         late.state("claim"),
@@ -639,11 +882,163 @@ fn racing_instances_claim_each_runner_once_and_a_dead_claim_is_taken_over() {
     );
     assert_eq!(
         claims(fleet, &dead_uuid),
-        BTreeMap::from([(1, dead.instance_id.clone()), (2, late_id.clone())])
+        BTreeMap::from([(1, dead.instance_id.clone()), (2, late.instance_id.clone())])
     );
-    let mut expected = shell_words(&commands[dead_uuid.as_str()]);
-    expected.remove(0);
-    assert_eq!(late.docker_argv(), expected);
+    assert_runner_started(late, &commands[&dead_uuid]);
+
+    // The nine others still wait; stop them with their children.
+    for child in children.iter_mut().filter_map(Option::take) {
+        kill_group(child.id());
+        let mut child = child;
+        let _ = child.wait();
+    }
+    for uuid in uuids.iter().filter(|u| **u != dead_uuid) {
+        assert_eq!(claims(fleet, uuid).len(), 1, "runner {uuid}");
+    }
+}
+
+/// A fleet of one runner and an instance whose bootstrap started it.
+fn running_host(fleet: &str, uuid: &str) -> Host {
+    let command = put_runner(fleet, uuid);
+    let id = launch_instances(1).remove(0);
+    let host = Host::new(Os::Al2023, fleet, &id);
+    let run = host.run();
+    assert_ok(&host, &run);
+    assert_runner_started(&host, &command);
+    host
+}
+
+/// How many times the agent has polled `spot/instance-action`.
+fn interruption_polls(host: &Host) -> usize {
+    host.imds
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/spot/instance-action"))
+        .count()
+}
+
+/// Position of `line` in the agent's log.
+fn agent_line(host: &Host, line: &str) -> usize {
+    let log = host.agent_log();
+    log.find(line)
+        .unwrap_or_else(|| panic!("{line:?} not in the agent log:\n{log}"))
+}
+
+#[test]
+fn an_interruption_notice_releases_the_claim_and_stops_the_runner() {
+    let (fleet, uuid) = ("interrupt", "4e4f0fad-0000-4000-8000-000000000001");
+    let host = running_host(fleet, uuid);
+    host.imds.set_spot_instance_action(Some(
+        r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#,
+    ));
+    host.wait_for_agent("agent: done (interrupted)");
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(1, host.instance_id.clone()), (2, "free".to_owned())])
+    );
+    assert!(
+        agent_line(&host, "released runner") < agent_line(&host, "stopping the runner container"),
+        "the claim is released first"
+    );
+    assert!(
+        host.stub_log()
+            .contains(&format!("docker container stop --time 1 runner-{uuid}")),
+        "{}",
+        host.stub_log()
+    );
+    // AWS itself ends the instance after the notice.
+    assert_eq!(instance_state(&host.instance_id), "running");
+    wait_for("the agent exits", AGENT_TIMEOUT, || {
+        host.agent_pid().is_none()
+    })
+    .unwrap();
+}
+
+fn assert_rebalanced(host: &Host, fleet: &str, uuid: &str) {
+    host.wait_for_agent("agent: done (rebalanced)");
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(1, host.instance_id.clone()), (2, "free".to_owned())])
+    );
+    assert!(host.stub_log().contains("docker container stop"));
+    assert!(
+        agent_line(host, "stopping the runner container") < agent_line(host, "released runner")
+    );
+    assert!(agent_line(host, "released runner") < agent_line(host, "terminating instance"));
+    let state = instance_state(&host.instance_id);
+    assert!(
+        state == "terminated" || state == "shutting-down",
+        "instance is {state}"
+    );
+}
+
+#[test]
+fn a_rebalance_recommendation_on_an_idle_host_terminates_the_instance() {
+    let (fleet, uuid) = ("rebalance-idle", "4e4f0fad-0000-4000-8000-000000000002");
+    let host = running_host(fleet, uuid);
+    host.imds
+        .set_rebalance_recommendation(Some(r#"{"noticeTime": "2026-01-01T00:00:00Z"}"#));
+    assert_rebalanced(&host, fleet, uuid);
+}
+
+#[test]
+fn a_rebalance_recommendation_waits_for_the_running_step() {
+    let (fleet, uuid) = ("rebalance-busy", "4e4f0fad-0000-4000-8000-000000000003");
+    let host = running_host(fleet, uuid);
+    fs::write(host.path("steps"), "step-1_build\nstep-1_clone\n").expect("step containers");
+    host.imds
+        .set_rebalance_recommendation(Some(r#"{"noticeTime": "2026-01-01T00:00:00Z"}"#));
+    host.wait_for_agent("a pipeline step is running; waiting for it to finish");
+    // Five more polls while the step runs: nothing stops.
+    let polls = interruption_polls(&host);
+    wait_for("five more polls", AGENT_TIMEOUT, || {
+        interruption_polls(&host) >= polls + 5
+    })
+    .unwrap();
+    assert!(
+        !host.stub_log().contains("container stop"),
+        "{}",
+        host.stub_log()
+    );
+    assert!(!host.path("stopped").exists());
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(1, host.instance_id.clone())])
+    );
+    assert_eq!(instance_state(&host.instance_id), "running");
+    assert!(host.agent_pid().is_some());
+
+    // The step ends: the host drains.
+    fs::remove_file(host.path("steps")).expect("step ends");
+    assert_rebalanced(&host, fleet, uuid);
+}
+
+#[test]
+fn the_agent_restarts_a_crashing_runner_a_bounded_number_of_times() {
+    let (fleet, uuid) = ("crashy", "4e4f0fad-0000-4000-8000-000000000004");
+    let command = put_runner(fleet, uuid);
+    let id = launch_instances(1).remove(0);
+    let host = Host::new(Os::Al2023, fleet, &id);
+    fs::write(host.path("crash"), "").expect("crash marker");
+    let run = host.run();
+    assert_ok(&host, &run);
+    host.wait_for_agent("gave up after 2 restarts");
+    assert_runner_started(&host, &command);
+    assert_eq!(
+        host.read("docker.runs").lines().count(),
+        3,
+        "one start, two restarts"
+    );
+    assert!(host.agent_log().contains("restart 2 of 2"));
+    // The agent still watches the notices.
+    host.imds.set_spot_instance_action(Some(
+        r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#,
+    ));
+    host.wait_for_agent("agent: done (interrupted)");
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(1, id.clone()), (2, "free".to_owned())])
+    );
 }
 
 #[test]
@@ -698,9 +1093,7 @@ fn the_ubuntu_script_installs_from_apt_and_starts_its_runner() {
         claims(fleet, uuid),
         BTreeMap::from([(1, instance_id.clone())])
     );
-    let mut expected = shell_words(&command);
-    expected.remove(0);
-    assert_eq!(host.docker_argv(), expected);
+    assert_runner_started(&host, &command);
     assert!(!run.stderr.contains("canary") && !run.stdout.contains("canary"));
 }
 
