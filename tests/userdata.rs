@@ -227,6 +227,35 @@ fn claims(fleet: &str, uuid: &str) -> BTreeMap<u64, String> {
         .collect()
 }
 
+/// Every claim of a fleet in one listing: runner -> generation -> value.
+fn all_claims(fleet: &str) -> BTreeMap<String, BTreeMap<u64, String>> {
+    let text = aws(&[
+        "ssm",
+        "get-parameters-by-path",
+        "--recursive",
+        "--path",
+        &format!("/bbfleet/{fleet}/claims"),
+        "--query",
+        "Parameters[].[Name,Value]",
+        "--output",
+        "text",
+    ]);
+    let mut all: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (name, value) = line.split_once('\t').expect("name<TAB>value");
+        let mut parts = name.rsplit('/');
+        let generation = parts
+            .next()
+            .and_then(|g| g.parse().ok())
+            .expect("generation");
+        let uuid = parts.next().expect("runner uuid").to_owned();
+        all.entry(uuid)
+            .or_default()
+            .insert(generation, value.to_owned());
+    }
+    all
+}
+
 /// The argv of a stored command as the shell would split it (test commands only use
 /// plain words and single quotes).
 fn shell_words(command: &str) -> Vec<String> {
@@ -773,7 +802,8 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
         .iter()
         .map(|id| {
             Host::with(Os::Al2023, fleet, id, |v| {
-                v.claim_attempts = 200;
+                v.claim_attempts = 100;
+                v.claim_backoff_max_secs = 2;
                 v.poll_interval_ms = 1000;
             })
         })
@@ -811,9 +841,13 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     let winners: Vec<&Host> = finished.keys().map(|i| &hosts[*i]).collect();
 
     // Each runner claimed exactly once, by a different winner, at generation 1.
+    let claimed = all_claims(fleet);
+    assert_eq!(
+        claimed.keys().collect::<Vec<_>>(),
+        uuids.iter().collect::<Vec<_>>()
+    );
     let mut holders = BTreeSet::new();
-    for uuid in &uuids {
-        let claims = claims(fleet, uuid);
+    for (uuid, claims) in &claimed {
         assert_eq!(
             claims.len(),
             1,
@@ -834,11 +868,6 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     assert_eq!(waiters.len(), 10);
     for &i in &waiters {
         let host = &hosts[i];
-        wait_for("a waiter sees no free runner", SCRIPT_TIMEOUT, || {
-            host.read("stderr")
-                .contains("bbfleet: no free runner among the 10 listed")
-        })
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", host.instance_id, host.read("stderr")));
         assert!(
             !host.path("docker.done").exists(),
             "{} started a runner",
@@ -880,21 +909,29 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
         late.state("claim"),
         format!("/bbfleet/{fleet}/claims/{dead_uuid}/2")
     );
-    assert_eq!(
-        claims(fleet, &dead_uuid),
-        BTreeMap::from([(1, dead.instance_id.clone()), (2, late.instance_id.clone())])
-    );
     assert_runner_started(late, &commands[&dead_uuid]);
 
-    // The nine others still wait; stop them with their children.
+    // The nine others still wait (their rounds find no free runner); stop them.
+    for &i in waiters.iter().filter(|i| children[**i].is_some()) {
+        let stderr = hosts[i].read("stderr");
+        assert!(
+            stderr.contains("bbfleet: no free runner among the 10 listed"),
+            "{}:\n{stderr}",
+            hosts[i].instance_id
+        );
+    }
     for child in children.iter_mut().filter_map(Option::take) {
         kill_group(child.id());
         let mut child = child;
         let _ = child.wait();
     }
-    for uuid in uuids.iter().filter(|u| **u != dead_uuid) {
-        assert_eq!(claims(fleet, uuid).len(), 1, "runner {uuid}");
-    }
+    // Exactly one more claim: the takeover at generation 2.
+    let mut expected = claimed;
+    expected
+        .get_mut(&dead_uuid)
+        .expect("the dead runner's claims")
+        .insert(2, late.instance_id.clone());
+    assert_eq!(all_claims(fleet), expected);
 }
 
 /// A fleet of one runner and an instance whose bootstrap started it.
