@@ -53,11 +53,16 @@ pub struct UserdataVars {
 impl UserdataVars {
     /// The values for a validated config, with production defaults.
     pub fn from_config(config: &Config, region: &str) -> Self {
+        UserdataVars::new(&config.name, region, config.instance.swap_gb)
+    }
+
+    /// The production values for fleet `fleet` in `region`.
+    pub fn new(fleet: &str, region: &str, swap_gb: u32) -> Self {
         UserdataVars {
-            fleet: config.name.clone(),
+            fleet: fleet.to_owned(),
             region: region.to_owned(),
-            ssm_prefix: crate::names::ssm_prefix(&config.name),
-            swap_gb: config.instance.swap_gb,
+            ssm_prefix: crate::names::ssm_prefix(fleet),
+            swap_gb,
             imds_endpoint: IMDS_ENDPOINT.to_owned(),
             runner_log: "/var/log/bbfleet-runner.log".to_owned(),
             state_dir: "/run/bbfleet".to_owned(),

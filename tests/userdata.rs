@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bbfleet::config::Os;
-use bbfleet::userdata::{render, UserdataVars, IMDS_ENDPOINT};
+use bbfleet::userdata::{render, UserdataVars};
 use support::imds::FakeImds;
 use support::moto::{aws_env, moto, PROXY_VARS};
 
@@ -28,23 +28,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const RUNNER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn production_vars(fleet: &str) -> UserdataVars {
-    UserdataVars {
-        fleet: fleet.to_owned(),
-        region: "eu-west-1".to_owned(),
-        ssm_prefix: format!("/bbfleet/{fleet}"),
-        swap_gb: 4,
-        imds_endpoint: IMDS_ENDPOINT.to_owned(),
-        runner_log: "/var/log/bbfleet-runner.log".to_owned(),
-        state_dir: "/run/bbfleet".to_owned(),
-        claim_attempts: 60,
-        claim_backoff_max_secs: 30,
-        agent_log: "/var/log/bbfleet-agent.log".to_owned(),
-        poll_interval_ms: 5000,
-        agent_max_polls: 0,
-        runner_restarts: 10,
-        restart_delay_secs: 10,
-        stop_timeout_secs: 60,
-    }
+    UserdataVars::new(fleet, "eu-west-1", 4)
 }
 
 fn shellcheck(name: &str, script: &str) {
@@ -373,10 +357,6 @@ impl Host {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod stub");
         }
         let mut vars = UserdataVars {
-            fleet: fleet.to_owned(),
-            region: "us-east-1".to_owned(),
-            ssm_prefix: format!("/bbfleet/{fleet}"),
-            swap_gb: 1,
             imds_endpoint: imds.endpoint.clone(),
             runner_log: dir.path().join("log/runner.log").display().to_string(),
             state_dir: dir.path().join("state").display().to_string(),
@@ -389,6 +369,7 @@ impl Host {
             runner_restarts: 2,
             restart_delay_secs: 0,
             stop_timeout_secs: 1,
+            ..UserdataVars::new(fleet, "us-east-1", 1)
         };
         tweak(&mut vars);
         let script = render(os, &vars).expect("render the script");
