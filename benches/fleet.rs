@@ -19,6 +19,8 @@ use support::harness::Harness;
 const RTT: Duration = Duration::from_millis(100);
 /// Fleet sizes of the apply rows (the fake allows 100 runners per scope, as Bitbucket does).
 const SIZES: [u32; 3] = [20, 50, 100];
+/// Concurrencies tried at N = 100.
+const SWEEP: [u32; 5] = [4, 8, 16, 32, 64];
 
 /// What one bbfleet run cost.
 #[derive(Debug, Default, Clone)]
@@ -177,7 +179,7 @@ fn machine() -> String {
         "{cpu}, {cores} cores, {mem} RAM; {}; {}; moto {}",
         command_output("uname", &["-sr"]),
         command_output("rustc", &["--version"]),
-        command_output("moto_server", &["--version"]),
+        command_output("python3", &["-c", "import moto; print(moto.__version__)"]),
     )
 }
 
@@ -207,6 +209,17 @@ async fn main() {
             .max(slow.peak_rss_kib)
             .max(fast_destroy.peak_rss_kib);
         rows.push((n, fast, fast_destroy, slow));
+    }
+
+    let sequential_100 = rows.last().map(|(_, _, _, slow)| slow.wall);
+    let mut sweep = Vec::new();
+    for c in SWEEP {
+        let wall = match rows.last() {
+            Some((_, fast, _, _)) if c == concurrency => fast.wall,
+            _ => apply_from_empty(&format!("c{c}"), 100, c).await.0.wall,
+        };
+        eprintln!("bench: N=100 concurrency {c}: {}s", secs(wall));
+        sweep.push((c, wall));
     }
 
     eprintln!("bench: no-op plan and apply at N = 100, autoscale ticks at N = 10 and 100");
@@ -274,6 +287,27 @@ async fn main() {
             out,
             "\nOn the wire: the fake saw {} requests ({} writes), the AWS proxy {} ({} writes).",
             fast.fake_requests, fast.fake_writes, fast.wire_aws, fast.wire_aws_writes
+        );
+    }
+
+    let _ = writeln!(out, "\n### Concurrency at N = 100\n");
+    let _ = writeln!(
+        out,
+        "| concurrency | wall | 2 x RTT x ceil(100/c) | ratio | speed-up over c=1 |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+    for (c, wall) in &sweep {
+        let ideal = critical_path(100, *c);
+        let _ = writeln!(
+            out,
+            "| {c} | {} s | {} s | {:.2} | {} |",
+            secs(*wall),
+            secs(ideal),
+            wall.as_secs_f64() / ideal.as_secs_f64(),
+            sequential_100.map_or("-".to_owned(), |s| format!(
+                "{:.1}x",
+                s.as_secs_f64() / wall.as_secs_f64()
+            )),
         );
     }
 
