@@ -203,6 +203,7 @@ impl RateBudget {
     }
 
     /// The hourly limit in force.
+    #[cfg(test)]
     pub(super) fn limit(&self) -> u32 {
         self.window().limit
     }
