@@ -45,6 +45,23 @@ impl Cost {
     fn writes(&self) -> u64 {
         self.bitbucket_writes + self.aws_writes
     }
+
+    fn bitbucket(&self) -> u64 {
+        self.bitbucket_reads + self.bitbucket_writes
+    }
+
+    fn aws(&self) -> u64 {
+        self.aws_reads + self.aws_writes
+    }
+
+    /// "`service:Operation` n, ..."
+    fn call_list(&self) -> String {
+        self.calls
+            .iter()
+            .map(|(k, v)| format!("`{k}` {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A fleet world with `runners` capacity (max 100), an autoscale section, and a fake
@@ -266,10 +283,10 @@ async fn main() {
             out,
             "| {n} | {} s | {} ({} + {}) | {} ({} + {}) | {} s | {ratio:.2} | {} s | {speedup:.1}x | {} s | {} MiB |",
             secs(fast.wall),
-            fast.bitbucket_reads + fast.bitbucket_writes,
+            fast.bitbucket(),
             fast.bitbucket_reads,
             fast.bitbucket_writes,
-            fast.aws_reads + fast.aws_writes,
+            fast.aws(),
             fast.aws_reads,
             fast.aws_writes,
             secs(ideal),
@@ -322,8 +339,8 @@ async fn main() {
             out,
             "| {name} | {} s | {} | {} | {} / {} / {} |",
             secs(cost.wall),
-            cost.bitbucket_reads + cost.bitbucket_writes,
-            cost.aws_reads + cost.aws_writes,
+            cost.bitbucket(),
+            cost.aws(),
             cost.writes(),
             cost.fake_writes,
             cost.wire_aws_writes
@@ -332,15 +349,7 @@ async fn main() {
             failures.push(format!("no-op {name} wrote"));
         }
     }
-    let _ = writeln!(
-        out,
-        "\nReads of the no-op apply: {}.",
-        noop.calls
-            .iter()
-            .map(|(k, v)| format!("`{k}` {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let _ = writeln!(out, "\nReads of the no-op apply: {}.", noop.call_list());
 
     let _ = writeln!(out, "\n### One autoscale tick (holding, busy ratio 0.5)\n");
     let _ = writeln!(out, "| N | wall | Bitbucket calls | AWS calls | calls |");
@@ -350,13 +359,9 @@ async fn main() {
             out,
             "| {n} | {} s | {} | {} | {} |",
             secs(cost.wall),
-            cost.bitbucket_reads + cost.bitbucket_writes,
-            cost.aws_reads + cost.aws_writes,
-            cost.calls
-                .iter()
-                .map(|(k, v)| format!("`{k}` {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            cost.bitbucket(),
+            cost.aws(),
+            cost.call_list()
         );
         peak_rss = peak_rss.max(cost.peak_rss_kib);
     }
