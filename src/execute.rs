@@ -16,8 +16,9 @@ use crate::observe::{scope, Observed};
 use crate::plan::{Action, Desired, Plan};
 use crate::runner_command::RunnerCommand;
 
-/// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound).
-pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound):
+/// 100 runners, the most a scope holds, are registered and stored in 4 waves.
+pub const DEFAULT_CONCURRENCY: usize = 32;
 
 /// An action failed.
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,10 @@ pub struct CallSummary {
     pub reads: u64,
     /// Write calls in all.
     pub writes: u64,
+    /// Peak resident set size of this process so far, in KiB (Linux `VmHWM`, the same
+    /// figure as `getrusage`'s `ru_maxrss`); absent where `/proc` is not available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl CallStats {
@@ -51,8 +55,26 @@ impl CallStats {
                 CallKind::Write => s.writes += n,
             }
         }
+        s.peak_rss_kib = peak_rss_kib();
         s
     }
+}
+
+/// This process's peak resident set size in KiB, from `/proc/self/status`.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// AWS operations that only read, by name prefix.
@@ -62,5 +84,32 @@ pub fn aws_kind(operation: &str) -> CallKind {
         CallKind::Read
     } else {
         CallKind::Write
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_rss_comes_from_vm_hwm() {
+        let status = "Name:\tbbfleet\nVmPeak:\t  123456 kB\nVmHWM:\t   18236 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(18236));
+        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_kib().is_some_and(|k| k > 0));
+        }
+    }
+
+    #[test]
+    fn summary_splits_reads_and_writes() {
+        let stats = CallStats::default();
+        stats.record("bitbucket", "GET runners", CallKind::Read);
+        stats.record("ssm", "PutParameter", aws_kind("PutParameter"));
+        stats.record("ssm", "PutParameter", aws_kind("PutParameter"));
+        let s = stats.summary();
+        assert_eq!((s.reads, s.writes), (1, 2));
+        assert_eq!(s.calls["ssm:PutParameter"], 2);
+        assert_eq!(aws_kind("DescribeSpotFleetRequests"), CallKind::Read);
     }
 }

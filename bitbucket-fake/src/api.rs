@@ -257,7 +257,27 @@ async fn api(app: &App, headers: &HeaderMap, req: &Req<'_>, decoded: &str) -> (A
     if let Err(resp) = auth_result {
         return (auth, resp);
     }
-    (auth, route(app, req))
+    match app.cfg.hourly_limit.filter(|_| is_api) {
+        None => (auth, route(app, req)),
+        Some(limit) => {
+            let used = app
+                .rate_used
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            let mut resp = if used > limit {
+                crate::state::rate_limit_response(None)
+            } else {
+                route(app, req)
+            };
+            let h = resp.headers_mut();
+            h.insert("X-RateLimit-Limit", HeaderValue::from(limit));
+            h.insert("X-RateLimit-Resource", HeaderValue::from_static("api"));
+            if used * 5 >= limit * 4 {
+                h.insert("X-RateLimit-NearLimit", HeaderValue::from_static("true"));
+            }
+            (auth, resp)
+        }
+    }
 }
 
 /// Splits a path remainder into decoded segments, ignoring one trailing slash.

@@ -59,6 +59,11 @@ pub struct FakeConfig {
     pub max_custom_labels: usize,
     /// Added to every non-admin request.
     pub latency: Duration,
+    /// Requests allowed per hour (the fake's lifetime counts as the hour), as Bitbucket's
+    /// scaled limits: every `/2.0` answer then carries `X-RateLimit-Limit`,
+    /// `X-RateLimit-Resource` and, from 80 % used, `X-RateLimit-NearLimit: true`; requests
+    /// over the limit get 429 (without `Retry-After`). `None`: no limit, no headers.
+    pub hourly_limit: Option<usize>,
     /// Schedules per repository.
     pub schedule_limit: usize,
     /// Prefix of every issued runner OAuth secret.
@@ -84,6 +89,7 @@ impl Default for FakeConfig {
             label_pattern: "^[a-z0-9.]+$".to_owned(),
             max_custom_labels: 10,
             latency: Duration::ZERO,
+            hourly_limit: None,
             schedule_limit: 100,
             secret_prefix: "fake-secret-".to_owned(),
         }
@@ -197,6 +203,8 @@ pub(crate) struct App {
     pub(crate) state: Mutex<State>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    /// `/2.0` requests counted against `cfg.hourly_limit`.
+    pub(crate) rate_used: std::sync::atomic::AtomicUsize,
 }
 
 impl App {
@@ -256,6 +264,7 @@ impl FakeBitbucket {
             state: Mutex::new(State::default()),
             shutdown: tx,
             task: Mutex::new(None),
+            rate_used: std::sync::atomic::AtomicUsize::new(0),
         });
         let router = axum::Router::new()
             .fallback(api::handle)

@@ -1054,3 +1054,32 @@ async fn binary_ready_file_and_admin_shutdown() {
     assert_eq!(out.trim(), format!("bitbucket-fake listening on {base}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_hourly_limit_sends_rate_limit_headers_then_429() {
+    let c = Client::new(FakeConfig {
+        hourly_limit: Some(5),
+        ..FakeConfig::default()
+    })
+    .await;
+    let list = format!("{WS}/pipelines-config/runners");
+    for i in 1..=5 {
+        let r = c.get(&list).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
+        assert_eq!(r.header("x-ratelimit-resource"), Some("api"));
+        // Near the limit from 80 % used (the 4th request of 5).
+        let near = r.header("x-ratelimit-nearlimit");
+        assert_eq!(near, (i >= 4).then_some("true"), "request {i}");
+    }
+    let r = c.get(&list).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.text(), "Rate limit for this resource has been exceeded");
+
+    // Without a limit: no headers.
+    let plain = Client::new(FakeConfig::default()).await;
+    let r = plain.get(&list).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit"), None);
+}

@@ -2,8 +2,11 @@
 //!
 //! Retries: 429 honours `Retry-After` (seconds or HTTP date) and otherwise backs off
 //! exponentially with full jitter; 5xx and transport errors are retried the same way,
-//! a bounded number of times. Nothing sleeps a fixed time per call.
+//! a bounded number of times. Nothing sleeps a fixed time per call. Every request is
+//! counted against Bitbucket's hourly budget (see [`budget`]): a burst that fits goes at
+//! once, a 429 pauses the whole client, and rate-limit headers correct the count.
 
+mod budget;
 mod credentials;
 mod model;
 
@@ -15,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
+pub use budget::DEFAULT_HOURLY_BUDGET;
 pub use credentials::{Credentials, CredentialsError, DEFAULT_OAUTH_TOKEN_URL};
 pub use model::{CreatedRunner, Runner, RunnerState};
 
@@ -107,6 +111,14 @@ pub enum BitbucketError {
         attempts: u32,
         /// The last failure.
         last: String,
+    },
+    /// Not sent: the hourly request budget is used up for longer than a retry waits.
+    #[error("Bitbucket {call} was not sent: {message}")]
+    OverBudget {
+        /// Method and path.
+        call: String,
+        /// How much was used, and when the next request may go.
+        message: String,
     },
     /// Another status.
     #[error("Bitbucket answered {call} with unexpected status {status}: {message}")]
@@ -202,6 +214,7 @@ pub struct Bitbucket {
     token: tokio::sync::Mutex<Option<CachedToken>>,
     retry: RetryPolicy,
     stats: CallStats,
+    budget: budget::RateBudget,
 }
 
 impl std::fmt::Debug for Bitbucket {
@@ -247,7 +260,19 @@ impl Bitbucket {
             token: tokio::sync::Mutex::new(None),
             retry,
             stats,
+            budget: budget::RateBudget::new(DEFAULT_HOURLY_BUDGET, retry.max_retry_after),
         })
+    }
+
+    /// Counts requests against `per_hour` instead of Bitbucket's default of 1,000 per hour.
+    pub fn with_hourly_budget(mut self, per_hour: u32) -> Self {
+        self.budget = budget::RateBudget::new(per_hour, self.retry.max_retry_after);
+        self
+    }
+
+    /// How many times a request waited for the hourly budget or a 429 pause.
+    pub fn budget_waits(&self) -> u64 {
+        self.budget.waits()
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -583,6 +608,12 @@ impl Bitbucket {
                 req = req.json(v);
             }
             let req = self.auth(req).await?;
+            if let Err(over) = self.budget.acquire().await {
+                return Err(BitbucketError::OverBudget {
+                    call,
+                    message: over.to_string(),
+                });
+            }
             self.stats.record("bitbucket", op, kind);
             let started = Instant::now();
             let response = match req.send().await {
@@ -596,6 +627,7 @@ impl Bitbucket {
             };
             let status = response.status();
             tracing::debug!(%call, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bitbucket");
+            self.budget.observe(response.headers());
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
@@ -627,8 +659,9 @@ impl Bitbucket {
                         None => self.retry.backoff(attempt),
                     };
                     last = "rate limited (429)".to_owned();
-                    tracing::debug!(%call, attempt, wait_ms = wait.as_millis() as u64, "rate limited; backing off");
-                    tokio::time::sleep(wait).await;
+                    tracing::debug!(%call, attempt, wait_ms = wait.as_millis() as u64, "rate limited; every request backs off");
+                    // Every request of this client waits (in `acquire`), not just this one.
+                    self.budget.pause(wait);
                 }
                 s if s.is_server_error() => {
                     last = format!("status {s}: {message}");
@@ -800,5 +833,91 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:9/2.0/workspaces/acme/pipelines-config/runners/%7Bab-1%7D"
         );
+    }
+
+    fn client(fake: &bitbucket_fake::FakeBitbucket, max_retry_after: Duration) -> Bitbucket {
+        Bitbucket::new(
+            &fake.base_url(),
+            Credentials::AccessToken("fake-access-token".to_owned().into()),
+            RetryPolicy {
+                base: Duration::from_millis(10),
+                max_retry_after,
+                ..RetryPolicy::default()
+            },
+            CallStats::default(),
+        )
+        .unwrap()
+    }
+
+    fn acme() -> Scope {
+        Scope {
+            workspace: "acme".to_owned(),
+            repository: None,
+        }
+    }
+
+    async fn fake(hourly_limit: Option<usize>) -> bitbucket_fake::FakeBitbucket {
+        bitbucket_fake::FakeBitbucket::start(bitbucket_fake::FakeConfig {
+            hourly_limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_that_fits_the_budget_is_not_held_back() {
+        let fake = fake(Some(1000)).await;
+        let bb = client(&fake, Duration::from_secs(1));
+        let scope = acme();
+        let calls = (0..40).map(|_| bb.list_runners(&scope));
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        assert_eq!(bb.budget_waits(), 0);
+        assert_eq!(fake.requests().len(), 40);
+        fake.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_beyond_the_hourly_budget_are_not_sent() {
+        // The limit comes from Bitbucket's X-RateLimit-Limit header.
+        let fake = fake(Some(3)).await;
+        let bb = client(&fake, Duration::from_secs(1));
+        for _ in 0..3 {
+            bb.list_runners(&acme()).await.unwrap();
+        }
+        let err = bb.list_runners(&acme()).await.unwrap_err();
+        assert!(matches!(err, BitbucketError::OverBudget { .. }), "{err}");
+        assert!(err.to_string().contains("3 of 3 requests"), "{err}");
+        assert_eq!(fake.requests().len(), 3, "the fourth request was sent");
+        assert!(fake.requests().iter().all(|r| r.status == 200));
+        fake.shutdown();
+
+        // Without headers, the configured budget counts.
+        let fake = self::fake(None).await;
+        let bb = client(&fake, Duration::from_secs(1)).with_hourly_budget(2);
+        bb.list_runners(&acme()).await.unwrap();
+        bb.workspace("acme").await.unwrap();
+        let err = bb.workspace("acme").await.unwrap_err();
+        assert!(err.to_string().contains("budget is used up"), "{err}");
+        assert_eq!(fake.requests().len(), 2);
+        fake.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_429_pauses_the_client_through_the_budget() {
+        let fake = fake(None).await;
+        fake.inject(bitbucket_fake::Fault::RateLimit {
+            retry_after: Some(1),
+            count: 1,
+            path_contains: None,
+        });
+        let bb = client(&fake, Duration::from_secs(5));
+        bb.list_runners(&acme()).await.unwrap();
+        assert!(bb.budget_waits() >= 1);
+        let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [429, 200]);
+        fake.shutdown();
     }
 }
