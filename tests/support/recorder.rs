@@ -27,8 +27,8 @@ impl AwsCall {
         let op = self.operation.split(':').nth(1).unwrap_or("");
         !self.is_dry_run()
             && !["Describe", "Get", "List"]
-            .iter()
-            .any(|p| op.starts_with(p))
+                .iter()
+                .any(|p| op.starts_with(p))
     }
 }
 
