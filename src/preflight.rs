@@ -19,6 +19,11 @@ use crate::plan::Desired;
 
 /// The quota that limits spot instances of the standard families (A, C, D, H, I, M, R, T, Z).
 pub const SPOT_QUOTA_CODE: &str = "L-34B43A08";
+/// The next page's token; EC2 ends a listing with none or an empty one.
+fn next_page(token: Option<&str>) -> Option<String> {
+    token.filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
 /// Pages read from one paginated call at most.
 const MAX_PAGES: usize = 20;
 
@@ -233,10 +238,7 @@ async fn offerings(aws: &Aws, types: &[String], azs: &[String]) -> Check {
                 }
             }
         }
-        token = out
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
+        token = next_page(out.next_token());
         if token.is_none() {
             break;
         }
@@ -445,10 +447,7 @@ async fn cost(
                 latest.insert(key, (at, price));
             }
         }
-        token = out
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
+        token = next_page(out.next_token());
         if token.is_none() {
             break;
         }
