@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test tools into .venv (idempotent, no root needed): moto's server, the aws
-# CLI and shellcheck, all from PyPI.
+# CLI and shellcheck, all from PyPI; parliament (the IAM policy linter of
+# scripts/lint-policies.sh) in its own .venv-lint, so its boto3 never moves moto's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/moto_server ] || [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/shellcheck ]; then
@@ -10,3 +11,8 @@ if [ ! -x .venv/bin/moto_server ] || [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/
 fi
 .venv/bin/moto_server --help >/dev/null
 .venv/bin/shellcheck --version >/dev/null
+if [ ! -x .venv-lint/bin/parliament ]; then
+    python3 -m venv .venv-lint
+    .venv-lint/bin/pip install --quiet --disable-pip-version-check 'parliament==1.6.4'
+fi
+.venv-lint/bin/parliament --version >/dev/null

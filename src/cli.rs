@@ -64,6 +64,9 @@ enum Command {
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Skip the pre-flight checks (subnets, offerings, AMI, DryRun, quota, cost).
+        #[arg(long)]
+        no_preflight: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -86,6 +89,8 @@ enum Command {
     },
     /// Runners, instances, claims and the fleet request.
     Status,
+    /// Print an IAM policy of policies/ filled in from the config (offline).
+    Policy(PolicyArgs),
     /// Size the fleet to demand from the runners' busy ratio (`[capacity.autoscale]`).
     Autoscale {
         /// One tick, then exit.
@@ -98,6 +103,29 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
     },
+}
+
+/// `bbfleet policy`.
+#[derive(Debug, Clone, clap::Args)]
+struct PolicyArgs {
+    /// Which document.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(["operator", "instance", "spot-fleet-trust", "instance-trust", "bitbucket-oidc-trust"]))]
+    name: String,
+    /// AWS account id (default: the account of spot.fleet_role).
+    #[arg(long)]
+    account_id: Option<String>,
+    /// ARN of the fleet's KMS key (default: kms.key if it is a key ARN, else key/* of the account).
+    #[arg(long)]
+    kms_key_arn: Option<String>,
+    /// Name of the runner instance role (default: the instance profile's name).
+    #[arg(long)]
+    instance_role: Option<String>,
+    /// Bitbucket workspace UUID (bitbucket-oidc-trust).
+    #[arg(long)]
+    workspace_uuid: Option<String>,
+    /// UUID of the repository running bbfleet's pipelines (bitbucket-oidc-trust).
+    #[arg(long)]
+    repository_uuid: Option<String>,
 }
 
 /// Which capacity to plan for.
@@ -144,6 +172,9 @@ pub enum CliError {
     /// Userdata.
     #[error(transparent)]
     Userdata(#[from] UserdataError),
+    /// `bbfleet policy`.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// Refused to act.
     #[error("{0}")]
     Refused(String),
@@ -286,6 +317,19 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(args) => {
+            let region = region_offline(&config)?;
+            let overrides = crate::policy::Overrides {
+                account_id: args.account_id,
+                kms_key_arn: args.kms_key_arn,
+                instance_role: args.instance_role,
+                workspace_uuid: args.workspace_uuid,
+                repository_uuid: args.repository_uuid,
+            };
+            let text = crate::policy::render(&args.name, &config, &region, &overrides)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::RenderUserdata => {
             let region = region_offline(&config)?;
             print!(
@@ -299,12 +343,30 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
         }
         Command::Plan {
             detailed_exitcode,
+            no_preflight,
             target,
         } => {
             let capacity = resolve_capacity(&config, &target)?;
             let remote = connect(&config, stats).await?;
-            let (plan, _, _) = plan_apply(&config, &remote, capacity, &target).await?;
-            show_plan(&plan, json)?;
+            let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
+            let checks = if no_preflight {
+                Vec::new()
+            } else {
+                crate::preflight::run(&config, &remote.aws, &observed, &desired).await
+            };
+            if json {
+                let mut view = serde_json::to_value(plan.view()).map_err(std::io::Error::from)?;
+                if !no_preflight {
+                    view["preflight"] =
+                        serde_json::to_value(&checks).map_err(std::io::Error::from)?;
+                }
+                print_json(&view)?;
+            } else {
+                if !no_preflight {
+                    print!("{}", crate::preflight::render(&checks));
+                }
+                show_plan(&plan, false)?;
+            }
             Ok(if detailed_exitcode && !plan.is_empty() {
                 ExitCode::from(2)
             } else {

@@ -9,6 +9,8 @@ pub mod execute;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod policy;
+pub mod preflight;
 pub mod runner_command;
 pub mod stats;
 pub mod status;

@@ -257,13 +257,11 @@ fn template_data(spec: &LaunchTemplateSpec) -> RequestLaunchTemplateData {
         .build()
 }
 
-/// Creates the launch template (version 1); returns its id and version.
-pub async fn create_launch_template(
+fn create_launch_template_request(
     ec2: &aws_sdk_ec2::Client,
     spec: &LaunchTemplateSpec,
-) -> Result<(String, i64), AwsError> {
-    let out = ec2
-        .create_launch_template()
+) -> aws_sdk_ec2::operation::create_launch_template::builders::CreateLaunchTemplateFluentBuilder {
+    ec2.create_launch_template()
         .launch_template_name(&spec.name)
         .version_description(format!("{FINGERPRINT_PREFIX}{}", spec.fingerprint()))
         .launch_template_data(template_data(spec))
@@ -273,6 +271,27 @@ pub async fn create_launch_template(
                 .tags(tag(FLEET_TAG, &spec.fleet))
                 .build(),
         )
+}
+
+/// `CreateLaunchTemplate` with `DryRun=true`: checks permissions and the template data
+/// (the instance profile's role included), creates nothing.
+pub async fn dry_run_create_launch_template(
+    ec2: &aws_sdk_ec2::Client,
+    spec: &LaunchTemplateSpec,
+) -> Result<super::fleet::DryRun, AwsError> {
+    let result = create_launch_template_request(ec2, spec)
+        .dry_run(true)
+        .send()
+        .await;
+    super::fleet::DryRun::from_result("ec2:CreateLaunchTemplate", result)
+}
+
+/// Creates the launch template (version 1); returns its id and version.
+pub async fn create_launch_template(
+    ec2: &aws_sdk_ec2::Client,
+    spec: &LaunchTemplateSpec,
+) -> Result<(String, i64), AwsError> {
+    let out = create_launch_template_request(ec2, spec)
         .send()
         .await
         .map_err(|e| AwsError::call("ec2:CreateLaunchTemplate", e))?;

@@ -151,6 +151,124 @@ fn strategy(s: AllocationStrategy) -> Ec2Strategy {
     }
 }
 
+/// The Spot Fleet request bbfleet sends (also the pre-flight's DryRun).
+fn request_config(
+    spec: &FleetSpec,
+    launch_template_id: &str,
+    version: i64,
+    target: u32,
+) -> SpotFleetRequestConfigData {
+    let mut overrides = Vec::new();
+    for t in &spec.instance_types {
+        for s in &spec.subnets {
+            overrides.push(
+                LaunchTemplateOverrides::builder()
+                    .instance_type(t.as_str().into())
+                    .subnet_id(s)
+                    .weighted_capacity(1.0)
+                    .build(),
+            );
+        }
+    }
+    let config = LaunchTemplateConfig::builder()
+        .launch_template_specification(
+            FleetLaunchTemplateSpecification::builder()
+                .launch_template_id(launch_template_id)
+                .version(version.to_string())
+                .build(),
+        )
+        .set_overrides(Some(overrides))
+        .build();
+    let fingerprint = spec.fingerprint();
+    SpotFleetRequestConfigData::builder()
+        .iam_fleet_role(&spec.role)
+        .allocation_strategy(strategy(spec.strategy))
+        .target_capacity(target as i32)
+        .r#type(FleetType::Maintain)
+        .launch_template_configs(config)
+        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+        .replace_unhealthy_instances(true)
+        .spot_maintenance_strategies(
+            SpotMaintenanceStrategies::builder()
+                .capacity_rebalance(
+                    SpotCapacityRebalance::builder()
+                        .replacement_strategy(ReplacementStrategy::Launch)
+                        .build(),
+                )
+                .build(),
+        )
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::SpotFleetRequest)
+                .tags(Tag::builder().key(FLEET_TAG).value(&spec.fleet).build())
+                .tags(Tag::builder().key(CONFIG_TAG).value(&fingerprint).build())
+                .build(),
+        )
+        // A retried request (same template version, same config) is the same fleet.
+        .client_token(client_token(
+            &spec.fleet,
+            &fingerprint,
+            launch_template_id,
+            version,
+        ))
+        .build()
+}
+
+/// Outcome of a DryRun call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DryRun {
+    /// AWS answered `DryRunOperation`: the call would have succeeded.
+    Allowed,
+    /// AWS refused it (`UnauthorizedOperation`, a validation error, ...): code and message.
+    Refused(String, String),
+}
+
+impl DryRun {
+    /// Classifies the answer of a call sent with `DryRun=true`.
+    pub fn from_result<T, E, R>(
+        operation: &'static str,
+        result: Result<T, aws_smithy_runtime_api::client::result::SdkError<E, R>>,
+    ) -> Result<DryRun, AwsError>
+    where
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + super::HttpStatus,
+    {
+        use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+        match result {
+            // The endpoint ignored DryRun and did the call: say so, loudly.
+            Ok(_) => Err(AwsError::Invalid(format!(
+                "{operation} with DryRun=true was executed by the endpoint instead of checked"
+            ))),
+            Err(e) => match (e.code(), e.message()) {
+                (Some("DryRunOperation"), _) => Ok(DryRun::Allowed),
+                (Some(code), msg) => Ok(DryRun::Refused(
+                    code.to_owned(),
+                    msg.unwrap_or_default().to_owned(),
+                )),
+                _ => Err(AwsError::call(operation, e)),
+            },
+        }
+    }
+}
+
+/// `RequestSpotFleet` with `DryRun=true`: checks permissions (PassRole of the fleet role
+/// included) and the request, creates nothing.
+pub async fn dry_run_request(
+    ec2: &aws_sdk_ec2::Client,
+    spec: &FleetSpec,
+    launch_template_id: &str,
+    version: i64,
+    target: u32,
+) -> Result<DryRun, AwsError> {
+    let result = ec2
+        .request_spot_fleet()
+        .dry_run(true)
+        .spot_fleet_request_config(request_config(spec, launch_template_id, version, target))
+        .send()
+        .await;
+    DryRun::from_result("ec2:RequestSpotFleet", result)
+}
+
 #[async_trait::async_trait]
 impl FleetApi for SpotFleet {
     async fn list(&self, fleet: &str, with_instances: bool) -> Result<Vec<FleetState>, AwsError> {
@@ -221,60 +339,7 @@ impl FleetApi for SpotFleet {
         version: i64,
         target: u32,
     ) -> Result<String, AwsError> {
-        let mut overrides = Vec::new();
-        for t in &spec.instance_types {
-            for s in &spec.subnets {
-                overrides.push(
-                    LaunchTemplateOverrides::builder()
-                        .instance_type(t.as_str().into())
-                        .subnet_id(s)
-                        .weighted_capacity(1.0)
-                        .build(),
-                );
-            }
-        }
-        let config = LaunchTemplateConfig::builder()
-            .launch_template_specification(
-                FleetLaunchTemplateSpecification::builder()
-                    .launch_template_id(launch_template_id)
-                    .version(version.to_string())
-                    .build(),
-            )
-            .set_overrides(Some(overrides))
-            .build();
-        let fingerprint = spec.fingerprint();
-        let data = SpotFleetRequestConfigData::builder()
-            .iam_fleet_role(&spec.role)
-            .allocation_strategy(strategy(spec.strategy))
-            .target_capacity(target as i32)
-            .r#type(FleetType::Maintain)
-            .launch_template_configs(config)
-            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
-            .replace_unhealthy_instances(true)
-            .spot_maintenance_strategies(
-                SpotMaintenanceStrategies::builder()
-                    .capacity_rebalance(
-                        SpotCapacityRebalance::builder()
-                            .replacement_strategy(ReplacementStrategy::Launch)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::SpotFleetRequest)
-                    .tags(Tag::builder().key(FLEET_TAG).value(&spec.fleet).build())
-                    .tags(Tag::builder().key(CONFIG_TAG).value(&fingerprint).build())
-                    .build(),
-            )
-            // A retried request (same template version, same config) is the same fleet.
-            .client_token(client_token(
-                &spec.fleet,
-                &fingerprint,
-                launch_template_id,
-                version,
-            ))
-            .build();
+        let data = request_config(spec, launch_template_id, version, target);
         let out = self
             .ec2
             .request_spot_fleet()

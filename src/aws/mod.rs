@@ -4,6 +4,7 @@
 //! identity for Bitbucket OIDC, `AWS_ENDPOINT_URL` for emulators). Every call is
 //! counted by an interceptor, per attempt on the wire.
 
+pub mod actions;
 pub mod ec2;
 pub mod fleet;
 pub mod kms;
@@ -129,6 +130,15 @@ impl Intercept for CallCounter {
                 .to_owned();
             self.0.record(&service, md.name(), aws_kind(md.name()));
             tracing::debug!(service, operation = md.name(), "aws");
+            // Tests run debug builds: a call missing from the IAM action table fails there,
+            // so policies/operator.json cannot silently miss a permission.
+            if cfg!(debug_assertions) && !actions::is_called(&service, md.name()) {
+                return Err(format!(
+                    "{service}:{} is not in src/aws/actions.rs (the IAM actions bbfleet calls); add it there and to policies/operator.json",
+                    md.name()
+                )
+                .into());
+            }
         }
         Ok(())
     }

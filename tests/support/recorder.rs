@@ -17,12 +17,18 @@ pub struct AwsCall {
 }
 
 impl AwsCall {
-    /// Describe/Get/List calls only read.
+    /// An EC2 request with `DryRun=true`.
+    pub fn is_dry_run(&self) -> bool {
+        self.body.split('&').any(|kv| kv == "DryRun=true")
+    }
+
+    /// Describe/Get/List calls and DryRun requests only read.
     pub fn is_write(&self) -> bool {
         let op = self.operation.split(':').nth(1).unwrap_or("");
-        !["Describe", "Get", "List"]
-            .iter()
-            .any(|p| op.starts_with(p))
+        !self.is_dry_run()
+            && !["Describe", "Get", "List"]
+                .iter()
+                .any(|p| op.starts_with(p))
     }
 }
 
@@ -68,10 +74,23 @@ async fn forward(
     body: Bytes,
 ) -> Response<Body> {
     let text = String::from_utf8_lossy(&body).into_owned();
-    up.calls.lock().unwrap().push(AwsCall {
+    let call = AwsCall {
         operation: operation(&headers, &text),
         body: text,
-    });
+    };
+    // moto ignores DryRun on RequestSpotFleet and really creates the fleet (AWS_NOTES.md
+    // B3); answer as AWS does for an allowed dry run instead of passing it on.
+    let dry_fleet = call.operation == "ec2:RequestSpotFleet" && call.is_dry_run();
+    up.calls.lock().unwrap().push(call);
+    if dry_fleet {
+        return Response::builder()
+            .status(StatusCode::PRECONDITION_FAILED)
+            .header("content-type", "text/xml")
+            .body(Body::from(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>DryRunOperation</Code><Message>Request would have succeeded, but DryRun flag is set.</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
+            ))
+            .unwrap();
+    }
     let url = format!(
         "{}{}",
         up.base,

@@ -1,0 +1,93 @@
+//! The IAM actions bbfleet needs, next to the providers that call them.
+//!
+//! [`CALLED`] lists every AWS operation the code sends (IAM action = `service:Operation`).
+//! In debug builds (every test) the call counter refuses a call that is not listed here,
+//! so the table cannot fall behind the code; `tests/policies.rs` checks that
+//! `policies/operator.json` allows every entry, and that it allows nothing else but
+//! the [`IMPLIED`] actions AWS checks on bbfleet's behalf.
+
+/// Operations bbfleet calls (`plan`, `apply`, `destroy`, `status`, `autoscale`), by provider.
+pub const CALLED: &[&str] = &[
+    // src/aws/kms.rs
+    "kms:CreateAlias",
+    "kms:CreateKey",
+    "kms:DescribeKey",
+    "kms:ListAliases",
+    "kms:ListKeys",
+    "kms:ListResourceTags",
+    // src/aws/ssm.rs (and the AMI parameter in src/observe.rs)
+    "ssm:DeleteParameters",
+    "ssm:DescribeParameters",
+    "ssm:GetParameter",
+    "ssm:GetParametersByPath",
+    "ssm:PutParameter",
+    // src/aws/ec2.rs
+    "ec2:CreateLaunchTemplate",
+    "ec2:CreateLaunchTemplateVersion",
+    "ec2:DeleteLaunchTemplate",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstances",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeSubnets",
+    "ec2:TerminateInstances",
+    // src/aws/fleet.rs
+    "ec2:CancelSpotFleetRequests",
+    "ec2:DescribeSpotFleetInstances",
+    "ec2:DescribeSpotFleetRequests",
+    "ec2:ModifySpotFleetRequest",
+    "ec2:RequestSpotFleet",
+    // src/preflight.rs (read-only; the DryRun calls above need the same actions)
+    "ec2:DescribeInstanceTypeOfferings",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeSpotPriceHistory",
+];
+
+/// Actions AWS authorizes as part of a call in [`CALLED`], with the call that needs them.
+pub const IMPLIED: &[(&str, &str)] = &[
+    (
+        "iam:PassRole",
+        "RequestSpotFleet passes spot.fleet_role; launches pass the instance role",
+    ),
+    (
+        "ec2:CreateTags",
+        "tags given in CreateLaunchTemplate / RequestSpotFleet",
+    ),
+    (
+        "ec2:RunInstances",
+        "AWS checks it for the Spot Fleet requester",
+    ),
+    ("kms:TagResource", "tags given in CreateKey"),
+    ("ssm:AddTagsToResource", "tags given in PutParameter"),
+    ("kms:Encrypt", "SSM encrypts a SecureString on PutParameter"),
+    (
+        "kms:Decrypt",
+        "SSM decrypts a SecureString on GetParameter(s) with decryption",
+    ),
+];
+
+/// Whether `service:operation` is in [`CALLED`].
+pub fn is_called(service: &str, operation: &str) -> bool {
+    CALLED.iter().any(|a| {
+        a.split_once(':')
+            .is_some_and(|(s, o)| s == service && o == operation)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_within_providers_and_has_no_duplicates() {
+        let mut all: Vec<&str> = CALLED.to_vec();
+        all.extend(IMPLIED.iter().map(|(a, _)| *a));
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "an action is listed twice");
+        assert!(is_called("ec2", "RequestSpotFleet"));
+        assert!(!is_called("ec2", "RunInstances"));
+        assert!(!is_called("iam", "PassRole"));
+    }
+}

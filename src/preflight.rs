@@ -1,0 +1,535 @@
+//! Pre-flight checks of `plan` (skipped with `--no-preflight`): read-only calls and
+//! EC2 DryRun requests that tell, before the first apply, whether the account can run
+//! the fleet. Each check reports; none changes anything, none stops the plan.
+//!
+//! The spot vCPU quota lives in Service Quotas, which bbfleet does not link (one more
+//! SDK crate and one more permission for a single number): the check reports the vCPUs
+//! the capacity needs and the command that reads the quota.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::aws::ec2::LaunchTemplateState;
+use crate::aws::fleet::{self, DryRun};
+use crate::aws::{ec2, Aws, AwsError};
+use crate::config::{AllocationStrategy, Config};
+use crate::observe::Observed;
+use crate::plan::Desired;
+
+/// The quota that limits spot instances of the standard families (A, C, D, H, I, M, R, T, Z).
+pub const SPOT_QUOTA_CODE: &str = "L-34B43A08";
+/// The next page's token; EC2 ends a listing with none or an empty one.
+fn next_page(token: Option<&str>) -> Option<String> {
+    token.filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
+/// Pages read from one paginated call at most.
+const MAX_PAGES: usize = 20;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// As needed.
+    Ok,
+    /// Works, but look at it.
+    Warn,
+    /// Apply would fail.
+    Fail,
+    /// Could not be checked.
+    Unknown,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Short name (`subnets`, `instance types`, ...).
+    pub name: &'static str,
+    /// Outcome.
+    pub status: Status,
+    /// What was found, with the numbers.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    fn from_error(name: &'static str, err: AwsError) -> Check {
+        Check::new(name, Status::Unknown, err.to_string())
+    }
+}
+
+/// Renders the section printed before the plan.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::from("Pre-flight (read-only; skip with --no-preflight):\n");
+    for c in checks {
+        let label = match c.status {
+            Status::Ok => "ok",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Unknown => "?",
+        };
+        out.push_str(&format!("  {label:<4} {}: {}\n", c.name, c.detail));
+    }
+    out.push('\n');
+    out
+}
+
+/// Runs every check; independent calls in parallel.
+pub async fn run(config: &Config, aws: &Aws, observed: &Observed, desired: &Desired) -> Vec<Check> {
+    let azs: Vec<String> = observed
+        .subnets
+        .iter()
+        .map(|s| s.az.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let types = &config.spot.instance_types;
+    let capacity = desired.capacity.desired;
+    let (offerings, launch_template, fleet_request, quota, cost) = tokio::join!(
+        offerings(aws, types, &azs),
+        launch_template(aws, desired),
+        fleet_request(aws, desired, observed.launch_template.as_ref()),
+        quota(aws, types, capacity),
+        cost(aws, types, &azs, capacity, config.spot.allocation_strategy),
+    );
+    vec![
+        subnets(observed),
+        offerings,
+        ami(config, observed),
+        launch_template,
+        fleet_request,
+        quota,
+        cost,
+    ]
+}
+
+fn subnets(observed: &Observed) -> Check {
+    let azs: BTreeSet<&str> = observed.subnets.iter().map(|s| s.az.as_str()).collect();
+    let list: Vec<String> = observed
+        .subnets
+        .iter()
+        .map(|s| format!("{} ({})", s.id, s.az))
+        .collect();
+    Check::new(
+        "subnets",
+        Status::Ok,
+        format!(
+            "{} in {} availability zones: {}",
+            observed.subnets.len(),
+            azs.len(),
+            list.join(", ")
+        ),
+    )
+}
+
+fn ami(config: &Config, observed: &Observed) -> Check {
+    match &observed.image {
+        Some(i) => {
+            let from = match &config.instance.ami {
+                crate::config::AmiRef::Id(_) => String::new(),
+                crate::config::AmiRef::Ssm(p) => format!(" from {p}"),
+            };
+            Check::new(
+                "AMI",
+                Status::Ok,
+                format!(
+                    "{} ({}, root {}){from}",
+                    i.id, i.architecture, i.root_device
+                ),
+            )
+        }
+        None => Check::new("AMI", Status::Fail, "instance.ami did not resolve"),
+    }
+}
+
+/// Which configured types are not offered in which zones.
+pub fn missing_offerings(
+    types: &[String],
+    azs: &[String],
+    offered: &BTreeSet<(String, String)>,
+) -> Check {
+    let mut none = Vec::new();
+    let mut partial = Vec::new();
+    for t in types {
+        let missing: Vec<&str> = azs
+            .iter()
+            .filter(|az| !offered.contains(&(t.clone(), (*az).clone())))
+            .map(String::as_str)
+            .collect();
+        if missing.len() == azs.len() {
+            none.push(t.as_str());
+        } else if !missing.is_empty() {
+            partial.push(format!("{t} not in {}", missing.join(", ")));
+        }
+    }
+    let pools = types.len() * azs.len();
+    let usable = offered.len();
+    if !none.is_empty() {
+        Check::new(
+            "instance types",
+            Status::Fail,
+            format!(
+                "not offered in any configured zone: {} (remove them from spot.instance_types)",
+                none.join(", ")
+            ),
+        )
+    } else if !partial.is_empty() {
+        Check::new(
+            "instance types",
+            Status::Warn,
+            format!(
+                "{usable} of {pools} pools offered; {} (those pools stay empty)",
+                partial.join("; ")
+            ),
+        )
+    } else {
+        Check::new(
+            "instance types",
+            Status::Ok,
+            format!(
+                "all {} offered in all {} zones ({pools} pools)",
+                types.len(),
+                azs.len()
+            ),
+        )
+    }
+}
+
+async fn offerings(aws: &Aws, types: &[String], azs: &[String]) -> Check {
+    let filter = |name: &str, values: &[String]| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .set_values(Some(values.to_vec()))
+            .build()
+    };
+    let mut offered = BTreeSet::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let out = match aws
+            .ec2
+            .describe_instance_type_offerings()
+            .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+            .filters(filter("instance-type", types))
+            .filters(filter("location", azs))
+            .set_next_token(token.take())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return Check::from_error(
+                    "instance types",
+                    AwsError::call("ec2:DescribeInstanceTypeOfferings", e),
+                )
+            }
+        };
+        for o in out.instance_type_offerings() {
+            if let (Some(t), Some(az)) = (o.instance_type(), o.location()) {
+                if types.iter().any(|c| c == t.as_str()) && azs.iter().any(|a| a == az) {
+                    offered.insert((t.as_str().to_owned(), az.to_owned()));
+                }
+            }
+        }
+        token = next_page(out.next_token());
+        if token.is_none() {
+            break;
+        }
+    }
+    missing_offerings(types, azs, &offered)
+}
+
+fn dry_run_check(name: &'static str, what: &str, result: Result<DryRun, AwsError>) -> Check {
+    match result {
+        Ok(DryRun::Allowed) => Check::new(name, Status::Ok, format!("DryRun {what}: allowed")),
+        Ok(DryRun::Refused(code, message)) => {
+            let hint = if code == "UnauthorizedOperation" {
+                " (see policies/operator.json; decode with `aws sts decode-authorization-message`)"
+            } else {
+                ""
+            };
+            Check::new(
+                name,
+                Status::Fail,
+                format!("DryRun {what}: {code}: {message}{hint}"),
+            )
+        }
+        Err(e) => Check::from_error(name, e),
+    }
+}
+
+async fn launch_template(aws: &Aws, desired: &Desired) -> Check {
+    let result = ec2::dry_run_create_launch_template(&aws.ec2, &desired.launch_template).await;
+    if let Ok(DryRun::Refused(code, _)) = &result {
+        if code == "InvalidLaunchTemplateName.AlreadyExistsException" {
+            return Check::new(
+                "launch template",
+                Status::Ok,
+                "exists; apply adds a version when it changes",
+            );
+        }
+    }
+    dry_run_check(
+        "launch template",
+        "CreateLaunchTemplate (instance profile included)",
+        result,
+    )
+}
+
+async fn fleet_request(aws: &Aws, desired: &Desired, lt: Option<&LaunchTemplateState>) -> Check {
+    let Some(lt) = lt else {
+        return Check::new(
+            "fleet request",
+            Status::Unknown,
+            "DryRun RequestSpotFleet needs the launch template, which apply creates first; plan again after the first apply",
+        );
+    };
+    let result = fleet::dry_run_request(
+        &aws.ec2,
+        &desired.fleet,
+        &lt.id,
+        lt.latest_version,
+        desired.capacity.desired.max(1),
+    )
+    .await;
+    dry_run_check(
+        "fleet request",
+        "RequestSpotFleet (iam:PassRole of spot.fleet_role included)",
+        result,
+    )
+}
+
+/// vCPUs the capacity needs at most: every runner on the largest configured type.
+pub fn vcpus_needed(vcpus: &BTreeMap<String, i32>, capacity: u32) -> Option<(String, i64)> {
+    vcpus
+        .iter()
+        .max_by_key(|(_, v)| **v)
+        .map(|(t, v)| (t.clone(), i64::from(*v) * i64::from(capacity)))
+}
+
+async fn quota(aws: &Aws, types: &[String], capacity: u32) -> Check {
+    const NAME: &str = "spot vCPU quota";
+    let out = match aws
+        .ec2
+        .describe_instance_types()
+        .set_instance_types(Some(types.iter().map(|t| t.as_str().into()).collect()))
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) => return Check::from_error(NAME, AwsError::call("ec2:DescribeInstanceTypes", e)),
+    };
+    let vcpus: BTreeMap<String, i32> = out
+        .instance_types()
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.instance_type()?.as_str().to_owned(),
+                t.v_cpu_info()?.default_v_cpus()?,
+            ))
+        })
+        .collect();
+    let need = match vcpus_needed(&vcpus, capacity) {
+        Some((t, n)) => format!("{capacity} runner(s) need up to {n} vCPUs ({t})"),
+        None => "the instance types' vCPUs are unknown".to_owned(),
+    };
+    Check::new(
+        NAME,
+        Status::Unknown,
+        format!(
+            "{need}; compare with `aws service-quotas get-service-quota --service-code ec2 --quota-code {SPOT_QUOTA_CODE}` (new accounts may have as little as 5)"
+        ),
+    )
+}
+
+/// An hourly cost estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Dollars per hour for the whole capacity.
+    pub per_hour: f64,
+    /// Pools priced.
+    pub pools: usize,
+    /// Cheapest pool, $/h.
+    pub min: f64,
+    /// Dearest pool, $/h.
+    pub max: f64,
+}
+
+/// The estimate from the latest price per pool: the mean pool price per runner (the
+/// cheapest with `lowest-price`), times the capacity.
+pub fn estimate(
+    prices: &BTreeMap<(String, String), f64>,
+    capacity: u32,
+    strategy: AllocationStrategy,
+) -> Option<Estimate> {
+    if prices.is_empty() {
+        return None;
+    }
+    let values: Vec<f64> = prices.values().copied().collect();
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let per_runner = match strategy {
+        AllocationStrategy::LowestPrice => min,
+        _ => mean,
+    };
+    Some(Estimate {
+        per_hour: per_runner * f64::from(capacity),
+        pools: values.len(),
+        min,
+        max,
+    })
+}
+
+/// `$0.43`, or more digits below a cent.
+pub fn dollars(v: f64) -> String {
+    if v == 0.0 || v >= 0.01 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.5}")
+    }
+}
+
+async fn cost(
+    aws: &Aws,
+    types: &[String],
+    azs: &[String],
+    capacity: u32,
+    strategy: AllocationStrategy,
+) -> Check {
+    const NAME: &str = "cost";
+    let now = std::time::SystemTime::now();
+    let mut latest: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let out = match aws
+            .ec2
+            .describe_spot_price_history()
+            .set_instance_types(Some(types.iter().map(|t| t.as_str().into()).collect()))
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_smithy_types::DateTime::from(now))
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("availability-zone")
+                    .set_values(Some(azs.to_vec()))
+                    .build(),
+            )
+            .set_next_token(token.take())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return Check::from_error(NAME, AwsError::call("ec2:DescribeSpotPriceHistory", e))
+            }
+        };
+        for p in out.spot_price_history() {
+            let (Some(t), Some(az), Some(price)) = (
+                p.instance_type(),
+                p.availability_zone(),
+                p.spot_price().and_then(|s| s.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            if !azs.iter().any(|a| a == az) || !types.iter().any(|c| c == t.as_str()) {
+                continue;
+            }
+            let at = p.timestamp().map_or(0, |d| d.secs());
+            let key = (t.as_str().to_owned(), az.to_owned());
+            if latest.get(&key).is_none_or(|(seen, _)| at >= *seen) {
+                latest.insert(key, (at, price));
+            }
+        }
+        token = next_page(out.next_token());
+        if token.is_none() {
+            break;
+        }
+    }
+    let prices: BTreeMap<(String, String), f64> =
+        latest.into_iter().map(|(k, (_, p))| (k, p)).collect();
+    match estimate(&prices, capacity, strategy) {
+        Some(e) => Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "~{}/h for {capacity} runner(s) (spot price history: {} pools, {}-{}/h per instance; EBS and data transfer extra)",
+                dollars(e.per_hour),
+                e.pools,
+                dollars(e.min),
+                dollars(e.max)
+            ),
+        ),
+        None => Check::new(
+            NAME,
+            Status::Unknown,
+            "no spot price for the configured types in these zones",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prices(v: &[(&str, &str, f64)]) -> BTreeMap<(String, String), f64> {
+        v.iter()
+            .map(|(t, az, p)| (((*t).to_owned(), (*az).to_owned()), *p))
+            .collect()
+    }
+
+    #[test]
+    fn the_estimate_is_the_mean_pool_price_times_the_capacity() {
+        let p = prices(&[
+            ("m6i.large", "a", 0.04),
+            ("m6i.large", "b", 0.06),
+            ("c6i.xlarge", "a", 0.0575),
+            ("c6i.xlarge", "b", 0.0575),
+        ]);
+        let e = estimate(&p, 8, AllocationStrategy::Diversified).unwrap();
+        assert!((e.per_hour - 0.43).abs() < 1e-9, "{e:?}");
+        assert_eq!((e.pools, e.min, e.max), (4, 0.04, 0.06));
+        assert_eq!(dollars(e.per_hour), "$0.43");
+        let low = estimate(&p, 8, AllocationStrategy::LowestPrice).unwrap();
+        assert!((low.per_hour - 0.32).abs() < 1e-9);
+        assert_eq!(
+            estimate(&BTreeMap::new(), 8, AllocationStrategy::Diversified),
+            None
+        );
+        assert_eq!(dollars(0.00008), "$0.00008");
+    }
+
+    #[test]
+    fn offerings_fail_for_a_type_offered_nowhere_and_warn_for_gaps() {
+        let types = vec!["m6i.large".to_owned(), "x9.huge".to_owned()];
+        let azs = vec!["a".to_owned(), "b".to_owned()];
+        let mut offered: BTreeSet<(String, String)> = [("m6i.large", "a"), ("m6i.large", "b")]
+            .iter()
+            .map(|(t, a)| ((*t).to_owned(), (*a).to_owned()))
+            .collect();
+        let c = missing_offerings(&types, &azs, &offered);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("x9.huge"), "{}", c.detail);
+        offered.insert(("x9.huge".to_owned(), "b".to_owned()));
+        let c = missing_offerings(&types, &azs, &offered);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("x9.huge not in a"), "{}", c.detail);
+        offered.insert(("x9.huge".to_owned(), "a".to_owned()));
+        assert_eq!(missing_offerings(&types, &azs, &offered).status, Status::Ok);
+    }
+
+    #[test]
+    fn the_vcpu_need_uses_the_largest_type() {
+        let v: BTreeMap<String, i32> = [("m6i.large".to_owned(), 2), ("c6i.xlarge".to_owned(), 4)]
+            .into_iter()
+            .collect();
+        assert_eq!(vcpus_needed(&v, 8), Some(("c6i.xlarge".to_owned(), 32)));
+        assert_eq!(vcpus_needed(&BTreeMap::new(), 8), None);
+    }
+}
