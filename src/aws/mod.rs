@@ -144,10 +144,18 @@ impl Intercept for CallCounter {
     }
 }
 
+/// Attempts per AWS call, the first included.
+const AWS_MAX_ATTEMPTS: u32 = 6;
+
 impl Aws {
     /// Loads the shared config (region from `region`, else the chain) and builds the clients.
     pub async fn connect(region: Option<&str>, stats: &CallStats) -> Result<Aws, AwsError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        // Adaptive retries: throttling (and transient 5xx) responses are retried with
+        // back-off and slow the client's own send rate, so a wide fan-out (32 puts in
+        // flight) backs off instead of failing. Six attempts make a lost call rare.
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
+            aws_config::retry::RetryConfig::adaptive().with_max_attempts(AWS_MAX_ATTEMPTS),
+        );
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
         }
