@@ -116,7 +116,11 @@ async fn two_applies_started_together_converge() {
         .filter(|r| r.stdout.contains("Apply complete!"))
         .collect();
     assert_eq!(applied.len(), 1, "exactly one run applied:\n{all}");
-    let other = if applied[0].stdout == a.stdout { &b } else { &a };
+    let other = if applied[0].stdout == a.stdout {
+        &b
+    } else {
+        &a
+    };
     // The other one planned the same changes, waited for the lock, planned again under it
     // and found nothing left to do.
     assert!(
@@ -140,7 +144,10 @@ async fn two_applies_started_together_converge() {
     assert!(gens.len() <= 3, "lock generations not pruned: {gens:?}");
     let transcript = h.transcript.lock().unwrap().clone();
     for s in h.fake.issued_secrets() {
-        assert!(!transcript.contains(s.as_str()), "a runner secret was printed");
+        assert!(
+            !transcript.contains(s.as_str()),
+            "a runner secret was printed"
+        );
     }
 }
 
@@ -193,7 +200,14 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     let started = Instant::now();
     let blocked = h
         .run(
-            &["--config", cfg, "apply", "--auto-approve", "--lock-timeout", "2s"],
+            &[
+                "--config",
+                cfg,
+                "apply",
+                "--auto-approve",
+                "--lock-timeout",
+                "2s",
+            ],
             &token,
         )
         .await;
@@ -204,15 +218,30 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
         "gave up after waiting 2s",
         "unlock --force",
     ] {
-        assert!(blocked.stderr.contains(part), "{part:?} in:\n{}", blocked.stderr);
+        assert!(
+            blocked.stderr.contains(part),
+            "{part:?} in:\n{}",
+            blocked.stderr
+        );
     }
-    assert!(blocked.stderr.contains("Waiting for the fleet lock"), "{}", blocked.stderr);
+    assert!(
+        blocked.stderr.contains("Waiting for the fleet lock"),
+        "{}",
+        blocked.stderr
+    );
     h.assert_no_writes("an apply blocked by a live lock");
 
     // Bad --lock-timeout: refused before any call.
     let bad = h
         .run(
-            &["--config", cfg, "apply", "--auto-approve", "--lock-timeout", "soon"],
+            &[
+                "--config",
+                cfg,
+                "apply",
+                "--auto-approve",
+                "--lock-timeout",
+                "soon",
+            ],
             &token,
         )
         .await;
@@ -229,7 +258,11 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     );
     let refused = h.run(&["--config", cfg, "unlock"], &[]).await;
     refused.expect_code(1);
-    assert!(refused.stderr.contains("held by ops@build-7"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("held by ops@build-7"),
+        "{}",
+        refused.stderr
+    );
     h.assert_no_writes("unlock without --force");
 
     // An expired holder is taken over at once.
@@ -237,7 +270,8 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     let started = Instant::now();
     let took = h.apply(cfg, &[]).await;
     assert!(
-        took.stderr.contains("Taking over the stale fleet lock of ops@build-7")
+        took.stderr
+            .contains("Taking over the stale fleet lock of ops@build-7")
             && took.stderr.contains("expired at"),
         "{}",
         took.stderr
@@ -246,12 +280,19 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_world(&h, 2).await;
     let gens: Vec<u64> = h.lock_generations().await.iter().map(|(g, _)| *g).collect();
-    assert_eq!(gens, [2, 3, 4], "took generation 3, pruned 1, released as 4");
+    assert_eq!(
+        gens,
+        [2, 3, 4],
+        "took generation 3, pruned 1, released as 4"
+    );
 
     // A holder on this machine whose process is gone (a crashed run) is taken over at once,
     // though its lock has not expired.
     let me = bbfleet::lock::Identity::current();
-    let scope = me.pid_scope.clone().expect("boot id and pid namespace readable");
+    let scope = me
+        .pid_scope
+        .clone()
+        .expect("boot id and pid namespace readable");
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
@@ -276,7 +317,14 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     h.recorder.clear();
     let blocked = h
         .run(
-            &["--config", cfg, "apply", "--auto-approve", "--lock-timeout", "1s"],
+            &[
+                "--config",
+                cfg,
+                "apply",
+                "--auto-approve",
+                "--lock-timeout",
+                "1s",
+            ],
             &token,
         )
         .await;
@@ -294,7 +342,9 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     let forced = h.run(&["--config", one, "unlock", "--force"], &[]).await;
     forced.expect_code(0);
     assert!(
-        forced.stdout.contains("Released the fleet lock of lockheld held by ops@"),
+        forced
+            .stdout
+            .contains("Released the fleet lock of lockheld held by ops@"),
         "{}",
         forced.stdout
     );
@@ -326,7 +376,88 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
         left.parameters()
     );
     let gens = h.lock_generations().await;
-    assert_eq!(gens.last().unwrap().0, 11, "destroy: acquire 10, release 11");
+    assert_eq!(
+        gens.last().unwrap().0,
+        11,
+        "destroy: acquire 10, release 11"
+    );
     assert_eq!(gens.last().unwrap().1["state"], "released");
     assert_eq!(gens.last().unwrap().1["command"], "destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_holders_never_overlap_and_a_takeover_is_noticed() {
+    use bbfleet::lock::{self, LockError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let h = Harness::new("lockrace").await;
+    let ssm = aws_sdk_ssm::Client::new(&h.sdk);
+
+    // Six holders race (same process, so none looks stale to another): at most one holds
+    // the lock at any time, and every one gets it in turn.
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (ssm, inside, most) = (ssm.clone(), inside.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let held = lock::acquire(
+                &ssm,
+                "lockrace",
+                "apply",
+                Duration::from_secs(60),
+                "60s",
+                |_| {},
+            )
+            .await
+            .expect("acquire");
+            let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+            held.release().await.expect("release");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two holders at once");
+    let gens = h.lock_generations().await;
+    assert_eq!(gens.last().unwrap().1["state"], "released");
+    assert!(gens.len() <= 3, "pruned: {gens:?}");
+    let newest = gens.last().unwrap().0;
+    assert!(
+        newest >= 12,
+        "6 acquires + 6 releases, got generation {newest}"
+    );
+
+    // Renewal writes the next generation, held by us, with a later expiry.
+    let mut held = lock::acquire(&ssm, "lockrace", "autoscale", Duration::ZERO, "0s", |_| {})
+        .await
+        .unwrap();
+    held.renew().await.unwrap();
+    let gens = h.lock_generations().await;
+    let (g, v) = gens.last().unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["command"].as_str()),
+        (Some("held"), Some("autoscale"))
+    );
+    // Someone takes it over (as if we were stale): renewal and release both report the loss
+    // and neither overwrites the new holder.
+    h.put_lock(g + 1, &holder("elsewhere", 1, None, 600)).await;
+    let lost = held.renew().await.unwrap_err();
+    assert!(
+        matches!(&lost, LockError::Lost { holder, .. } if holder.contains("ops@elsewhere")),
+        "{lost}"
+    );
+    assert!(matches!(held.release().await, Err(LockError::Lost { .. })));
+    let gens = h.lock_generations().await;
+    assert_eq!(gens.last().unwrap().1["owner"], "ops@elsewhere");
+
+    let forced = lock::force_release(&ssm, "lockrace").await.unwrap();
+    assert_eq!(forced.unwrap().owner, "ops@elsewhere");
+    assert!(lock::force_release(&ssm, "lockrace")
+        .await
+        .unwrap()
+        .is_none());
 }
