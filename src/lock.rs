@@ -97,6 +97,9 @@ pub struct LockValue {
     /// Boot id and pid namespace of the holder: a pid is only checked within the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_scope: Option<String>,
+    /// Start time of the holder's process (clock ticks after boot): a reused pid is not it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_started: Option<u64>,
 }
 
 /// This process, as a lock holder.
@@ -110,6 +113,8 @@ pub struct Identity {
     pub pid: u32,
     /// Boot id and pid namespace, when readable.
     pub pid_scope: Option<String>,
+    /// Start time of this process (clock ticks after boot), when readable.
+    pub pid_started: Option<u64>,
 }
 
 impl Identity {
@@ -123,6 +128,7 @@ impl Identity {
             host,
             pid: std::process::id(),
             pid_scope: pid_scope(),
+            pid_started: read_stat(std::process::id()).and_then(|s| process_started(&s)),
         }
     }
 }
@@ -160,20 +166,41 @@ fn pid_scope() -> Option<String> {
     Some(format!("{boot}/{}", ns.display()))
 }
 
-/// Whether `pid` is a running (not zombie) process of this pid namespace. Unknown = running.
-pub fn pid_running(pid: u32) -> bool {
+fn read_stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Whether `pid` is a running (not zombie) process of this pid namespace, and the same
+/// process (its start time matches `started`, when known). Without `/proc`: assumed running.
+pub fn pid_running(pid: u32, started: Option<u64>) -> bool {
     if !std::path::Path::new("/proc/self/stat").exists() {
         return true;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(process_state(&stat), Some('Z' | 'X')),
-        Err(_) => false,
+    let Some(stat) = read_stat(pid) else {
+        return false;
+    };
+    if matches!(process_state(&stat), Some('Z' | 'X')) {
+        return false;
+    }
+    match (started, process_started(&stat)) {
+        (Some(want), Some(got)) => want == got,
+        _ => true,
     }
 }
 
-/// The state letter of a `/proc/{pid}/stat` line (after the parenthesised command).
+/// The fields of a `/proc/{pid}/stat` line after the parenthesised command (field 3 on).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace().collect())
+}
+
+/// The state letter (field 3).
 fn process_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    stat_fields(stat)?.first()?.chars().next()
+}
+
+/// The start time in clock ticks after boot (field 22).
+fn process_started(stat: &str) -> Option<u64> {
+    stat_fields(stat)?.get(22 - 3)?.parse().ok()
 }
 
 impl LockValue {
@@ -188,6 +215,7 @@ impl LockValue {
             acquired_at,
             expires_at: add(now, TTL),
             pid_scope: me.pid_scope.clone(),
+            pid_started: me.pid_started,
         }
     }
 
@@ -202,6 +230,7 @@ impl LockValue {
             acquired_at: now,
             expires_at: now,
             pid_scope: me.pid_scope.clone(),
+            pid_started: me.pid_started,
         }
     }
 
@@ -269,7 +298,7 @@ pub fn judge(
     newest: Option<&LockValue>,
     me: &Identity,
     now: Timestamp,
-    running: impl Fn(u32) -> bool,
+    running: impl Fn(u32, Option<u64>) -> bool,
 ) -> Verdict {
     let Some(v) = newest else {
         return Verdict::Free;
@@ -281,7 +310,7 @@ pub fn judge(
         return Verdict::Stale(format!("expired at {}", v.expires_at));
     }
     let same_machine = v.host == me.host && v.pid_scope.is_some() && v.pid_scope == me.pid_scope;
-    if same_machine && v.pid != me.pid && !running(v.pid) {
+    if same_machine && v.pid != me.pid && !running(v.pid, v.pid_started) {
         return Verdict::Stale(format!("process {} on this host is gone", v.pid));
     }
     Verdict::Held
@@ -352,6 +381,7 @@ pub async fn list(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Generati
                     acquired_at: written,
                     expires_at: add(written, TTL),
                     pid_scope: None,
+                    pid_started: None,
                 }
             });
             out.push(Generation {
@@ -629,6 +659,7 @@ mod tests {
             host: "laptop".to_owned(),
             pid: 100,
             pid_scope: Some("boot/pid:[1]".to_owned()),
+            pid_started: Some(5),
         }
     }
 
@@ -646,14 +677,15 @@ mod tests {
             acquired_at: at("2026-01-01T10:00:00Z"),
             expires_at: at(expires),
             pid_scope: scope.map(str::to_owned),
+            pid_started: None,
         }
     }
 
     #[test]
     fn staleness() {
         let now = at("2026-01-01T10:05:00Z");
-        let alive = |_| true;
-        let dead = |_| false;
+        let alive = |_, _| true;
+        let dead = |_, _| false;
         assert_eq!(judge(None, &me(), now, alive), Verdict::Free);
         let mut released = other("laptop", 7, None, "2026-01-01T11:00:00Z");
         released.state = LockState::Released;
@@ -768,6 +800,14 @@ mod tests {
         assert_eq!(process_state("12 (bbfleet) S 1 2"), Some('S'));
         assert_eq!(process_state("12 (a) (b)) Z 1 2"), Some('Z'));
         assert_eq!(process_state("garbage"), None);
-        assert!(pid_running(std::process::id()));
+        let stat = "7 (x y) S 1 7 7 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 50";
+        assert_eq!(process_started(stat), Some(98765));
+        let me = Identity::current();
+        assert!(pid_running(me.pid, None));
+        if me.pid_started.is_some() {
+            assert!(pid_running(me.pid, me.pid_started));
+            // Same pid, another start time: the pid was reused, the holder is gone.
+            assert!(!pid_running(me.pid, me.pid_started.map(|t| t + 1)));
+        }
     }
 }

@@ -355,6 +355,25 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     again.expect_code(0);
     assert!(again.stdout.contains("is not held"), "{}", again.stdout);
 
+    // A running process of this machine that is not the holder (its pid was reused: the
+    // start time differs) does not hold the lock either.
+    if let Some(started) = me.pid_started {
+        let mut reused = holder(&me.host, std::process::id(), Some(&scope), 3600);
+        reused["pid_started"] = (started + 1).into();
+        h.put_lock(10, &reused).await;
+        let took = h.apply(cfg, &[]).await;
+        assert!(
+            took.stderr.contains(&format!(
+                "process {} on this host is gone",
+                std::process::id()
+            )),
+            "{}",
+            took.stderr
+        );
+        assert_world(&h, 2).await;
+    }
+    let before = h.lock_generations().await.last().unwrap().0;
+
     // destroy takes the lock too; what remains of the fleet in SSM is the released lock
     // (its generations keep counting up, names are never re-created).
     h.run(&["--config", one, "destroy", "--auto-approve"], &token)
@@ -378,8 +397,8 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     let gens = h.lock_generations().await;
     assert_eq!(
         gens.last().unwrap().0,
-        11,
-        "destroy: acquire 10, release 11"
+        before + 2,
+        "destroy: acquire, release"
     );
     assert_eq!(gens.last().unwrap().1["state"], "released");
     assert_eq!(gens.last().unwrap().1["command"], "destroy");
