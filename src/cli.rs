@@ -656,20 +656,21 @@ where
     confirm(how.auto_approve)?;
     with_lock(config, &remote.aws.ssm, how.command, &how.lock, async {
         let (plan, observed, desired) = replan().await?;
-        if plan != approved {
-            if !plan.is_empty() && !how.auto_approve {
-                return Err(CliError::Refused(
-                    "the world changed while waiting for the lock; nothing was changed; run again"
-                        .to_owned(),
-                ));
-            }
+        let outcome = replanned(&approved, &plan, how.auto_approve);
+        if outcome == Replanned::Refused {
+            return Err(CliError::Refused(
+                "the world changed while waiting for the lock; nothing was changed; run again"
+                    .to_owned(),
+            ));
+        }
+        if outcome != Replanned::Same {
             if !how.json {
                 println!("\nThe fleet changed while waiting for the lock; planned again:\n");
             }
-            if plan.is_empty() || !how.json {
+            if outcome == Replanned::NothingLeft || !how.json {
                 show_plan(&plan, how.json)?;
             }
-            if plan.is_empty() {
+            if outcome == Replanned::NothingLeft {
                 return Ok(ExitCode::SUCCESS);
             }
         }
@@ -685,6 +686,31 @@ where
         .await
     })
     .await
+}
+
+/// The plan made again under the lock, against the approved one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replanned {
+    /// Unchanged: run it.
+    Same,
+    /// Someone else did it all: nothing to run.
+    NothingLeft,
+    /// Different, and --auto-approve: show it and run it.
+    Changed,
+    /// Different after a human approved the old one: refuse.
+    Refused,
+}
+
+fn replanned(approved: &Plan, now: &Plan, auto_approve: bool) -> Replanned {
+    if now == approved {
+        Replanned::Same
+    } else if now.is_empty() {
+        Replanned::NothingLeft
+    } else if auto_approve {
+        Replanned::Changed
+    } else {
+        Replanned::Refused
+    }
 }
 
 /// Runs `work` holding the fleet lock (renewed while it runs) and releases it afterwards,
@@ -953,4 +979,64 @@ async fn unlock(
         println!("The fleet lock of {} is not held.", config.name);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(keys: &[&str]) -> Plan {
+        Plan {
+            fleet: "ci".to_owned(),
+            capacity: None,
+            actions: keys
+                .iter()
+                .map(|k| plan::Action::CreateKey {
+                    alias: (*k).to_owned(),
+                })
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_plan_changed_under_the_lock_is_refused_only_after_a_human_approval() {
+        let approved = plan(&["alias/a"]);
+        for auto in [true, false] {
+            assert_eq!(
+                replanned(&approved, &plan(&["alias/a"]), auto),
+                Replanned::Same
+            );
+            assert_eq!(
+                replanned(&approved, &plan(&[]), auto),
+                Replanned::NothingLeft
+            );
+        }
+        let other = plan(&["alias/b"]);
+        assert_eq!(replanned(&approved, &other, true), Replanned::Changed);
+        assert_eq!(replanned(&approved, &other, false), Replanned::Refused);
+    }
+
+    #[test]
+    fn lock_timeouts_parse_or_name_the_flag() {
+        let parse = |t: &str| {
+            LockArgs {
+                lock_timeout: t.to_owned(),
+            }
+            .parse()
+        };
+        assert_eq!(
+            parse("30s").unwrap().duration,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse("5m").unwrap().duration,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(parse("0s").unwrap().duration, std::time::Duration::ZERO);
+        for bad in ["soon", "-5s", ""] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--lock-timeout"), "{bad}: {e}");
+        }
+    }
 }

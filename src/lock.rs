@@ -586,11 +586,20 @@ impl HeldLock {
         &mut self,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, LockError> {
+        self.guard_every(RENEW_EVERY, work).await
+    }
+
+    /// [`HeldLock::guard`] with another renewal interval (tests use a short one).
+    pub async fn guard_every<T>(
+        &mut self,
+        every: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, LockError> {
         let mut work = std::pin::pin!(work);
         for _ in 0..MAX_RENEWALS {
             tokio::select! {
                 out = &mut work => return Ok(out),
-                _ = tokio::time::sleep(RENEW_EVERY) => {
+                _ = tokio::time::sleep(every) => {
                     match self.renew().await {
                         Ok(()) => {}
                         Err(e @ LockError::Lost { .. }) => return Err(e),

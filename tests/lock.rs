@@ -479,4 +479,39 @@ async fn concurrent_holders_never_overlap_and_a_takeover_is_noticed() {
         .await
         .unwrap()
         .is_none());
+
+    // The heartbeat renews while the work runs (a new held generation per interval)...
+    let mut held = lock::acquire(&ssm, "lockrace", "apply", Duration::ZERO, "0s", |_| {})
+        .await
+        .unwrap();
+    let first = h.lock_generations().await.last().unwrap().0;
+    let out = held
+        .guard_every(Duration::from_millis(300), async {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            "done"
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, "done");
+    let gens = h.lock_generations().await;
+    let (renewed, v) = gens.last().unwrap();
+    assert!(*renewed >= first + 2, "renewed from {first} to {renewed}");
+    assert_eq!(v["state"], "held");
+    assert_eq!(v["owner"], lock::Identity::current().owner);
+    // ...and stops the work when a renewal finds the lock taken over.
+    h.put_lock(renewed + 1, &holder("elsewhere", 1, None, 600))
+        .await;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let flag = finished.clone();
+    let stopped = held
+        .guard_every(Duration::from_millis(200), async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            flag.store(1, Ordering::SeqCst);
+        })
+        .await;
+    assert!(
+        matches!(stopped, Err(LockError::Lost { .. })),
+        "{stopped:?}"
+    );
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "the work was stopped");
 }
