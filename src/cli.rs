@@ -15,6 +15,7 @@ use crate::bitbucket::{
 };
 use crate::config::{Config, ConfigError, FieldError};
 use crate::execute::{ExecuteError, Executor, DEFAULT_CONCURRENCY};
+use crate::lock::LockError;
 use crate::observe::{observe, Depth, ObserveError, Observed};
 use crate::plan::{self, Plan, PlanError, PlanOptions};
 use crate::stats::CallStats;
@@ -80,12 +81,22 @@ enum Command {
         /// Calls in flight at once.
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Remove the fleet's runners, commands, claims, launch template, fleet and instances (the key is kept).
     Destroy {
         /// Do not ask for confirmation.
         #[arg(long)]
         auto_approve: bool,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Show the fleet lock's holder; with --force, release it (for a run that is gone).
+    Unlock {
+        /// Release the lock whoever holds it.
+        #[arg(long)]
+        force: bool,
     },
     /// Runners, instances, claims and the fleet request.
     Status,
@@ -102,7 +113,45 @@ enum Command {
         /// Calls in flight at once when a tick changes the fleet.
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        #[command(flatten)]
+        lock: LockArgs,
     },
+}
+
+/// Waiting for the fleet lock (apply, destroy, autoscale).
+#[derive(Debug, Clone, clap::Args)]
+struct LockArgs {
+    /// Wait this long for another run's fleet lock (e.g. 30s, 5m), then fail naming the holder.
+    #[arg(long, default_value = crate::lock::DEFAULT_TIMEOUT)]
+    lock_timeout: String,
+}
+
+/// `--lock-timeout`, parsed (the text is kept for messages).
+#[derive(Debug, Clone)]
+struct LockTimeout {
+    duration: std::time::Duration,
+    text: String,
+}
+
+impl LockArgs {
+    fn parse(&self) -> Result<LockTimeout, CliError> {
+        let text = self.lock_timeout.trim();
+        let bad = |message: String| {
+            CliError::Argument(FieldError {
+                field: "--lock-timeout".to_owned(),
+                message,
+            })
+        };
+        let d: jiff::SignedDuration = text
+            .parse()
+            .map_err(|e| bad(format!("{text:?} is not a duration (e.g. 30s, 5m): {e}")))?;
+        let duration =
+            std::time::Duration::try_from(d).map_err(|_| bad(format!("{text:?} is negative")))?;
+        Ok(LockTimeout {
+            duration,
+            text: text.to_owned(),
+        })
+    }
 }
 
 /// `bbfleet policy`.
@@ -175,6 +224,9 @@ pub enum CliError {
     /// `bbfleet policy`.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The fleet lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// Refused to act.
     #[error("{0}")]
     Refused(String),
@@ -377,44 +429,49 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             auto_approve,
             target,
             concurrency,
+            lock,
         } => {
             let capacity = resolve_capacity(&config, &target)?;
+            let lock = lock.parse()?;
             let remote = connect(&config, stats).await?;
-            let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
-            execute(
-                &config,
-                &remote,
-                &plan,
-                &observed,
-                Some(&desired),
+            let planned = || async {
+                let (plan, observed, desired) =
+                    plan_apply(&config, &remote, capacity.clone(), &target).await?;
+                Ok((plan, observed, Some(desired)))
+            };
+            let first = planned().await?;
+            let how = Approval {
                 auto_approve,
-                concurrency as usize,
+                command: "apply",
+                lock,
+                concurrency: concurrency as usize,
                 json,
-            )
-            .await
+            };
+            apply_locked(&config, &remote, first, planned, &how).await
         }
-        Command::Destroy { auto_approve } => {
+        Command::Destroy { auto_approve, lock } => {
+            let lock = lock.parse()?;
             let remote = connect(&config, stats).await?;
-            let observed = observe(
-                &config,
-                &remote.aws,
-                &remote.fleet_api,
-                &remote.bitbucket,
-                Depth::Existing,
-            )
-            .await?;
-            let plan = plan::plan_destroy(&config, &observed);
-            let code = execute(
-                &config,
-                &remote,
-                &plan,
-                &observed,
-                None,
+            let planned = || async {
+                let observed = observe(
+                    &config,
+                    &remote.aws,
+                    &remote.fleet_api,
+                    &remote.bitbucket,
+                    Depth::Existing,
+                )
+                .await?;
+                Ok((plan::plan_destroy(&config, &observed), observed, None))
+            };
+            let first = planned().await?;
+            let how = Approval {
                 auto_approve,
-                DEFAULT_CONCURRENCY,
+                command: "destroy",
+                lock,
+                concurrency: DEFAULT_CONCURRENCY,
                 json,
-            )
-            .await?;
+            };
+            let code = apply_locked(&config, &remote, first, planned, &how).await?;
             if !json && code == ExitCode::SUCCESS {
                 println!(
                     "The KMS key {} is kept: a later apply reuses it.",
@@ -427,6 +484,7 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             once,
             interval,
             concurrency,
+            lock,
         } => {
             let Some(auto) = config.capacity.autoscale.clone() else {
                 return Err(CliError::Argument(FieldError {
@@ -449,33 +507,50 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                         message: "must be at least 1s".to_owned(),
                     })
                 })?;
-            let remote = connect(&config, stats).await?;
-            autoscale(
-                &config,
-                &remote,
-                &auto,
-                once,
-                interval,
-                concurrency as usize,
+            let how = Approval {
+                auto_approve: true,
+                command: "autoscale",
+                lock: lock.parse()?,
+                concurrency: concurrency as usize,
                 json,
-            )
-            .await
+            };
+            let remote = connect(&config, stats).await?;
+            autoscale(&config, &remote, &auto, once, interval, &how).await
         }
+        Command::Unlock { force } => unlock(&config, stats, force, json).await,
         Command::Status => {
             let remote = connect(&config, stats).await?;
-            let observed = observe(
-                &config,
-                &remote.aws,
-                &remote.fleet_api,
-                &remote.bitbucket,
-                Depth::Existing,
-            )
-            .await?;
+            let (observed, lock) = tokio::try_join!(
+                async {
+                    observe(
+                        &config,
+                        &remote.aws,
+                        &remote.fleet_api,
+                        &remote.bitbucket,
+                        Depth::Existing,
+                    )
+                    .await
+                    .map_err(CliError::from)
+                },
+                async {
+                    crate::lock::current(&remote.aws.ssm, &config.name)
+                        .await
+                        .map_err(CliError::from)
+                },
+            )?;
             let view = StatusView::new(&config.name, &observed);
+            let lock = lock
+                .map(|g| g.value)
+                .filter(|v| v.state == crate::lock::LockState::Held);
             if json {
-                print_json(&view)?;
+                let mut doc = serde_json::to_value(&view).map_err(std::io::Error::from)?;
+                doc["lock"] = serde_json::to_value(&lock).map_err(std::io::Error::from)?;
+                print_json(&doc)?;
             } else {
                 print!("{view}");
+                if let Some(holder) = lock {
+                    println!("Fleet lock: held by {holder}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -542,24 +617,138 @@ fn show_plan(plan: &Plan, json: bool) -> Result<(), CliError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    config: &Config,
-    remote: &Remote,
-    plan: &Plan,
-    observed: &Observed,
-    desired: Option<&plan::Desired>,
+/// A plan with what it was computed from (`desired` is `None` for destroy).
+type Planned = (Plan, Observed, Option<plan::Desired>);
+
+/// How a writing command approves and runs its plan.
+struct Approval {
     auto_approve: bool,
+    /// `apply`, `destroy`, `autoscale`: recorded in the lock.
+    command: &'static str,
+    lock: LockTimeout,
     concurrency: usize,
     json: bool,
-) -> Result<ExitCode, CliError> {
-    if plan.is_empty() {
-        show_plan(plan, json)?;
+}
+
+/// Shows and approves `first` (planned without the lock, so a no-op run writes nothing),
+/// then, holding the fleet lock, plans again and executes what is left. A plan that changed
+/// while waiting is refused after an interactive approval, and shown and run with
+/// --auto-approve.
+async fn apply_locked<F, Fut>(
+    config: &Config,
+    remote: &Remote,
+    first: Planned,
+    replan: F,
+    how: &Approval,
+) -> Result<ExitCode, CliError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Planned, CliError>>,
+{
+    let approved = first.0;
+    if approved.is_empty() {
+        show_plan(&approved, how.json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if !json {
-        show_plan(plan, false)?;
+    if !how.json {
+        show_plan(&approved, false)?;
     }
+    confirm(how.auto_approve)?;
+    with_lock(config, &remote.aws.ssm, how.command, &how.lock, async {
+        let (plan, observed, desired) = replan().await?;
+        let outcome = replanned(&approved, &plan, how.auto_approve);
+        if outcome == Replanned::Refused {
+            return Err(CliError::Refused(
+                "the world changed while waiting for the lock; nothing was changed; run again"
+                    .to_owned(),
+            ));
+        }
+        if outcome != Replanned::Same {
+            if !how.json {
+                println!("\nThe fleet changed while waiting for the lock; planned again:\n");
+            }
+            if outcome == Replanned::NothingLeft || !how.json {
+                show_plan(&plan, how.json)?;
+            }
+            if outcome == Replanned::NothingLeft {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        execute(
+            config,
+            remote,
+            &plan,
+            &observed,
+            desired.as_ref(),
+            how.concurrency,
+            how.json,
+        )
+        .await
+    })
+    .await
+}
+
+/// The plan made again under the lock, against the approved one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replanned {
+    /// Unchanged: run it.
+    Same,
+    /// Someone else did it all: nothing to run.
+    NothingLeft,
+    /// Different, and --auto-approve: show it and run it.
+    Changed,
+    /// Different after a human approved the old one: refuse.
+    Refused,
+}
+
+fn replanned(approved: &Plan, now: &Plan, auto_approve: bool) -> Replanned {
+    if now == approved {
+        Replanned::Same
+    } else if now.is_empty() {
+        Replanned::NothingLeft
+    } else if auto_approve {
+        Replanned::Changed
+    } else {
+        Replanned::Refused
+    }
+}
+
+/// Runs `work` holding the fleet lock (renewed while it runs) and releases it afterwards,
+/// also when `work` fails. A crash leaves the lock: the next run finds it stale.
+async fn with_lock<T>(
+    config: &Config,
+    ssm: &aws_sdk_ssm::Client,
+    command: &str,
+    timeout: &LockTimeout,
+    work: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    let mut held = crate::lock::acquire(
+        ssm,
+        &config.name,
+        command,
+        timeout.duration,
+        &timeout.text,
+        |event| match event {
+            crate::lock::Event::Waiting(holder) => eprintln!(
+                "Waiting for the fleet lock (up to {}): held by {holder}",
+                timeout.text
+            ),
+            crate::lock::Event::TakingOver { holder, reason } => {
+                eprintln!("Taking over the stale fleet lock of {holder}: {reason}")
+            }
+        },
+    )
+    .await?;
+    let result = held.guard(work).await?;
+    if let Err(e) = held.release().await {
+        // The work is done (or failed on its own); the lock expires by itself.
+        eprintln!("warning: {e}");
+    }
+    result
+}
+
+/// Asks for `yes` on a terminal unless auto-approved; refuses without a terminal.
+fn confirm(auto_approve: bool) -> Result<(), CliError> {
     if !auto_approve {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::Refused(
@@ -575,6 +764,19 @@ async fn execute(
             ));
         }
     }
+    Ok(())
+}
+
+/// Executes an approved, non-empty plan and prints the outcome.
+async fn execute(
+    config: &Config,
+    remote: &Remote,
+    plan: &Plan,
+    observed: &Observed,
+    desired: Option<&plan::Desired>,
+    concurrency: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
     let executor = Executor {
         config,
         aws: &remote.aws,
@@ -614,9 +816,9 @@ async fn autoscale_tick(
     config: &Config,
     remote: &Remote,
     auto: &crate::config::AutoscaleConfig,
-    concurrency: usize,
-    json: bool,
+    how: &Approval,
 ) -> Result<(), CliError> {
+    let json = how.json;
     use crate::autoscale::{decide, AutoscaleState, Load};
     let scope = crate::observe::scope(config);
     let state_name = crate::names::autoscale_state(&config.name);
@@ -690,18 +892,13 @@ async fn autoscale_tick(
         at: None,
         force: false,
     };
-    let (plan, observed, desired) = plan_apply(config, remote, capacity, &target).await?;
-    execute(
-        config,
-        remote,
-        &plan,
-        &observed,
-        Some(&desired),
-        true,
-        concurrency,
-        json,
-    )
-    .await?;
+    let planned = || async {
+        let (plan, observed, desired) =
+            plan_apply(config, remote, capacity.clone(), &target).await?;
+        Ok((plan, observed, Some(desired)))
+    };
+    let first = planned().await?;
+    apply_locked(config, remote, first, planned, how).await?;
     let state = serde_json::to_string(&AutoscaleState {
         capacity: n,
         changed_at: now,
@@ -718,16 +915,15 @@ async fn autoscale(
     auto: &crate::config::AutoscaleConfig,
     once: bool,
     interval: std::time::Duration,
-    concurrency: usize,
-    json: bool,
+    how: &Approval,
 ) -> Result<ExitCode, CliError> {
     if once {
-        autoscale_tick(config, remote, auto, concurrency, json).await?;
+        autoscale_tick(config, remote, auto, how).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        if let Err(e) = autoscale_tick(config, remote, auto, concurrency, json).await {
+        if let Err(e) = autoscale_tick(config, remote, auto, how).await {
             // A failed tick is retried at the next one; the apply it ran converges then.
             eprintln!("autoscale: tick failed: {e}");
         }
@@ -739,4 +935,108 @@ async fn autoscale(
     }
     eprintln!("autoscale: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bbfleet unlock [--force]`: shows the holder; with --force writes a `released` generation.
+async fn unlock(
+    config: &Config,
+    stats: &CallStats,
+    force: bool,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let aws = Aws::connect(config.region.as_deref(), stats).await?;
+    let held = crate::lock::current(&aws.ssm, &config.name)
+        .await?
+        .map(|g| g.value)
+        .filter(|v| v.state == crate::lock::LockState::Held);
+    let Some(holder) = held else {
+        if json {
+            print_json(
+                &serde_json::json!({"fleet": config.name, "holder": null, "released": false}),
+            )?;
+        } else {
+            println!("The fleet lock of {} is not held.", config.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !force {
+        return Err(CliError::Refused(format!(
+            "the fleet lock of {} is held by {holder}; nothing was changed. If that run is gone, `bbfleet unlock --force` releases the lock (a run still working would then share the fleet with the next one)",
+            config.name
+        )));
+    }
+    let released = crate::lock::force_release(&aws.ssm, &config.name).await?;
+    if json {
+        print_json(
+            &serde_json::json!({"fleet": config.name, "holder": released, "released": released.is_some()}),
+        )?;
+    } else if let Some(holder) = released {
+        println!(
+            "Released the fleet lock of {} held by {holder}.",
+            config.name
+        );
+    } else {
+        println!("The fleet lock of {} is not held.", config.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(keys: &[&str]) -> Plan {
+        Plan {
+            fleet: "ci".to_owned(),
+            capacity: None,
+            actions: keys
+                .iter()
+                .map(|k| plan::Action::CreateKey {
+                    alias: (*k).to_owned(),
+                })
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_plan_changed_under_the_lock_is_refused_only_after_a_human_approval() {
+        let approved = plan(&["alias/a"]);
+        for auto in [true, false] {
+            assert_eq!(
+                replanned(&approved, &plan(&["alias/a"]), auto),
+                Replanned::Same
+            );
+            assert_eq!(
+                replanned(&approved, &plan(&[]), auto),
+                Replanned::NothingLeft
+            );
+        }
+        let other = plan(&["alias/b"]);
+        assert_eq!(replanned(&approved, &other, true), Replanned::Changed);
+        assert_eq!(replanned(&approved, &other, false), Replanned::Refused);
+    }
+
+    #[test]
+    fn lock_timeouts_parse_or_name_the_flag() {
+        let parse = |t: &str| {
+            LockArgs {
+                lock_timeout: t.to_owned(),
+            }
+            .parse()
+        };
+        assert_eq!(
+            parse("30s").unwrap().duration,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse("5m").unwrap().duration,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(parse("0s").unwrap().duration, std::time::Duration::ZERO);
+        for bad in ["soon", "-5s", ""] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--lock-timeout"), "{bad}: {e}");
+        }
+    }
 }

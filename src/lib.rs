@@ -6,6 +6,7 @@ pub mod bitbucket;
 pub mod cli;
 pub mod config;
 pub mod execute;
+pub mod lock;
 pub mod names;
 pub mod observe;
 pub mod plan;

@@ -25,6 +25,16 @@ pub fn autoscale_state(fleet: &str) -> String {
     format!("/bbfleet/{fleet}/autoscale")
 }
 
+/// SSM path holding the fleet lock's generations (no trailing slash).
+pub fn lock_path(fleet: &str) -> String {
+    format!("/bbfleet/{fleet}/lock")
+}
+
+/// SSM name of one generation of the fleet lock.
+pub fn lock_parameter(fleet: &str, generation: u64) -> String {
+    format!("{}/{generation}", lock_path(fleet))
+}
+
 /// SSM name of one runner's command: the UUID without braces, lower case.
 pub fn runner_parameter(fleet: &str, runner_uuid: &str) -> String {
     format!("{}/{}", runners_path(fleet), bare_uuid(runner_uuid))

@@ -237,3 +237,44 @@ impl Run {
         self
     }
 }
+
+/// The fleet lock, read and written by hand (tests of `src/lock.rs`).
+impl Harness {
+    /// Writes lock generation `generation` with `value` (JSON), as another run would.
+    pub async fn put_lock(&self, generation: u64, value: &serde_json::Value) {
+        aws_sdk_ssm::Client::new(&self.sdk)
+            .put_parameter()
+            .name(format!("/bbfleet/{}/lock/{generation}", self.fleet))
+            .value(value.to_string())
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(false)
+            .send()
+            .await
+            .expect("write a lock generation");
+    }
+
+    /// The fleet's lock generations and their values, oldest first.
+    pub async fn lock_generations(&self) -> Vec<(u64, serde_json::Value)> {
+        let out = aws_sdk_ssm::Client::new(&self.sdk)
+            .get_parameters_by_path()
+            .path(format!("/bbfleet/{}/lock", self.fleet))
+            .max_results(10)
+            .send()
+            .await
+            .expect("list the lock");
+        assert!(out.next_token().is_none(), "more than 10 lock generations");
+        let mut gens: Vec<(u64, serde_json::Value)> = out
+            .parameters()
+            .iter()
+            .map(|p| {
+                let name = p.name().unwrap();
+                (
+                    name.rsplit('/').next().unwrap().parse().unwrap(),
+                    serde_json::from_str(p.value().unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        gens.sort_by_key(|(g, _)| *g);
+        gens
+    }
+}
