@@ -4,7 +4,7 @@
 //! identity for Bitbucket OIDC, `AWS_ENDPOINT_URL` for emulators). Every call is
 //! counted by an interceptor, per attempt on the wire.
 //!
-//! Retries are the SDK's own (adaptive mode, [`AWS_MAX_ATTEMPTS`] attempts): its
+//! Retries are the SDK's own (standard mode, [`AWS_MAX_ATTEMPTS`] attempts): its
 //! classifier retries throttling codes (`ThrottlingException`, `RequestLimitExceeded`, ...),
 //! 5xx and transport errors with back-off. The interceptor logs every retry at debug
 //! level with the failure that caused it, so `-vv` shows how often AWS pushed back.
@@ -202,11 +202,14 @@ pub const AWS_MAX_ATTEMPTS: u32 = 6;
 impl Aws {
     /// Loads the shared config (region from `region`, else the chain) and builds the clients.
     pub async fn connect(region: Option<&str>, stats: &CallStats) -> Result<Aws, AwsError> {
-        // Adaptive retries: throttling (and transient 5xx) responses are retried with
-        // back-off and slow the client's own send rate, so a wide fan-out (32 puts in
-        // flight) backs off instead of failing. Six attempts make a lost call rare.
+        // Standard retries: throttling and transient 5xx responses are retried with
+        // jittered exponential back-off (each call waits on its own, so a wide fan-out of
+        // 32 puts spreads out instead of failing); six attempts make a lost call rare.
+        // Not adaptive mode: after one throttle its client-side limiter falls to 0.5
+        // requests/s per service for the rest of the run (tests/flaky.rs measured an apply
+        // of capacity 5 going from ~1 s to 94 s with six throttles).
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
-            aws_config::retry::RetryConfig::adaptive().with_max_attempts(AWS_MAX_ATTEMPTS),
+            aws_config::retry::RetryConfig::standard().with_max_attempts(AWS_MAX_ATTEMPTS),
         );
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
