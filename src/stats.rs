@@ -190,7 +190,9 @@ mod tests {
             None
         );
         assert_eq!(
-            CallStats::from_env(env(Some(""))).unwrap().fault_after_writes,
+            CallStats::from_env(env(Some("")))
+                .unwrap()
+                .fault_after_writes,
             None
         );
         assert_eq!(
@@ -200,7 +202,9 @@ mod tests {
             Some(7)
         );
         let err = CallStats::from_env(env(Some("-1"))).unwrap_err();
-        assert!(err.to_string().starts_with("BBFLEET_FAULT_AFTER_WRITES: \"-1\""));
+        assert!(err
+            .to_string()
+            .starts_with("BBFLEET_FAULT_AFTER_WRITES: \"-1\""));
     }
 
     #[test]

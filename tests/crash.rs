@@ -59,13 +59,31 @@ fn writes_at_servers(h: &Harness) -> usize {
     h.recorder.writes().len() + h.fake.write_count()
 }
 
+/// Writes to the fleet itself: those at the servers but the fleet lock's (a run may take
+/// and release the lock even when it has nothing to do).
+fn fleet_writes(h: &Harness) -> usize {
+    let lock = format!("/bbfleet/{}/lock", h.fleet);
+    let aws = h
+        .recorder
+        .calls()
+        .iter()
+        .filter(|c| c.is_write() && !c.body.contains(&lock))
+        .count();
+    aws + h.fake.write_count()
+}
+
 /// Apply with the hook at k, then a normal apply; returns what is wrong afterwards.
-async fn crash_apply_then_apply(fleet: String, k: u64, crash_args: &[&str]) -> Vec<String> {
+/// Returns what is wrong afterwards, and how many writes reached the servers before the stop.
+async fn crash_apply_then_apply(
+    fleet: String,
+    k: u64,
+    crash_args: &[&str],
+) -> (Vec<String>, usize) {
     let (h, cfg) = world(&fleet).await;
     let mut args = vec!["--config", cfg.as_str(), "apply", "--auto-approve"];
     args.extend_from_slice(crash_args);
     if let Err(e) = crashed(&h, &args, k).await {
-        return vec![e];
+        return (vec![e], 0);
     }
     let mut problems = Vec::new();
     let sent = writes_at_servers(&h);
@@ -81,10 +99,10 @@ async fn crash_apply_then_apply(fleet: String, k: u64, crash_args: &[&str]) -> V
             "the apply after the stop failed (exit {}):\n{}",
             again.code, again.stderr
         ));
-        return problems;
+        return (problems, sent);
     }
     problems.extend(convergence_problems(&h, &cfg, CAPACITY).await);
-    problems
+    (problems, sent)
 }
 
 /// Loops k over every write of an apply from empty run with `crash_args`.
@@ -97,21 +115,31 @@ async fn apply_crash_loop(tag: &str, crash_args: &[&str]) {
     // The check itself must pass on an undisturbed world, or every k below would fail.
     let baseline = convergence_problems(&h, &cfg, CAPACITY).await;
     assert!(baseline.is_empty(), "a normal apply: {baseline:#?}");
-    assert!(writes >= 2 * CAPACITY as u64, "an apply from empty made {writes} writes");
+    assert!(
+        writes >= 2 * CAPACITY as u64,
+        "an apply from empty made {writes} writes"
+    );
 
-    let failures: Vec<(u64, Vec<String>)> = stream::iter(0..writes)
+    let mut results: Vec<(u64, Vec<String>, usize)> = stream::iter(0..writes)
         .map(|k| async move {
-            let problems = crash_apply_then_apply(format!("crash-{tag}-{k}"), k, crash_args).await;
-            (k, problems)
+            let (problems, sent) =
+                crash_apply_then_apply(format!("crash-{tag}-{k}"), k, crash_args).await;
+            (k, problems, sent)
         })
         .buffer_unordered(PARALLEL)
-        .filter(|(_, p)| std::future::ready(!p.is_empty()))
         .collect()
         .await;
+    results.sort_by_key(|(k, _, _)| *k);
     eprintln!(
-        "apply {crash_args:?}: {writes} writes, {writes} crash points checked in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "apply {crash_args:?}: {writes} writes, {writes} crash points checked in {:.1} s; writes at the servers when stopped after k: {:?}",
+        started.elapsed().as_secs_f64(),
+        results.iter().map(|(k, _, sent)| (*k, *sent)).collect::<Vec<_>>()
     );
+    let failures: Vec<(u64, Vec<String>)> = results
+        .into_iter()
+        .filter(|(_, p, _)| !p.is_empty())
+        .map(|(k, p, _)| (k, p))
+        .collect();
     assert!(
         failures.is_empty(),
         "apply stopped after k writes, then apply, did not converge for k in {:?}:\n{failures:#?}",
@@ -176,12 +204,11 @@ async fn destroy_stopped_after_any_write_then_destroy_leaves_nothing() {
             h.fake.clear_requests();
             h.recorder.clear();
             let noop = bbfleet(&h, &destroy, &[]).await;
-            if noop.code != 0 || !noop.stdout.contains("No changes.") || writes_at_servers(&h) != 0
-            {
+            if noop.code != 0 || !noop.stdout.contains("No changes.") || fleet_writes(&h) != 0 {
                 problems.push(format!(
                     "a third destroy was not a no-op (exit {}, {} writes):\n{}",
                     noop.code,
-                    writes_at_servers(&h),
+                    fleet_writes(&h),
                     noop.stdout
                 ));
             }

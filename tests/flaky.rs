@@ -109,11 +109,19 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
     // row with probability 0.28^6 (under 1 % per apply). That apply must then fail
     // plainly, bounded, and the next one converge; two in a row is a bug.
     for _ in 0..2 {
-        let run = bbfleet(&h, &["-vv", "--config", cfg, "apply", "--auto-approve"], &[]).await;
+        let run = bbfleet(
+            &h,
+            &["-vv", "--config", cfg, "apply", "--auto-approve"],
+            &[],
+        )
+        .await;
         let code = run.code;
         if code != 0 {
             assert!(
-                code == 1 && run.stderr.contains(&format!("still failed after {MAX_ATTEMPTS} attempts")),
+                code == 1
+                    && run
+                        .stderr
+                        .contains(&format!("still failed after {MAX_ATTEMPTS} attempts")),
                 "an apply through faults failed for another reason than exhausted retries:\n{}",
                 run.stderr
             );
@@ -127,7 +135,11 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
     if std::env::var_os("FLAKY_DEBUG").is_some() {
         for r in &runs {
             for l in strip_ansi(&r.stderr).lines() {
-                if l.contains("retr") || l.contains("rate limited") || l.contains("error") || l.contains("done") {
+                if l.contains("retr")
+                    || l.contains("rate limited")
+                    || l.contains("error")
+                    || l.contains("done")
+                {
                     eprintln!("{l}");
                 }
             }
@@ -161,7 +173,11 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
     let logged_429 = attempts(&stderr, BITBUCKET_429);
     let logged_5xx = attempts(&stderr, BITBUCKET_5XX);
     assert_eq!(logged_429.len(), rate_limited, "429s logged at debug level");
-    assert_eq!(logged_5xx.len(), server_errors, "500s logged at debug level");
+    assert_eq!(
+        logged_5xx.len(),
+        server_errors,
+        "500s logged at debug level"
+    );
     assert!(
         logged_429
             .iter()
@@ -174,8 +190,7 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
         .filter(|r| r.method == "POST" && (200..300).contains(&r.status))
         .count();
     assert_eq!(
-        created,
-        CAPACITY,
+        created, CAPACITY,
         "runners registered (a retried POST must not register twice)"
     );
 
@@ -206,7 +221,10 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
     );
 
     let problems = convergence_problems(&h, cfg, CAPACITY).await;
-    assert!(problems.is_empty(), "after applies through faults: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "after applies through faults: {problems:#?}"
+    );
     eprintln!(
         "{fleet}: {} apply run(s) in {:.1} s; Bitbucket {} requests, {rate_limited} x 429, {server_errors} x 500; AWS {} requests, {throttled} throttled",
         runs.len(),
@@ -294,5 +312,8 @@ async fn hard_failure_reports_what_was_done_and_the_next_apply_converges() {
     let again = bbfleet(&h, &["--config", cfg, "apply", "--auto-approve"], &[]).await;
     again.expect_code(0);
     let problems = convergence_problems(&h, cfg, 3).await;
-    assert!(problems.is_empty(), "after the failure and a new apply: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "after the failure and a new apply: {problems:#?}"
+    );
 }

@@ -182,9 +182,10 @@ impl Intercept for CallCounter {
         // Only remembered here: the retry classifier decides after this hook, and the next
         // attempt (if any) logs it.
         if let Some(Err(err)) = context.output_or_error() {
-            let status = context
-                .response()
-                .map_or_else(|| "no response".to_owned(), |r| format!("HTTP {}", r.status().as_u16()));
+            let status = context.response().map_or_else(
+                || "no response".to_owned(),
+                |r| format!("HTTP {}", r.status().as_u16()),
+            );
             let what = match err.as_operation_error() {
                 Some(e) => e.to_string(),
                 None => err.to_string(),

@@ -115,7 +115,13 @@ pub async fn convergence_problems(h: &Harness, cfg: &str, capacity: usize) -> Ve
     // And bbfleet agrees: nothing left to do.
     let plan = bbfleet(
         h,
-        &["--config", cfg, "plan", "--detailed-exitcode", "--no-preflight"],
+        &[
+            "--config",
+            cfg,
+            "plan",
+            "--detailed-exitcode",
+            "--no-preflight",
+        ],
         &[],
     )
     .await;
