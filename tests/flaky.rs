@@ -16,6 +16,9 @@ use support::world::{bbfleet, convergence_problems};
 const MAX_ATTEMPTS: u64 = bbfleet::aws::AWS_MAX_ATTEMPTS as u64;
 /// Every n-th AWS request is answered with a throttling error.
 const THROTTLE_EVERY: u64 = 4;
+/// Generous bound for one apply through the faults (typically 3-6 s; the worst jittered
+/// Bitbucket back-off chain of one call is 15.5 s).
+const MAX_APPLY_TIME: Duration = Duration::from_secs(60);
 /// Debug line of an AWS retry (src/aws/mod.rs).
 const AWS_RETRY: &str = "AWS call failed; the SDK retries it";
 /// Debug lines of Bitbucket retries (src/bitbucket/mod.rs).
@@ -108,13 +111,16 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
     // The fake's faults are random (20 % + 10 %): one call meets MAX_ATTEMPTS faults in a
     // row with probability 0.28^6 (under 1 % per apply). That apply must then fail
     // plainly, bounded, and the next one converge; two in a row is a bug.
+    let mut last_run = Duration::ZERO;
     for _ in 0..2 {
+        let run_started = std::time::Instant::now();
         let run = bbfleet(
             &h,
             &["-vv", "--config", cfg, "apply", "--auto-approve"],
             &[],
         )
         .await;
+        last_run = run_started.elapsed();
         let code = run.code;
         if code != 0 {
             assert!(
@@ -132,6 +138,7 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
         }
     }
     let elapsed = started.elapsed();
+    // FLAKY_DEBUG=1 shows the retries with their timestamps (where an apply spends its time).
     if std::env::var_os("FLAKY_DEBUG").is_some() {
         for r in &runs {
             for l in strip_ansi(&r.stderr).lines() {
@@ -150,6 +157,12 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
         runs.last().map(|r| r.code),
         Some(0),
         "two applies in a row failed through faults"
+    );
+    // Back-off is per call: a few throttles must not slow the whole run down (the SDK's
+    // adaptive mode did, to 0.5 requests/s per service: 94 s here instead of ~5 s).
+    assert!(
+        last_run < MAX_APPLY_TIME,
+        "an apply through faults took {last_run:?}"
     );
     h.fake.clear_faults();
     h.recorder.throttle_every(0);
@@ -225,6 +238,11 @@ async fn apply_through_faults(fleet: &str, retry_after: Option<u64>) {
         problems.is_empty(),
         "after applies through faults: {problems:#?}"
     );
+    // Debug logs of retries and failures carry no secret.
+    let transcript = h.transcript.lock().unwrap().clone();
+    for secret in h.fake.issued_secrets() {
+        assert!(!transcript.contains(&secret), "a runner secret was printed");
+    }
     eprintln!(
         "{fleet}: {} apply run(s) in {:.1} s; Bitbucket {} requests, {rate_limited} x 429, {server_errors} x 500; AWS {} requests, {throttled} throttled",
         runs.len(),
