@@ -228,3 +228,59 @@ async fn destroy_stopped_after_any_write_then_destroy_leaves_nothing() {
         failures.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_stopped_after_any_write_then_apply_converges() {
+    // Not only from empty: a scale-down lowers the target (noTermination), terminates the
+    // surplus instances, then deletes runners and commands; a stop between any two of
+    // those must not leave instances or runners above the new capacity.
+    const FROM: u32 = 5;
+    let started = std::time::Instant::now();
+    let h = Harness::new("crash-down-base").await;
+    let cfg = h.write_config(&h.config(FROM, None));
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let apply = ["--config", cfg.as_str(), "apply", "--auto-approve"];
+    bbfleet(&h, &apply, &[]).await.expect_code(0);
+    h.write_config(&h.config(CAPACITY as u32, None));
+    let writes = counted_writes(&h, &[&apply[..], &SEQUENTIAL[..]].concat()).await;
+    let baseline = convergence_problems(&h, &cfg, CAPACITY).await;
+    assert!(baseline.is_empty(), "a normal scale-down: {baseline:#?}");
+
+    let mut results: Vec<(u64, Vec<String>)> = stream::iter(0..writes)
+        .map(|k| async move {
+            let h = Harness::new(&format!("crash-down-{k}")).await;
+            let cfg = h.write_config(&h.config(FROM, None));
+            let cfg = cfg.to_str().unwrap().to_owned();
+            let apply = ["--config", cfg.as_str(), "apply", "--auto-approve"];
+            bbfleet(&h, &apply, &[]).await.expect_code(0);
+            h.write_config(&h.config(CAPACITY as u32, None));
+            if let Err(e) = crashed(&h, &[&apply[..], &SEQUENTIAL[..]].concat(), k).await {
+                return (k, vec![e]);
+            }
+            let again = bbfleet(&h, &apply, &[]).await;
+            if again.code != 0 {
+                return (
+                    k,
+                    vec![format!(
+                        "the apply after the stop failed (exit {}):\n{}",
+                        again.code, again.stderr
+                    )],
+                );
+            }
+            (k, convergence_problems(&h, &cfg, CAPACITY).await)
+        })
+        .buffer_unordered(PARALLEL)
+        .filter(|(_, p)| std::future::ready(!p.is_empty()))
+        .collect()
+        .await;
+    results.sort_by_key(|(k, _)| *k);
+    eprintln!(
+        "scale-down {FROM} -> {CAPACITY}: {writes} writes, {writes} crash points checked in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        results.is_empty(),
+        "scale-down stopped after k writes, then apply, did not converge for k in {:?}:\n{results:#?}",
+        results.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+}
