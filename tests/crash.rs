@@ -229,31 +229,32 @@ async fn destroy_stopped_after_any_write_then_destroy_leaves_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_down_stopped_after_any_write_then_apply_converges() {
-    // Not only from empty: a scale-down lowers the target (noTermination), terminates the
-    // surplus instances, then deletes runners and commands; a stop between any two of
-    // those must not leave instances or runners above the new capacity.
-    const FROM: u32 = 5;
+/// A config of `h`'s fleet.
+type ConfigFn = fn(&Harness) -> String;
+
+/// Applies `before`, then loops k over every write of the apply that brings the world to
+/// `after` (one call in flight): stopped after k writes, then applied normally, it converges.
+async fn change_crash_loop(tag: &str, before: ConfigFn, after: ConfigFn) {
     let started = std::time::Instant::now();
-    let h = Harness::new("crash-down-base").await;
-    let cfg = h.write_config(&h.config(FROM, None));
+    let h = Harness::new(&format!("crash-{tag}-base")).await;
+    let cfg = h.write_config(&before(&h));
     let cfg = cfg.to_str().unwrap().to_owned();
     let apply = ["--config", cfg.as_str(), "apply", "--auto-approve"];
     bbfleet(&h, &apply, &[]).await.expect_code(0);
-    h.write_config(&h.config(CAPACITY as u32, None));
+    h.write_config(&after(&h));
     let writes = counted_writes(&h, &[&apply[..], &SEQUENTIAL[..]].concat()).await;
     let baseline = convergence_problems(&h, &cfg, CAPACITY).await;
-    assert!(baseline.is_empty(), "a normal scale-down: {baseline:#?}");
+    assert!(baseline.is_empty(), "a normal {tag} apply: {baseline:#?}");
+    assert!(writes >= 2, "the {tag} apply made {writes} writes");
 
-    let mut results: Vec<(u64, Vec<String>)> = stream::iter(0..writes)
+    let mut failures: Vec<(u64, Vec<String>)> = stream::iter(0..writes)
         .map(|k| async move {
-            let h = Harness::new(&format!("crash-down-{k}")).await;
-            let cfg = h.write_config(&h.config(FROM, None));
+            let h = Harness::new(&format!("crash-{tag}-{k}")).await;
+            let cfg = h.write_config(&before(&h));
             let cfg = cfg.to_str().unwrap().to_owned();
             let apply = ["--config", cfg.as_str(), "apply", "--auto-approve"];
             bbfleet(&h, &apply, &[]).await.expect_code(0);
-            h.write_config(&h.config(CAPACITY as u32, None));
+            h.write_config(&after(&h));
             if let Err(e) = crashed(&h, &[&apply[..], &SEQUENTIAL[..]].concat(), k).await {
                 return (k, vec![e]);
             }
@@ -273,14 +274,47 @@ async fn scale_down_stopped_after_any_write_then_apply_converges() {
         .filter(|(_, p)| std::future::ready(!p.is_empty()))
         .collect()
         .await;
-    results.sort_by_key(|(k, _)| *k);
+    failures.sort_by_key(|(k, _)| *k);
     eprintln!(
-        "scale-down {FROM} -> {CAPACITY}: {writes} writes, {writes} crash points checked in {:.1} s",
+        "{tag}: {writes} writes, {writes} crash points checked in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(
-        results.is_empty(),
-        "scale-down stopped after k writes, then apply, did not converge for k in {:?}:\n{results:#?}",
-        results.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        failures.is_empty(),
+        "{tag} stopped after k writes, then apply, did not converge for k in {:?}:\n{failures:#?}",
+        failures.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_stopped_after_any_write_then_apply_converges() {
+    // A scale-down lowers the target (noTermination), terminates the surplus instances,
+    // then deletes runners and commands; a stop between any two of those must not leave
+    // instances or runners above the new capacity.
+    change_crash_loop(
+        "down",
+        |h| h.config(5, None),
+        |h| h.config(CAPACITY as u32, None),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacement_stopped_after_any_write_then_apply_converges() {
+    // New instance types and a new root volume size: a new launch template version, a new
+    // fleet request, then the old one cancelled. Stopped in between, two live requests
+    // exist until the next apply cancels the old one.
+    change_crash_loop(
+        "swap",
+        |h| h.config(CAPACITY as u32, None),
+        |h| {
+            h.config(CAPACITY as u32, None)
+                .replace("\"c6i.xlarge\"", "\"c6a.xlarge\"")
+                .replace(
+                    "instance_profile = \"bbfleet-runner\"\n",
+                    "instance_profile = \"bbfleet-runner\"\nroot_volume_gb = 60\n",
+                )
+        },
+    )
+    .await;
 }
