@@ -318,3 +318,22 @@ async fn replacement_stopped_after_any_write_then_apply_converges() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_fault_hook_value_is_refused_before_any_call() {
+    let (h, cfg) = world("crash-badhook").await;
+    let run = bbfleet(
+        &h,
+        &["--config", &cfg, "apply", "--auto-approve"],
+        &[("BBFLEET_FAULT_AFTER_WRITES", "three")],
+    )
+    .await;
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("BBFLEET_FAULT_AFTER_WRITES: \"three\" is not a number"),
+        "{}",
+        run.stderr
+    );
+    assert!(h.fake.requests().is_empty() && h.recorder.calls().is_empty());
+}
