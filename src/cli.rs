@@ -249,7 +249,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let stats = CallStats::default();
+    // BBFLEET_FAULT_AFTER_WRITES is a testing hook (tests/crash.rs); unset, nothing changes.
+    let stats = match CallStats::from_env(|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let result = runtime.block_on(run(cli, &stats));
     write_stats(&stats);
     match result {

@@ -3,6 +3,11 @@
 //! Endpoints, credentials and region come from the standard chain (profiles, web
 //! identity for Bitbucket OIDC, `AWS_ENDPOINT_URL` for emulators). Every call is
 //! counted by an interceptor, per attempt on the wire.
+//!
+//! Retries are the SDK's own (standard mode, [`AWS_MAX_ATTEMPTS`] attempts): its
+//! classifier retries throttling codes (`ThrottlingException`, `RequestLimitExceeded`, ...),
+//! 5xx and transport errors with back-off. The interceptor logs every retry at debug
+//! level with the failure that caused it, so `-vv` shows how often AWS pushed back.
 
 pub mod actions;
 pub mod ec2;
@@ -12,12 +17,15 @@ pub mod ssm;
 
 use aws_config::BehaviorVersion;
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -106,9 +114,17 @@ impl HttpStatus for aws_smithy_runtime_api::http::Response {
     }
 }
 
-/// Counts every attempt that goes on the wire, by `service:Operation`.
+/// Counts every attempt that goes on the wire, by `service:Operation`, and logs retries.
 #[derive(Debug, Clone)]
 struct CallCounter(CallStats);
+
+/// Why the previous attempt of the call in progress failed (kept for the retry's log line).
+#[derive(Debug, Clone)]
+struct FailedAttempt(String);
+
+impl Storable for FailedAttempt {
+    type Storer = StoreReplace<Self>;
+}
 
 impl Intercept for CallCounter {
     fn name(&self) -> &'static str {
@@ -128,6 +144,20 @@ impl Intercept for CallCounter {
                 .next()
                 .unwrap_or("aws")
                 .to_owned();
+            let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+            if attempt > 1 {
+                let cause = cfg
+                    .load::<FailedAttempt>()
+                    .map_or("unknown", |f| f.0.as_str());
+                tracing::debug!(
+                    service,
+                    operation = md.name(),
+                    attempt,
+                    max_attempts = AWS_MAX_ATTEMPTS,
+                    cause,
+                    "AWS call failed; the SDK retries it"
+                );
+            }
             self.0.record(&service, md.name(), aws_kind(md.name()));
             tracing::debug!(service, operation = md.name(), "aws");
             // Tests run debug builds: a call missing from the IAM action table fails there,
@@ -142,19 +172,45 @@ impl Intercept for CallCounter {
         }
         Ok(())
     }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // Only remembered here: the retry classifier decides after this hook, and the next
+        // attempt (if any) logs it.
+        if let Some(Err(err)) = context.output_or_error() {
+            let status = context.response().map_or_else(
+                || "no response".to_owned(),
+                |r| format!("HTTP {}", r.status().as_u16()),
+            );
+            let what = match err.as_operation_error() {
+                Some(e) => e.to_string(),
+                None => err.to_string(),
+            };
+            cfg.interceptor_state()
+                .store_put(FailedAttempt(format!("{status}: {what}")));
+        }
+        Ok(())
+    }
 }
 
 /// Attempts per AWS call, the first included.
-const AWS_MAX_ATTEMPTS: u32 = 6;
+pub const AWS_MAX_ATTEMPTS: u32 = 6;
 
 impl Aws {
     /// Loads the shared config (region from `region`, else the chain) and builds the clients.
     pub async fn connect(region: Option<&str>, stats: &CallStats) -> Result<Aws, AwsError> {
-        // Adaptive retries: throttling (and transient 5xx) responses are retried with
-        // back-off and slow the client's own send rate, so a wide fan-out (32 puts in
-        // flight) backs off instead of failing. Six attempts make a lost call rare.
+        // Standard retries: throttling and transient 5xx responses are retried with
+        // jittered exponential back-off (each call waits on its own, so a wide fan-out of
+        // 32 puts spreads out instead of failing); six attempts make a lost call rare.
+        // Not adaptive mode: after one throttle its client-side limiter falls to 0.5
+        // requests/s per service for the rest of the run (tests/flaky.rs measured an apply
+        // of capacity 5 going from ~1 s to 94 s with six throttles).
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
-            aws_config::retry::RetryConfig::adaptive().with_max_attempts(AWS_MAX_ATTEMPTS),
+            aws_config::retry::RetryConfig::standard().with_max_attempts(AWS_MAX_ATTEMPTS),
         );
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));

@@ -440,8 +440,10 @@ pub fn plan_apply(
         .iter()
         .filter_map(|r| claimed_by(&bare_uuid(&r.uuid)))
         .collect();
-    if let Some(f) = keep.filter(|f| (target as i32) < f.target) {
-        // The target drops with noTermination: surplus instances holding no kept runner go too.
+    if let Some(f) = keep {
+        // The target drops with noTermination: surplus instances holding no kept runner go
+        // too. Checked at every apply, not only when the target drops: a run stopped between
+        // lowering the target and terminating leaves the fleet above target for good.
         let kept_claims: BTreeSet<String> = healthy
             .iter()
             .filter(|r| !victims.iter().any(|v| v.uuid == r.uuid))

@@ -5,3 +5,4 @@ pub mod harness;
 pub mod imds;
 pub mod moto;
 pub mod recorder;
+pub mod world;
