@@ -485,7 +485,10 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
 /// Serde's Rust type names in words a config author knows.
 fn plain_types(message: &str) -> String {
     let message = [
-        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
         ("expected u64", "expected a whole number of 0 or more"),
         ("expected f64", "expected a number"),
         ("expected a sequence", "expected an array [...]"),

@@ -101,9 +101,17 @@ async fn check(h: &Harness, case: &Case) -> Run {
     h.fake.clear_requests();
     h.recorder.clear();
     let path = h.dir.path().join(format!("{}.toml", case.name));
-    std::fs::write(&path, case.config.clone().unwrap_or_else(|| h.config(2, None))).unwrap();
+    std::fs::write(
+        &path,
+        case.config.clone().unwrap_or_else(|| h.config(2, None)),
+    )
+    .unwrap();
     let path = path.to_str().unwrap().to_owned();
-    let args: Vec<String> = case.args.iter().map(|a| a.replace("{config}", &path)).collect();
+    let args: Vec<String> = case
+        .args
+        .iter()
+        .map(|a| a.replace("{config}", &path))
+        .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for f in &case.faults {
         h.fake.inject(f.clone());
@@ -134,10 +142,16 @@ async fn check(h: &Harness, case: &Case) -> Run {
         "{name}: the error is one short paragraph\n{out}"
     );
     for bad in NOT_A_MESSAGE {
-        assert!(!run.stderr.contains(bad), "{name}: {bad:?} in stderr\n{out}");
+        assert!(
+            !run.stderr.contains(bad),
+            "{name}: {bad:?} in stderr\n{out}"
+        );
     }
     for want in &case.expect {
-        assert!(error.contains(want), "{name}: {want:?} not in the error\n{out}");
+        assert!(
+            error.contains(want),
+            "{name}: {want:?} not in the error\n{out}"
+        );
     }
     let mut secrets: Vec<String> = SECRETS.iter().map(|s| s.to_string()).collect();
     secrets.extend(h.fake.issued_secrets());
@@ -162,11 +176,17 @@ async fn check_all(h: &Harness, cases: &[Case]) {
     for case in cases {
         assert!(names.insert(case.name), "duplicate case name {}", case.name);
         let started = std::time::Instant::now();
-        let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(check(h, case))).await;
+        let result =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(check(h, case))).await;
         match result {
             Ok(run) => {
                 let error = run.stderr.find("error: ").map_or("", |i| &run.stderr[i..]);
-                eprintln!("{} ({:?}): {}", case.name, started.elapsed(), error.trim_end());
+                eprintln!(
+                    "{} ({:?}): {}",
+                    case.name,
+                    started.elapsed(),
+                    error.trim_end()
+                );
             }
             Err(_) => failed.push(case.name),
         }
@@ -275,49 +295,100 @@ async fn bad_config_files() {
 async fn bad_environments_and_arguments() {
     let h = Harness::new("badenv").await;
     let cases = vec![
-        Case::new("no_credentials", &["no Bitbucket credentials in the environment", "BITBUCKET_ACCESS_TOKEN"])
-            .env(&[]),
-        Case::new("half_basic", &["BITBUCKET_EMAIL is set but BITBUCKET_API_TOKEN is not"])
-            .env(&[("BITBUCKET_EMAIL", "dev@example.com")]),
-        Case::new("conflicting_modes", &["conflicting Bitbucket credentials", "BITBUCKET_ACCESS_TOKEN"])
-            .env(&[
-                ("BITBUCKET_EMAIL", "dev@example.com"),
-                ("BITBUCKET_API_TOKEN", "canary-token-1"),
-                ("BITBUCKET_ACCESS_TOKEN", "canary-token-2"),
-            ]),
+        Case::new(
+            "no_credentials",
+            &[
+                "no Bitbucket credentials in the environment",
+                "BITBUCKET_ACCESS_TOKEN",
+            ],
+        )
+        .env(&[]),
+        Case::new(
+            "half_basic",
+            &["BITBUCKET_EMAIL is set but BITBUCKET_API_TOKEN is not"],
+        )
+        .env(&[("BITBUCKET_EMAIL", "dev@example.com")]),
+        Case::new(
+            "conflicting_modes",
+            &[
+                "conflicting Bitbucket credentials",
+                "BITBUCKET_ACCESS_TOKEN",
+            ],
+        )
+        .env(&[
+            ("BITBUCKET_EMAIL", "dev@example.com"),
+            ("BITBUCKET_API_TOKEN", "canary-token-1"),
+            ("BITBUCKET_ACCESS_TOKEN", "canary-token-2"),
+        ]),
         Case::new("empty_token", &["BITBUCKET_ACCESS_TOKEN is set but empty"])
             .env(&[("BITBUCKET_ACCESS_TOKEN", "  ")]),
-        Case::new("oauth_id_without_secret", &["BITBUCKET_OAUTH_CLIENT_ID is set but BITBUCKET_OAUTH_CLIENT_SECRET is not"])
-            .env(&[("BITBUCKET_OAUTH_CLIENT_ID", "fake-client-id")]),
-        Case::new("oauth_token_url_http", &["BITBUCKET_OAUTH_TOKEN_URL", "must be https"])
-            .env(&[
-                ("BITBUCKET_OAUTH_CLIENT_ID", "fake-client-id"),
-                ("BITBUCKET_OAUTH_CLIENT_SECRET", "canary-secret-1"),
-                ("BITBUCKET_OAUTH_TOKEN_URL", "http://bitbucket.example.com/site/oauth2/access_token"),
-            ]),
-        Case::new("api_url_env_http", &["BITBUCKET_API_URL", "must be https"])
-            .env(&[
-                ("BITBUCKET_ACCESS_TOKEN", "canary-token-3"),
-                ("BITBUCKET_API_URL", "http://bitbucket.example.com/2.0"),
-            ]),
-        Case::new("api_url_env_garbage", &["BITBUCKET_API_URL"])
-            .env(&[
-                ("BITBUCKET_ACCESS_TOKEN", "canary-token-4"),
-                ("BITBUCKET_API_URL", "not a url"),
-            ]),
-        Case::new("wrong_token_401", &["did not accept the access token", "401"])
-            .env(&[("BITBUCKET_ACCESS_TOKEN", "canary-token-5")]),
-        Case::new("capacity_above_max", &["--capacity", "50", "20"])
-            .args(&["--config", "{config}", "apply", "--auto-approve", "--capacity", "50"]),
-        Case::new("at_garbage", &["--at: \"yesterday-ish\" is not an RFC 3339 instant"])
-            .args(&["--config", "{config}", "apply", "--auto-approve", "--at", "yesterday-ish"]),
-        Case::new("autoscale_interval_garbage", &["--interval", "\"soon\" is not a duration"])
-            .config(edit(
-                &h.config(2, None),
-                "max = 20\n",
-                "max = 20\n[capacity.autoscale]\nmin = 1\n",
-            ))
-            .args(&["--config", "{config}", "autoscale", "--once", "--interval", "soon"]),
+        Case::new(
+            "oauth_id_without_secret",
+            &["BITBUCKET_OAUTH_CLIENT_ID is set but BITBUCKET_OAUTH_CLIENT_SECRET is not"],
+        )
+        .env(&[("BITBUCKET_OAUTH_CLIENT_ID", "fake-client-id")]),
+        Case::new(
+            "oauth_token_url_http",
+            &["BITBUCKET_OAUTH_TOKEN_URL", "must be https"],
+        )
+        .env(&[
+            ("BITBUCKET_OAUTH_CLIENT_ID", "fake-client-id"),
+            ("BITBUCKET_OAUTH_CLIENT_SECRET", "canary-secret-1"),
+            (
+                "BITBUCKET_OAUTH_TOKEN_URL",
+                "http://bitbucket.example.com/site/oauth2/access_token",
+            ),
+        ]),
+        Case::new("api_url_env_http", &["BITBUCKET_API_URL", "must be https"]).env(&[
+            ("BITBUCKET_ACCESS_TOKEN", "canary-token-3"),
+            ("BITBUCKET_API_URL", "http://bitbucket.example.com/2.0"),
+        ]),
+        Case::new("api_url_env_garbage", &["BITBUCKET_API_URL"]).env(&[
+            ("BITBUCKET_ACCESS_TOKEN", "canary-token-4"),
+            ("BITBUCKET_API_URL", "not a url"),
+        ]),
+        Case::new(
+            "wrong_token_401",
+            &["did not accept the access token", "401"],
+        )
+        .env(&[("BITBUCKET_ACCESS_TOKEN", "canary-token-5")]),
+        Case::new("capacity_above_max", &["--capacity", "50", "20"]).args(&[
+            "--config",
+            "{config}",
+            "apply",
+            "--auto-approve",
+            "--capacity",
+            "50",
+        ]),
+        Case::new(
+            "at_garbage",
+            &["--at: \"yesterday-ish\" is not an RFC 3339 instant"],
+        )
+        .args(&[
+            "--config",
+            "{config}",
+            "apply",
+            "--auto-approve",
+            "--at",
+            "yesterday-ish",
+        ]),
+        Case::new(
+            "autoscale_interval_garbage",
+            &["--interval", "\"soon\" is not a duration"],
+        )
+        .config(edit(
+            &h.config(2, None),
+            "max = 20\n",
+            "max = 20\n[capacity.autoscale]\nmin = 1\n",
+        ))
+        .args(&[
+            "--config",
+            "{config}",
+            "autoscale",
+            "--once",
+            "--interval",
+            "soon",
+        ]),
     ];
     check_all(&h, &cases).await;
 }
@@ -336,50 +407,123 @@ async fn bad_bitbucket_answers() {
     assert!(other.status().is_success());
     let list = "GET /2.0/workspaces/acme/pipelines-config/runners";
     let cases = vec![
-        Case::new("malformed_json", &[list, "not JSON: EOF while parsing", "body starts: \"{\\\"values\\\": [\""])
-            .fault(Fault::MalformedJson { count: 1, path_contains: on_runners() }),
-        Case::new("html_error_page", &[list, "502", "an HTML page, not the API's JSON", "still failed after 6 attempts"])
-            .fault(Fault::HtmlError { count: 6, path_contains: on_runners() }),
-        Case::new("runner_without_uuid", &[list, "values[0]: missing field `uuid`"])
-            .fault(Fault::MissingField { field: "uuid".to_owned(), count: 1, path_contains: on_runners() }),
-        Case::new("labels_a_string", &[list, "values[0].labels: invalid type: string \"linux\", expected a sequence"])
-            .fault(Fault::WrongType {
-                field: "labels".to_owned(),
-                value: serde_json::json!("linux"),
-                count: 1,
-                path_contains: on_runners(),
-            }),
-        Case::new("status_a_number", &[list, "values[0].state.status: invalid type: integer `5`, expected a string"])
-            .fault(Fault::WrongType {
-                field: "state.status".to_owned(),
-                value: serde_json::json!(5),
-                count: 1,
-                path_contains: on_runners(),
-            }),
-        Case::new("workspace_without_uuid", &["GET /2.0/workspaces/acme", "missing field `uuid`"])
-            .fault(Fault::MissingField { field: "uuid".to_owned(), count: 1, path_contains: Some("/workspaces/acme".to_owned()) }),
-        Case::new("huge_page", &[list, "response larger than 8 MB"])
-            .fault(Fault::HugeBody { bytes: 50 << 20, count: 1, path_contains: on_runners() }),
+        Case::new(
+            "malformed_json",
+            &[
+                list,
+                "not JSON: EOF while parsing",
+                "body starts: \"{\\\"values\\\": [\"",
+            ],
+        )
+        .fault(Fault::MalformedJson {
+            count: 1,
+            path_contains: on_runners(),
+        }),
+        Case::new(
+            "html_error_page",
+            &[
+                list,
+                "502",
+                "an HTML page, not the API's JSON",
+                "still failed after 6 attempts",
+            ],
+        )
+        .fault(Fault::HtmlError {
+            count: 6,
+            path_contains: on_runners(),
+        }),
+        Case::new(
+            "runner_without_uuid",
+            &[list, "values[0]: missing field `uuid`"],
+        )
+        .fault(Fault::MissingField {
+            field: "uuid".to_owned(),
+            count: 1,
+            path_contains: on_runners(),
+        }),
+        Case::new(
+            "labels_a_string",
+            &[
+                list,
+                "values[0].labels: invalid type: string \"linux\", expected a sequence",
+            ],
+        )
+        .fault(Fault::WrongType {
+            field: "labels".to_owned(),
+            value: serde_json::json!("linux"),
+            count: 1,
+            path_contains: on_runners(),
+        }),
+        Case::new(
+            "status_a_number",
+            &[
+                list,
+                "values[0].state.status: invalid type: integer `5`, expected a string",
+            ],
+        )
+        .fault(Fault::WrongType {
+            field: "state.status".to_owned(),
+            value: serde_json::json!(5),
+            count: 1,
+            path_contains: on_runners(),
+        }),
+        Case::new(
+            "workspace_without_uuid",
+            &["GET /2.0/workspaces/acme: missing field `uuid`"],
+        )
+        .fault(Fault::MissingField {
+            field: "uuid".to_owned(),
+            count: 1,
+            path_contains: Some("/workspaces/acme$".to_owned()),
+        }),
+        Case::new("huge_page", &[list, "response larger than 8 MB"]).fault(Fault::HugeBody {
+            bytes: 50 << 20,
+            count: 1,
+            path_contains: on_runners(),
+        }),
         Case::new("looping_next", &[list, "pagination loop"])
             .fault(Fault::LoopingNext { count: 2 }),
-        Case::new("next_to_another_origin", &[list, "leaves the API's origin (http://bitbucket.example.com)", "not following it with credentials"])
-            .fault(Fault::NextLink { url: "http://bitbucket.example.com/2.0/x?page=2".to_owned(), count: 1 }),
-        Case::new("forbidden_403", &["(403)", "Access denied.", "read:runner:bitbucket"])
-            .fault(Fault::ClientError {
-                status: 403,
-                message: "Access denied.".to_owned(),
-                count: 2,
-                path_contains: Some("/workspaces/acme".to_owned()),
-            }),
-        Case::new("unauthorized_401", &["did not accept the access token", "(401)"])
-            .fault(Fault::ClientError {
-                status: 401,
-                message: "Token is invalid, expired, or not supported for this endpoint.".to_owned(),
-                count: 2,
-                path_contains: Some("/workspaces/acme".to_owned()),
-            }),
-        Case::new("unknown_workspace_404", &["Bitbucket has no workspace nope", "404"])
-            .config(edit(&h.config(2, None), "workspace = \"acme\"", "workspace = \"nope\"")),
+        Case::new(
+            "next_to_another_origin",
+            &[
+                list,
+                "leaves the API's origin (http://bitbucket.example.com)",
+                "not following it with credentials",
+            ],
+        )
+        .fault(Fault::NextLink {
+            url: "http://bitbucket.example.com/2.0/x?page=2".to_owned(),
+            count: 1,
+        }),
+        Case::new(
+            "forbidden_403",
+            &["(403)", "Access denied.", "read:runner:bitbucket"],
+        )
+        .fault(Fault::ClientError {
+            status: 403,
+            message: "Access denied.".to_owned(),
+            count: 2,
+            path_contains: Some("/workspaces/acme".to_owned()),
+        }),
+        Case::new(
+            "unauthorized_401",
+            &["did not accept the access token", "(401)"],
+        )
+        .fault(Fault::ClientError {
+            status: 401,
+            message: "Token is invalid, expired, or not supported for this endpoint.".to_owned(),
+            count: 2,
+            path_contains: Some("/workspaces/acme".to_owned()),
+        }),
+        Case::new(
+            "unknown_workspace_404",
+            &["Bitbucket has no workspace nope", "404"],
+        )
+        .config(edit(
+            &h.config(2, None),
+            "workspace = \"acme\"",
+            "workspace = \"nope\"",
+        )),
     ];
     check_all(&h, &cases).await;
 }
@@ -395,12 +539,29 @@ async fn bad_aws_references() {
     let id = key.key_metadata().unwrap().key_id().to_owned();
     kms.disable_key().key_id(&id).send().await.unwrap();
     let cases = vec![
-        Case::new("subnet_does_not_exist", &["spot.subnets", "subnet-0123456789abcdef0"])
-            .config(edit(&base, &format!("{:?}", h.subnets[1].0), "\"subnet-0123456789abcdef0\"")),
-        Case::new("ami_does_not_exist", &["instance.ami: AMI ami-0123456789abcdef0 does not exist"])
-            .config(edit(&base, "os = \"al2023\"", "os = \"al2023\"\nami = \"ami-0123456789abcdef0\"")),
-        Case::new("kms_key_disabled", &["kms.key", "is Disabled (must be Enabled)"])
-            .config(format!("{base}\n[kms]\nkey = \"{arn}\"\n")),
+        Case::new(
+            "subnet_does_not_exist",
+            &["spot.subnets[1]: subnet-0123456789abcdef0 does not exist in us-east-1"],
+        )
+        .config(edit(
+            &base,
+            &format!("{:?}", h.subnets[1].0),
+            "\"subnet-0123456789abcdef0\"",
+        )),
+        Case::new(
+            "ami_does_not_exist",
+            &["instance.ami: AMI ami-0123456789abcdef0 does not exist"],
+        )
+        .config(edit(
+            &base,
+            "os = \"al2023\"",
+            "os = \"al2023\"\nami = \"ami-0123456789abcdef0\"",
+        )),
+        Case::new(
+            "kms_key_disabled",
+            &["kms.key", "is Disabled (must be Enabled)"],
+        )
+        .config(format!("{base}\n[kms]\nkey = \"{arn}\"\n")),
     ];
     check_all(&h, &cases).await;
 }
@@ -422,7 +583,14 @@ async fn a_lost_answer_mid_apply_stops_safely_and_the_next_apply_converges() {
     });
     let run = h
         .run(
-            &["--config", cfg, "apply", "--auto-approve", "--concurrency", "1"],
+            &[
+                "--config",
+                cfg,
+                "apply",
+                "--auto-approve",
+                "--concurrency",
+                "1",
+            ],
             &Harness::token(),
         )
         .await;
@@ -450,7 +618,11 @@ async fn a_lost_answer_mid_apply_stops_safely_and_the_next_apply_converges() {
         0,
         "no fleet was requested after the failure"
     );
-    assert_eq!(h.runners(None).len(), 2, "one created, one created with a lost answer");
+    assert_eq!(
+        h.runners(None).len(),
+        2,
+        "one created, one created with a lost answer"
+    );
 
     let again = h.apply(cfg, &[]).await;
     let mut all = format!("{out}{}{}", again.stdout, again.stderr);
@@ -469,11 +641,25 @@ async fn a_lost_answer_mid_apply_stops_safely_and_the_next_apply_converges() {
     let runners = h.fake.runners("acme", None);
     assert_eq!(runners.len(), 3, "no orphan runner: {runners:#?}");
     for r in &runners {
-        let uuid = r["uuid"].as_str().unwrap().trim_matches(|c| c == '{' || c == '}');
+        let uuid = r["uuid"]
+            .as_str()
+            .unwrap()
+            .trim_matches(|c| c == '{' || c == '}');
         assert!(stored.contains(uuid), "runner {r} has no stored command");
     }
     assert_eq!(stored.len(), 3, "no orphan command: {stored:?}");
-    let plan = h.run(&["--config", cfg, "plan", "--detailed-exitcode", "--no-preflight"], &Harness::token()).await;
+    let plan = h
+        .run(
+            &[
+                "--config",
+                cfg,
+                "plan",
+                "--detailed-exitcode",
+                "--no-preflight",
+            ],
+            &Harness::token(),
+        )
+        .await;
     plan.expect_code(0);
     all.push_str(&plan.stdout);
     for s in h.fake.issued_secrets() {

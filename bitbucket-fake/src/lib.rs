@@ -124,7 +124,8 @@ pub struct RecordedRequest {
     pub body: Option<serde_json::Value>,
 }
 
-/// A scripted fault; applies to the next matching `/2.0` request(s).
+/// A scripted fault; applies to the next matching `/2.0` request(s). `path_contains`
+/// matches a part of the path, or its end when it ends in `$` (`/workspaces/acme$`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// 429 `text/plain` "Rate limit for this resource has been exceeded";

@@ -236,6 +236,15 @@ pub(crate) fn rewrite_answer(fault: &Fault, body: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
 }
 
+/// `filter` occurs in the path; a filter ending in `$` must end it (so
+/// `/workspaces/acme$` picks the workspace, not its runners).
+fn path_matches(filter: &str, raw_path: &str, decoded_path: &str) -> bool {
+    match filter.strip_suffix('$') {
+        Some(end) => raw_path.ends_with(end) || decoded_path.ends_with(end),
+        None => raw_path.contains(filter) || decoded_path.contains(filter),
+    }
+}
+
 fn split_field(field: &str) -> (&str, &str) {
     field.rsplit_once('.').unwrap_or(("", field))
 }
@@ -342,7 +351,7 @@ impl State {
         let matches = |f: &Fault| {
             f.count() > 0
                 && f.path_filter()
-                    .is_none_or(|p| raw_path.contains(p) || decoded_path.contains(p))
+                    .is_none_or(|p| path_matches(p, raw_path, decoded_path))
         };
         let mut taken = TakenFaults::default();
         for fault in self.faults.iter_mut() {

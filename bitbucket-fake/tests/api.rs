@@ -1102,6 +1102,15 @@ async fn bad_answer_faults() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["message"], "Access denied.");
     assert_eq!(c.get(&list).await.status, 200);
+    // A path filter ending in `$` matches the end of the path only.
+    c.fake.inject(Fault::ClientError {
+        status: 404,
+        message: "No such workspace.".to_owned(),
+        count: 1,
+        path_contains: Some("/workspaces/acme$".to_owned()),
+    });
+    assert_eq!(c.get(&list).await.status, 200);
+    assert_eq!(c.get(WS).await.status, 404);
 
     // A field removed from every runner of a page, and from a single runner.
     c.fake.inject(Fault::MissingField {

@@ -502,7 +502,10 @@ impl Bitbucket {
                 (p, true) if p != "." => format!("{p}: {inner}"),
                 (_, true) => inner.to_string(),
                 _ if quotable => format!("not JSON: {inner} (body starts: {})", excerpt(&bytes)),
-                _ => format!("not JSON: {inner} (body of {} bytes not quoted: it may hold a secret)", bytes.len()),
+                _ => format!(
+                    "not JSON: {inner} (body of {} bytes not quoted: it may hold a secret)",
+                    bytes.len()
+                ),
             };
             BitbucketError::InvalidResponse { call, message }
         })
@@ -575,12 +578,12 @@ impl Bitbucket {
                     last: format!("status {status}"),
                 });
             }
-            let bytes = read_limited(response)
-                .await
-                .map_err(|message| BitbucketError::InvalidResponse {
+            let bytes = read_limited(response).await.map_err(|message| {
+                BitbucketError::InvalidResponse {
                     call: call.clone(),
                     message,
-                })?;
+                }
+            })?;
             if !status.is_success() {
                 return Err(BitbucketError::Unauthorized {
                     kind: self.credentials.kind(),
