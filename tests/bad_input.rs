@@ -481,6 +481,18 @@ async fn bad_bitbucket_answers() {
             count: 1,
             path_contains: on_runners(),
         }),
+        Case::new(
+            "page_beyond_pagelen",
+            &[
+                list,
+                "a page holds 5000 runners, more than the 100 asked for",
+            ],
+        )
+        .fault(Fault::OversizedPage {
+            values: 5000,
+            count: 1,
+            path_contains: on_runners(),
+        }),
         Case::new("looping_next", &[list, "pagination loop"])
             .fault(Fault::LoopingNext { count: 2 }),
         Case::new(

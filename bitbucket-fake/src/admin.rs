@@ -206,7 +206,7 @@ pub(crate) enum FaultSpec {
 /// `server_error` (`status`), `delay` (`ms`), `malformed_json`, `html_error`,
 /// `looping_next`, `client_error` (`status`, `message`), `huge_body` (`bytes`),
 /// `truncated_answer`, `missing_field` (`field`), `wrong_type` (`field`, `value`),
-/// `next_link` (`url`), `random` (`rate_429`, `rate_500`, `retry_after`), `clear`.
+/// `oversized_page` (`values`), `next_link` (`url`), `random` (`rate_429`, `rate_500`, `retry_after`), `clear`.
 /// `count` defaults to 1. With `method` (and `skip`), a scripted fault applies only to
 /// requests of that method, after `skip` of them.
 pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String> {
@@ -328,6 +328,16 @@ pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String
         "wrong_type" => Fault::WrongType {
             field: string("field")?,
             value: body.get("value").cloned().ok_or("body needs a 'value'")?,
+            count,
+            path_contains,
+        },
+        "oversized_page" => Fault::OversizedPage {
+            values: body
+                .get("values")
+                .and_then(Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= 1_000_000)
+                .ok_or("'values' must be an integer up to 1000000")?,
             count,
             path_contains,
         },

@@ -193,6 +193,13 @@ pub enum Fault {
         count: usize,
         path_contains: Option<String>,
     },
+    /// The real page with its `values` repeated up to `values` entries (Bitbucket never
+    /// sends more than the `pagelen` asked for, at most 100).
+    OversizedPage {
+        values: usize,
+        count: usize,
+        path_contains: Option<String>,
+    },
     /// The next list response(s) carry `next` = `url` (e.g. another origin).
     NextLink { url: String, count: usize },
     /// `fault` applies only to requests with `method`, once `skip` of them passed untouched
@@ -217,6 +224,7 @@ impl Fault {
             | Fault::TruncatedAnswer { count, .. }
             | Fault::MissingField { count, .. }
             | Fault::WrongType { count, .. }
+            | Fault::OversizedPage { count, .. }
             | Fault::NextLink { count, .. }
             | Fault::LoopingNext { count } => count,
             Fault::OnMethod { fault, .. } => fault.count_mut(),
@@ -235,6 +243,7 @@ impl Fault {
             | Fault::TruncatedAnswer { count, .. }
             | Fault::MissingField { count, .. }
             | Fault::WrongType { count, .. }
+            | Fault::OversizedPage { count, .. }
             | Fault::NextLink { count, .. }
             | Fault::LoopingNext { count } => *count,
             Fault::OnMethod { fault, .. } => fault.count(),
@@ -252,7 +261,8 @@ impl Fault {
             | Fault::HugeBody { path_contains, .. }
             | Fault::TruncatedAnswer { path_contains, .. }
             | Fault::MissingField { path_contains, .. }
-            | Fault::WrongType { path_contains, .. } => path_contains.as_deref(),
+            | Fault::WrongType { path_contains, .. }
+            | Fault::OversizedPage { path_contains, .. } => path_contains.as_deref(),
             Fault::LoopingNext { .. } | Fault::NextLink { .. } => None,
             Fault::OnMethod { fault, .. } => fault.path_filter(),
         }
@@ -262,7 +272,10 @@ impl Fault {
     pub(crate) fn rewrites_answer(&self) -> bool {
         matches!(
             self,
-            Fault::TruncatedAnswer { .. } | Fault::MissingField { .. } | Fault::WrongType { .. }
+            Fault::TruncatedAnswer { .. }
+                | Fault::MissingField { .. }
+                | Fault::WrongType { .. }
+                | Fault::OversizedPage { .. }
         )
     }
 }

@@ -212,6 +212,14 @@ pub(crate) fn rewrite_answer(fault: &Fault, body: &[u8]) -> Vec<u8> {
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
         return body.to_vec();
     };
+    if let (Fault::OversizedPage { values, .. }, Some(Value::Array(items))) =
+        (fault, v.get_mut("values"))
+    {
+        if let Some(first) = items.first().cloned() {
+            let more = values.saturating_sub(items.len());
+            items.extend(std::iter::repeat_n(first, more));
+        }
+    }
     let targets: Vec<&mut Value> = match v.get_mut("values") {
         Some(Value::Array(items)) => items.iter_mut().collect(),
         _ => vec![&mut v],
@@ -288,7 +296,8 @@ fn fault_response(fault: &Fault) -> Response {
         | Fault::OnMethod { .. }
         | Fault::TruncatedAnswer { .. }
         | Fault::MissingField { .. }
-        | Fault::WrongType { .. } => {
+        | Fault::WrongType { .. }
+        | Fault::OversizedPage { .. } => {
             crate::api::error(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong")
         }
     }

@@ -1140,6 +1140,16 @@ async fn bad_answer_faults() {
         "UNREGISTERED"
     );
 
+    // A page far beyond its pagelen.
+    c.fake.inject(Fault::OversizedPage {
+        values: 500,
+        count: 1,
+        path_contains: None,
+    });
+    let page = c.get(&format!("{list}?pagelen=10")).await.json();
+    assert_eq!(page["values"].as_array().unwrap().len(), 500);
+    assert_eq!(page["values"][499]["name"], "a");
+
     // The next link points where the fault says.
     c.fake.inject(Fault::NextLink {
         url: "http://other.example/2.0/x".to_owned(),
