@@ -46,6 +46,8 @@ struct Case {
     faults: Vec<Fault>,
     /// Substrings of stderr that name the field or cause.
     expect: Vec<&'static str>,
+    /// Refused before any remote call, reads included.
+    offline: bool,
 }
 
 impl Case {
@@ -59,7 +61,13 @@ impl Case {
             env: None,
             faults: Vec::new(),
             expect: expect.to_vec(),
+            offline: false,
         }
+    }
+
+    fn offline(mut self) -> Case {
+        self.offline = true;
+        self
     }
 
     fn config(mut self, text: String) -> Case {
@@ -162,6 +170,12 @@ async fn check(h: &Harness, case: &Case) -> Run {
         );
     }
     assert_eq!(h.fake.write_count(), 0, "{name}: Bitbucket writes\n{out}");
+    if case.offline {
+        assert!(
+            h.fake.requests().is_empty() && h.recorder.calls().is_empty(),
+            "{name}: remote calls before the input was checked\n{out}"
+        );
+    }
     assert_eq!(
         h.recorder.writes(),
         Vec::<String>::new(),
@@ -284,6 +298,7 @@ async fn bad_config_files() {
             .args(&["--config", ".", "apply", "--auto-approve"]),
     ];
     assert!(cases.len() >= 25);
+    let cases: Vec<Case> = cases.into_iter().map(Case::offline).collect();
     check_all(&h, &cases).await;
     assert!(
         h.fake.requests().is_empty() && h.recorder.calls().is_empty(),
