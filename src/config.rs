@@ -418,7 +418,7 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: origin.to_owned(),
-                    message: e.to_string().trim().replace('\n', " "),
+                    message: syntax_message(text, &e),
                 })?;
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -427,14 +427,14 @@ impl Config {
                     path: origin.to_owned(),
                     errors: vec![FieldError {
                         field: if field == "." { String::new() } else { field },
-                        message: e
-                            .into_inner()
-                            .to_string()
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .trim()
-                            .to_owned(),
+                        message: plain_types(
+                            e.into_inner()
+                                .to_string()
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .trim(),
+                        ),
                     }],
                 }
             })?;
@@ -464,6 +464,44 @@ impl Config {
             }
         }
         seen
+    }
+}
+
+/// `line L, column C: message`, on one line (the parser's own rendering draws a
+/// multi-line source excerpt).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Serde's Rust type names in words a config author knows.
+fn plain_types(message: &str) -> String {
+    let message = [
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array [...]"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (from, to)| m.replace(from, to));
+    // "expected struct RawCapacity": the internal type name means nothing to the reader.
+    match message.split_once("expected struct ") {
+        Some((head, tail)) => {
+            let rest = tail.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            format!("{head}expected a table{rest}")
+        }
+        None => message,
     }
 }
 
@@ -582,6 +620,11 @@ impl Validator {
                 continue;
             }
             if labels.contains(label) {
+                // The mandatory labels may be written out; a custom one twice is a typo.
+                if labels[..2].contains(label) {
+                    continue;
+                }
+                self.err(field, format!("{label:?} is listed twice"));
                 continue;
             }
             custom += 1;

@@ -204,8 +204,11 @@ pub(crate) enum FaultSpec {
 
 /// Parses `{"kind": …}`: `rate_limit` (`retry_after`, `count`, `path_contains`),
 /// `server_error` (`status`), `delay` (`ms`), `malformed_json`, `html_error`,
-/// `looping_next`, `random` (`rate_429`, `rate_500`, `retry_after`), `clear`.
-/// `count` defaults to 1.
+/// `looping_next`, `client_error` (`status`, `message`), `huge_body` (`bytes`),
+/// `truncated_answer`, `missing_field` (`field`), `wrong_type` (`field`, `value`),
+/// `oversized_page` (`values`), `next_link` (`url`), `random` (`rate_429`, `rate_500`, `retry_after`), `clear`.
+/// `count` defaults to 1. With `method` (and `skip`), a scripted fault applies only to
+/// requests of that method, after `skip` of them.
 pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String> {
     let kind = body
         .get("kind")
@@ -238,6 +241,13 @@ pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String
                 .filter(|r| (0.0..=1.0).contains(r))
                 .ok_or(format!("'{key}' must be a number between 0 and 1")),
         }
+    };
+    let string = |key: &str| -> Result<String, String> {
+        body.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or(format!("body needs a non-empty string '{key}'"))
     };
     let fault = match kind {
         "rate_limit" => Fault::RateLimit {
@@ -281,6 +291,60 @@ pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String
             path_contains,
         },
         "looping_next" => Fault::LoopingNext { count },
+        "client_error" => Fault::ClientError {
+            status: body
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .filter(|s| (400..=499).contains(s))
+                .ok_or("'status' must be 400..=499")?,
+            message: match body.get("message") {
+                None | Some(Value::Null) => "Access denied.".to_owned(),
+                Some(Value::String(m)) => m.clone(),
+                Some(_) => return Err("'message' must be a string".into()),
+            },
+            count,
+            path_contains,
+        },
+        "huge_body" => Fault::HugeBody {
+            bytes: body
+                .get("bytes")
+                .and_then(Value::as_u64)
+                .and_then(|b| usize::try_from(b).ok())
+                .filter(|b| *b <= 1 << 32)
+                .ok_or("'bytes' must be an integer up to 4 GiB")?,
+            count,
+            path_contains,
+        },
+        "truncated_answer" => Fault::TruncatedAnswer {
+            count,
+            path_contains,
+        },
+        "missing_field" => Fault::MissingField {
+            field: string("field")?,
+            count,
+            path_contains,
+        },
+        "wrong_type" => Fault::WrongType {
+            field: string("field")?,
+            value: body.get("value").cloned().ok_or("body needs a 'value'")?,
+            count,
+            path_contains,
+        },
+        "oversized_page" => Fault::OversizedPage {
+            values: body
+                .get("values")
+                .and_then(Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= 1_000_000)
+                .ok_or("'values' must be an integer up to 1000000")?,
+            count,
+            path_contains,
+        },
+        "next_link" => Fault::NextLink {
+            url: string("url")?,
+            count,
+        },
         "random" => {
             return Ok(FaultSpec::Random {
                 rate_429: rate("rate_429")?,
@@ -290,6 +354,27 @@ pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String
         }
         "clear" => return Ok(FaultSpec::Clear),
         other => return Err(format!("unknown fault kind '{other}'")),
+    };
+    let fault = match body.get("method") {
+        None | Some(Value::Null) => fault,
+        Some(Value::String(method))
+            if !matches!(fault, Fault::LoopingNext { .. } | Fault::NextLink { .. }) =>
+        {
+            Fault::OnMethod {
+                method: method.to_ascii_uppercase(),
+                skip: match body.get("skip") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or("'skip' must be a non-negative integer")?,
+                },
+                fault: Box::new(fault),
+            }
+        }
+        Some(_) => {
+            return Err("'method' must be a string, and not with looping_next or next_link".into())
+        }
     };
     Ok(FaultSpec::Scripted(fault))
 }

@@ -246,14 +246,31 @@ async fn api(app: &App, headers: &HeaderMap, req: &Req<'_>, decoded: &str) -> (A
     let (auth, auth_result) = authenticate(app, headers);
     let is_api = req.raw_path.starts_with("/2.0/") || req.raw_path.starts_with("/internal/");
     if is_api {
-        let (delay, fault) = app.lock().take_faults(req.raw_path, decoded);
-        if let Some(d) = delay {
+        let taken = app
+            .lock()
+            .take_faults(req.method.as_str(), req.raw_path, decoded);
+        if let Some(d) = taken.delay {
             tokio::time::sleep(d).await;
         }
-        if let Some(resp) = fault {
+        if let Some(resp) = taken.terminal {
             return (auth, resp);
         }
+        if let Some(fault) = taken.rewrite {
+            let (auth, resp) = authorized(app, auth, auth_result, req, is_api).await;
+            return (auth, rewrite(&fault, resp).await);
+        }
     }
+    authorized(app, auth, auth_result, req, is_api).await
+}
+
+/// The answer after faults: the auth error, or the routed answer under the rate limit.
+async fn authorized(
+    app: &App,
+    auth: AuthKind,
+    auth_result: Result<(), Response>,
+    req: &Req<'_>,
+    is_api: bool,
+) -> (AuthKind, Response) {
     if let Err(resp) = auth_result {
         return (auth, resp);
     }
@@ -278,6 +295,20 @@ async fn api(app: &App, headers: &HeaderMap, req: &Req<'_>, decoded: &str) -> (A
             (auth, resp)
         }
     }
+}
+
+/// Applies a rewriting fault to a handled answer, keeping its status and content type.
+async fn rewrite(fault: &crate::Fault, resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY * 16).await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "answer too large to rewrite",
+        );
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = crate::state::rewrite_answer(fault, &bytes);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Splits a path remainder into decoded segments, ignoring one trailing slash.
@@ -485,7 +516,10 @@ fn paginate(app: &App, req: &Req<'_>, items: Vec<Value>) -> Response {
     body.insert("pagelen".into(), json!(pagelen));
     body.insert("size".into(), json!(size));
     body.insert("values".into(), Value::Array(values));
-    if app.lock().take_looping_next() {
+    let next_link = app.lock().take_next_link();
+    if let Some(next) = next_link {
+        body.insert("next".into(), json!(next));
+    } else if app.lock().take_looping_next() {
         body.insert("next".into(), json!(url(page)));
     } else if page.saturating_mul(pagelen) < size {
         body.insert("next".into(), json!(url(page + 1)));

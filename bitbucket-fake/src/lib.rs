@@ -124,7 +124,8 @@ pub struct RecordedRequest {
     pub body: Option<serde_json::Value>,
 }
 
-/// A scripted fault; applies to the next matching `/2.0` request(s).
+/// A scripted fault; applies to the next matching `/2.0` request(s). `path_contains`
+/// matches a part of the path, or its end when it ends in `$` (`/workspaces/acme$`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// 429 `text/plain` "Rate limit for this resource has been exceeded";
@@ -158,6 +159,56 @@ pub enum Fault {
     },
     /// The next list response(s) carry a `next` link to the same page.
     LoopingNext { count: usize },
+    /// 4xx (400..=499) with the error envelope and `message`, e.g. 403 on the workspace.
+    ClientError {
+        status: u16,
+        message: String,
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// 200 `application/json` of about `bytes` bytes (`{"values": [], "padding": "xx..."}`),
+    /// streamed without `Content-Length`, so a client must bound what it reads itself.
+    HugeBody {
+        bytes: usize,
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// The request is handled (a write takes effect), then the answer is cut in half:
+    /// the client sees broken JSON for a change that happened.
+    TruncatedAnswer {
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// The real answer with `field` (dotted, e.g. `uuid` or `state.status`) removed from
+    /// the object, or from each of a page's `values`.
+    MissingField {
+        field: String,
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// The real answer with `field` (dotted) set to `value`, e.g. `labels` = `"linux"`.
+    WrongType {
+        field: String,
+        value: serde_json::Value,
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// The real page with its `values` repeated up to `values` entries (Bitbucket never
+    /// sends more than the `pagelen` asked for, at most 100).
+    OversizedPage {
+        values: usize,
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// The next list response(s) carry `next` = `url` (e.g. another origin).
+    NextLink { url: String, count: usize },
+    /// `fault` applies only to requests with `method`, once `skip` of them passed untouched
+    /// (e.g. the second `POST`). Wraps faults other than `LoopingNext`, `NextLink` and itself.
+    OnMethod {
+        method: String,
+        skip: usize,
+        fault: Box<Fault>,
+    },
 }
 
 impl Fault {
@@ -168,7 +219,15 @@ impl Fault {
             | Fault::Delay { count, .. }
             | Fault::MalformedJson { count, .. }
             | Fault::HtmlError { count, .. }
+            | Fault::ClientError { count, .. }
+            | Fault::HugeBody { count, .. }
+            | Fault::TruncatedAnswer { count, .. }
+            | Fault::MissingField { count, .. }
+            | Fault::WrongType { count, .. }
+            | Fault::OversizedPage { count, .. }
+            | Fault::NextLink { count, .. }
             | Fault::LoopingNext { count } => count,
+            Fault::OnMethod { fault, .. } => fault.count_mut(),
         }
     }
 
@@ -179,7 +238,15 @@ impl Fault {
             | Fault::Delay { count, .. }
             | Fault::MalformedJson { count, .. }
             | Fault::HtmlError { count, .. }
+            | Fault::ClientError { count, .. }
+            | Fault::HugeBody { count, .. }
+            | Fault::TruncatedAnswer { count, .. }
+            | Fault::MissingField { count, .. }
+            | Fault::WrongType { count, .. }
+            | Fault::OversizedPage { count, .. }
+            | Fault::NextLink { count, .. }
             | Fault::LoopingNext { count } => *count,
+            Fault::OnMethod { fault, .. } => fault.count(),
         }
     }
 
@@ -189,9 +256,27 @@ impl Fault {
             | Fault::ServerError { path_contains, .. }
             | Fault::Delay { path_contains, .. }
             | Fault::MalformedJson { path_contains, .. }
-            | Fault::HtmlError { path_contains, .. } => path_contains.as_deref(),
-            Fault::LoopingNext { .. } => None,
+            | Fault::HtmlError { path_contains, .. }
+            | Fault::ClientError { path_contains, .. }
+            | Fault::HugeBody { path_contains, .. }
+            | Fault::TruncatedAnswer { path_contains, .. }
+            | Fault::MissingField { path_contains, .. }
+            | Fault::WrongType { path_contains, .. }
+            | Fault::OversizedPage { path_contains, .. } => path_contains.as_deref(),
+            Fault::LoopingNext { .. } | Fault::NextLink { .. } => None,
+            Fault::OnMethod { fault, .. } => fault.path_filter(),
         }
+    }
+
+    /// Faults that change the real answer after the request was handled.
+    pub(crate) fn rewrites_answer(&self) -> bool {
+        matches!(
+            self,
+            Fault::TruncatedAnswer { .. }
+                | Fault::MissingField { .. }
+                | Fault::WrongType { .. }
+                | Fault::OversizedPage { .. }
+        )
     }
 }
 

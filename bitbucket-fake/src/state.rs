@@ -171,6 +171,98 @@ pub(crate) fn server_error_response(status: u16) -> Response {
     crate::api::error(status, message)
 }
 
+/// What `take_faults` selected for one request.
+#[derive(Default)]
+pub(crate) struct TakenFaults {
+    /// Sleep first.
+    pub(crate) delay: Option<Duration>,
+    /// Answer this instead of handling the request.
+    pub(crate) terminal: Option<Response>,
+    /// Handle the request, then rewrite the answer with this fault.
+    pub(crate) rewrite: Option<Fault>,
+}
+
+/// `{"values": [], "padding": "xx..."}` of about `bytes` bytes, in 64 KiB chunks without
+/// `Content-Length`, so the fake never holds the whole body.
+fn huge_body_response(bytes: usize) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = axum::body::Bytes::from(vec![b'x'; CHUNK]);
+    let head = axum::body::Bytes::from_static(br#"{"values": [], "padding": ""#);
+    let tail = axum::body::Bytes::from_static(br#""}"#);
+    let chunks = bytes.div_ceil(CHUNK);
+    let stream = futures::stream::iter(
+        std::iter::once(head)
+            .chain(std::iter::repeat_n(chunk, chunks))
+            .chain(std::iter::once(tail))
+            .map(Ok::<_, std::convert::Infallible>),
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Applies a `rewrites_answer` fault to an answer's body.
+pub(crate) fn rewrite_answer(fault: &Fault, body: &[u8]) -> Vec<u8> {
+    if let Fault::TruncatedAnswer { .. } = fault {
+        return body[..body.len() / 2].to_vec();
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return body.to_vec();
+    };
+    if let (Fault::OversizedPage { values, .. }, Some(Value::Array(items))) =
+        (fault, v.get_mut("values"))
+    {
+        if let Some(first) = items.first().cloned() {
+            let more = values.saturating_sub(items.len());
+            items.extend(std::iter::repeat_n(first, more));
+        }
+    }
+    let targets: Vec<&mut Value> = match v.get_mut("values") {
+        Some(Value::Array(items)) => items.iter_mut().collect(),
+        _ => vec![&mut v],
+    };
+    for target in targets {
+        match fault {
+            Fault::MissingField { field, .. } => {
+                let (parent, last) = split_field(field);
+                if let Some(Value::Object(o)) = walk(target, parent) {
+                    o.remove(last);
+                }
+            }
+            Fault::WrongType { field, value, .. } => {
+                let (parent, last) = split_field(field);
+                if let Some(Value::Object(o)) = walk(target, parent) {
+                    o.insert(last.to_owned(), value.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+}
+
+/// `filter` occurs in the path; a filter ending in `$` must end it (so
+/// `/workspaces/acme$` picks the workspace, not its runners).
+fn path_matches(filter: &str, raw_path: &str, decoded_path: &str) -> bool {
+    match filter.strip_suffix('$') {
+        Some(end) => raw_path.ends_with(end) || decoded_path.ends_with(end),
+        None => raw_path.contains(filter) || decoded_path.contains(filter),
+    }
+}
+
+fn split_field(field: &str) -> (&str, &str) {
+    field.rsplit_once('.').unwrap_or(("", field))
+}
+
+fn walk<'a>(v: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    path.split('.')
+        .filter(|k| !k.is_empty())
+        .try_fold(v, |v, k| v.get_mut(k))
+}
+
 fn fault_response(fault: &Fault) -> Response {
     match fault {
         Fault::RateLimit { retry_after, .. } => rate_limit_response(*retry_after),
@@ -187,8 +279,25 @@ fn fault_response(fault: &Fault) -> Response {
             "<html><body>Bad gateway</body></html>",
         )
             .into_response(),
+        Fault::ClientError {
+            status, message, ..
+        } => {
+            let status = StatusCode::from_u16(*status)
+                .ok()
+                .filter(|s| s.is_client_error())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            crate::api::error(status, message.clone())
+        }
+        Fault::HugeBody { bytes, .. } => huge_body_response(*bytes),
         // Not response-replacing; never selected as terminal.
-        Fault::Delay { .. } | Fault::LoopingNext { .. } => {
+        Fault::Delay { .. }
+        | Fault::LoopingNext { .. }
+        | Fault::NextLink { .. }
+        | Fault::OnMethod { .. }
+        | Fault::TruncatedAnswer { .. }
+        | Fault::MissingField { .. }
+        | Fault::WrongType { .. }
+        | Fault::OversizedPage { .. } => {
             crate::api::error(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong")
         }
     }
@@ -239,53 +348,94 @@ impl State {
         self.random = None;
     }
 
-    /// Consumes the faults matching a request: at most one delay, and at most
-    /// one response-replacing fault (scripted first, else random).
+    /// Consumes the faults matching a request: at most one delay, at most one
+    /// response-replacing fault (scripted first, else random), and at most one fault
+    /// that rewrites the real answer.
     pub(crate) fn take_faults(
         &mut self,
+        method: &str,
         raw_path: &str,
         decoded_path: &str,
-    ) -> (Option<Duration>, Option<Response>) {
+    ) -> TakenFaults {
         let matches = |f: &Fault| {
             f.count() > 0
                 && f.path_filter()
-                    .is_none_or(|p| raw_path.contains(p) || decoded_path.contains(p))
+                    .is_none_or(|p| path_matches(p, raw_path, decoded_path))
         };
-        let mut delay = None;
-        let mut terminal = None;
+        let mut taken = TakenFaults::default();
         for fault in self.faults.iter_mut() {
             if !matches(fault) {
                 continue;
             }
+            let fault: &mut Fault = match fault {
+                Fault::OnMethod {
+                    method: only,
+                    skip,
+                    fault: inner,
+                } => {
+                    if !only.eq_ignore_ascii_case(method) {
+                        continue;
+                    }
+                    if *skip > 0 {
+                        *skip -= 1;
+                        continue;
+                    }
+                    inner.as_mut()
+                }
+                other => other,
+            };
             match fault {
-                Fault::LoopingNext { .. } => {}
+                Fault::LoopingNext { .. } | Fault::NextLink { .. } | Fault::OnMethod { .. } => {}
                 Fault::Delay {
                     duration, count, ..
                 } => {
-                    if delay.is_none() {
+                    if taken.delay.is_none() {
                         *count -= 1;
-                        delay = Some(*duration);
+                        taken.delay = Some(*duration);
+                    }
+                }
+                f if f.rewrites_answer() => {
+                    if taken.rewrite.is_none() {
+                        *f.count_mut() -= 1;
+                        taken.rewrite = Some(f.clone());
                     }
                 }
                 other => {
-                    if terminal.is_none() {
+                    if taken.terminal.is_none() {
                         *other.count_mut() -= 1;
-                        terminal = Some(fault_response(other));
+                        taken.terminal = Some(fault_response(other));
                     }
                 }
             }
         }
         self.faults.retain(|f| f.count() > 0);
-        if terminal.is_none() {
+        if taken.terminal.is_none() {
             if let Some(r) = self.random {
                 if r.rate_429 > 0.0 && fastrand::f64() < r.rate_429 {
-                    terminal = Some(rate_limit_response(r.retry_after));
+                    taken.terminal = Some(rate_limit_response(r.retry_after));
                 } else if r.rate_500 > 0.0 && fastrand::f64() < r.rate_500 {
-                    terminal = Some(server_error_response(500));
+                    taken.terminal = Some(server_error_response(500));
                 }
             }
         }
-        (delay, terminal)
+        taken
+    }
+
+    /// Consumes one `NextLink`, if queued, and returns its URL.
+    pub(crate) fn take_next_link(&mut self) -> Option<String> {
+        let pos = self
+            .faults
+            .iter()
+            .position(|f| matches!(f, Fault::NextLink { count, .. } if *count > 0))?;
+        let url = match self.faults.get_mut(pos) {
+            Some(Fault::NextLink { url, count }) => {
+                *count -= 1;
+                Some(url.clone())
+            }
+            _ => None,
+        };
+        self.faults.retain(|f| f.count() > 0);
+        url
     }
 
     /// Consumes one `LoopingNext`, if queued.

@@ -1083,3 +1083,141 @@ async fn an_hourly_limit_sends_rate_limit_headers_then_429() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-ratelimit-limit"), None);
 }
+
+#[tokio::test]
+async fn bad_answer_faults() {
+    let c = Client::new(FakeConfig::default()).await;
+    let list = format!("{WS}/pipelines-config/runners");
+    c.create(WS, "a").await;
+
+    // A 4xx with the error envelope, only where the path matches.
+    c.fake.inject(Fault::ClientError {
+        status: 403,
+        message: "Access denied.".to_owned(),
+        count: 1,
+        path_contains: Some("pipelines-config".to_owned()),
+    });
+    assert_eq!(c.get(WS).await.status, 200);
+    let r = c.get(&list).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["message"], "Access denied.");
+    assert_eq!(c.get(&list).await.status, 200);
+    // A path filter ending in `$` matches the end of the path only.
+    c.fake.inject(Fault::ClientError {
+        status: 404,
+        message: "No such workspace.".to_owned(),
+        count: 1,
+        path_contains: Some("/workspaces/acme$".to_owned()),
+    });
+    assert_eq!(c.get(&list).await.status, 200);
+    assert_eq!(c.get(WS).await.status, 404);
+
+    // A field removed from every runner of a page, and from a single runner.
+    c.fake.inject(Fault::MissingField {
+        field: "uuid".to_owned(),
+        count: 2,
+        path_contains: None,
+    });
+    let page = c.get(&list).await.json();
+    assert_eq!(page["values"][0]["name"], "a");
+    assert!(page["values"][0].get("uuid").is_none(), "{page}");
+    let r = c.create(WS, "b").await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("uuid").is_none());
+    assert_eq!(c.fake.runners("acme", None).len(), 2, "the create happened");
+
+    // A nested field of the wrong type.
+    c.fake.inject(Fault::WrongType {
+        field: "state.status".to_owned(),
+        value: json!(5),
+        count: 1,
+        path_contains: None,
+    });
+    let page = c.get(&list).await.json();
+    assert_eq!(page["values"][1]["state"]["status"], 5);
+    assert_eq!(
+        c.get(&list).await.json()["values"][1]["state"]["status"],
+        "UNREGISTERED"
+    );
+
+    // A page far beyond its pagelen.
+    c.fake.inject(Fault::OversizedPage {
+        values: 500,
+        count: 1,
+        path_contains: None,
+    });
+    let page = c.get(&format!("{list}?pagelen=10")).await.json();
+    assert_eq!(page["values"].as_array().unwrap().len(), 500);
+    assert_eq!(page["values"][499]["name"], "a");
+
+    // The next link points where the fault says.
+    c.fake.inject(Fault::NextLink {
+        url: "http://other.example/2.0/x".to_owned(),
+        count: 1,
+    });
+    assert_eq!(
+        c.get(&list).await.json()["next"],
+        "http://other.example/2.0/x"
+    );
+    assert!(c.get(&list).await.json().get("next").is_none());
+
+    // Only the second POST gets a truncated answer; its runner is created all the same.
+    c.fake.inject(Fault::OnMethod {
+        method: "POST".to_owned(),
+        skip: 1,
+        fault: Box::new(Fault::TruncatedAnswer {
+            count: 1,
+            path_contains: None,
+        }),
+    });
+    assert_eq!(c.get(&list).await.status, 200);
+    c.create(WS, "c").await.json();
+    let r = c.create(WS, "d").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        serde_json::from_slice::<Value>(&r.body).is_err(),
+        "{}",
+        r.text()
+    );
+    assert_eq!(c.fake.runners("acme", None).len(), 4);
+    c.create(WS, "e").await.json();
+
+    // A huge body, streamed without Content-Length.
+    c.fake.inject(Fault::HugeBody {
+        bytes: 3 << 20,
+        count: 1,
+        path_contains: None,
+    });
+    let r = c.get(&list).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-length").is_none());
+    assert!(r.body.len() >= 3 << 20, "{} bytes", r.body.len());
+    assert_eq!(r.json()["values"], json!([]));
+
+    // Over the admin interface, with a method filter.
+    let r = send(
+        c.addr,
+        "POST",
+        "/_fake/faults",
+        &[("Content-Type", "application/json")],
+        Some(br#"{"kind": "missing_field", "field": "name", "method": "get"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(c.get(&list).await.json()["values"][0].get("name").is_none());
+    for bad in [
+        r#"{"kind": "client_error", "status": 500}"#,
+        r#"{"kind": "wrong_type", "field": "labels"}"#,
+        r#"{"kind": "next_link", "url": "x", "method": "GET"}"#,
+    ] {
+        let r = send(
+            c.addr,
+            "POST",
+            "/_fake/faults",
+            &[("Content-Type", "application/json")],
+            Some(bad.as_bytes()),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+}

@@ -106,22 +106,18 @@ pub async fn describe_subnets(
     ec2: &aws_sdk_ec2::Client,
     ids: &[String],
 ) -> Result<Vec<SubnetInfo>, AwsError> {
-    let out = ec2
+    let out = match ec2
         .describe_subnets()
         .set_subnet_ids(Some(ids.to_vec()))
         .send()
         .await
-        .map_err(|e| {
-            if e.code() == Some("InvalidSubnetID.NotFound") {
-                AwsError::Invalid(format!(
-                    "spot.subnets: {}",
-                    e.message()
-                        .unwrap_or("a configured subnet does not exist in this region")
-                ))
-            } else {
-                AwsError::call("ec2:DescribeSubnets", e)
-            }
-        })?;
+    {
+        Ok(out) => out,
+        Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => {
+            return Err(missing_subnet(ec2, ids, e.message().unwrap_or_default()).await)
+        }
+        Err(e) => return Err(AwsError::call("ec2:DescribeSubnets", e)),
+    };
     let mut subnets: Vec<SubnetInfo> = out
         .subnets()
         .iter()
@@ -133,6 +129,26 @@ pub async fn describe_subnets(
         .collect();
     subnets.sort_by_key(|s| ids.iter().position(|i| *i == s.id));
     Ok(subnets)
+}
+
+/// Which configured subnet is missing, as `spot.subnets[i]`: one read per subnet, only
+/// on this error path (AWS's message may list several ids, and moto's names any).
+async fn missing_subnet(ec2: &aws_sdk_ec2::Client, ids: &[String], message: &str) -> AwsError {
+    let region = ec2
+        .config()
+        .region()
+        .map_or("this region".to_owned(), ToString::to_string);
+    for (i, id) in ids.iter().enumerate() {
+        let one = ec2.describe_subnets().subnet_ids(id).send().await;
+        if one.is_err_and(|e| e.code() == Some("InvalidSubnetID.NotFound")) {
+            return AwsError::Invalid(format!(
+                "spot.subnets[{i}]: {id} does not exist in {region}"
+            ));
+        }
+    }
+    AwsError::Invalid(format!(
+        "spot.subnets: a configured subnet does not exist in {region}: {message}"
+    ))
 }
 
 /// The AMI, or an error naming `instance.ami`.

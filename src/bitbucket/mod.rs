@@ -30,6 +30,11 @@ pub const DEFAULT_API_URL: &str = "https://api.bitbucket.org/2.0";
 const MAX_PAGES: usize = 50;
 /// Longest body excerpt quoted in an error.
 const MAX_EXCERPT: usize = 300;
+/// Largest answer read: a page of 100 runners is about 100 KB, so this only stops a
+/// broken or hostile server from filling memory.
+const MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// Runners per page asked for (Bitbucket's maximum `pagelen`).
+const PAGELEN: usize = 100;
 
 /// Where runners live: a workspace, or one repository in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,7 +343,8 @@ impl Bitbucket {
     /// Every runner of the scope, following `next` links.
     pub async fn list_runners(&self, scope: &Scope) -> Result<Vec<Runner>, BitbucketError> {
         let mut url = self.url(&Self::runners_segments(scope));
-        url.query_pairs_mut().append_pair("pagelen", "100");
+        url.query_pairs_mut()
+            .append_pair("pagelen", &PAGELEN.to_string());
         let mut seen = std::collections::HashSet::new();
         let mut runners = Vec::new();
         for _ in 0..MAX_PAGES {
@@ -358,6 +364,15 @@ impl Bitbucket {
                     "GET runners",
                 )
                 .await?;
+            if page.values.len() > PAGELEN {
+                return Err(BitbucketError::InvalidResponse {
+                    call: format!("GET {}", url.path()),
+                    message: format!(
+                        "a page holds {} runners, more than the {PAGELEN} asked for",
+                        page.values.len()
+                    ),
+                });
+            }
             runners.extend(page.values);
             match page.next {
                 None => return Ok(runners),
@@ -475,10 +490,24 @@ impl Bitbucket {
         op: &str,
     ) -> Result<T, BitbucketError> {
         let call = format!("{method} {}", url.path());
+        // Answers to writes may hold a runner's OAuth secret: never quote them.
+        let quotable = method == Method::GET;
         let bytes = self.send(method, url, body, what, op).await?;
-        serde_json::from_slice(&bytes).map_err(|e| BitbucketError::InvalidResponse {
-            call,
-            message: format!("{e} (body starts: {})", excerpt(&bytes)),
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = match (path.as_str(), inner.is_data()) {
+                // A field of the right JSON, but missing or of the wrong type: name it.
+                (p, true) if p != "." => format!("{p}: {inner}"),
+                (_, true) => inner.to_string(),
+                _ if quotable => format!("not JSON: {inner} (body starts: {})", excerpt(&bytes)),
+                _ => format!(
+                    "not JSON: {inner} (body of {} bytes not quoted: it may hold a secret)",
+                    bytes.len()
+                ),
+            };
+            BitbucketError::InvalidResponse { call, message }
         })
     }
 
@@ -549,7 +578,12 @@ impl Bitbucket {
                     last: format!("status {status}"),
                 });
             }
-            let bytes = response.bytes().await.unwrap_or_default();
+            let bytes = read_limited(response).await.map_err(|message| {
+                BitbucketError::InvalidResponse {
+                    call: call.clone(),
+                    message,
+                }
+            })?;
             if !status.is_success() {
                 return Err(BitbucketError::Unauthorized {
                     kind: self.credentials.kind(),
@@ -633,11 +667,10 @@ impl Bitbucket {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let bytes = response
-                .bytes()
-                .await
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
+            let bytes = match read_limited(response).await {
+                Ok(b) => b,
+                Err(message) => return Err(BitbucketError::InvalidResponse { call, message }),
+            };
             if status.is_success() {
                 return Ok(bytes);
             }
@@ -714,6 +747,32 @@ impl Bitbucket {
     }
 }
 
+/// The body, at most `MAX_RESPONSE_BYTES` of it; a body cut short by the connection
+/// reads as what arrived (it then fails to parse, naming the cause).
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let too_large = || {
+        format!(
+            "response larger than {} MB; not reading further (a page of runners is far smaller)",
+            MAX_RESPONSE_BYTES >> 20
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    // Bounded: every chunk adds bytes, and more than the limit ends the loop.
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if out.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// `Retry-After`: delay-seconds or an HTTP date.
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -755,8 +814,18 @@ fn error_message(bytes: &[u8]) -> String {
             }
             truncate(&msg)
         }
+        Err(_) if looks_like_html(bytes) => format!(
+            "an HTML page, not the API's JSON (a proxy or outage page?): {}",
+            excerpt(bytes)
+        ),
         Err(_) => excerpt(bytes),
     }
+}
+
+fn looks_like_html(bytes: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).to_ascii_lowercase();
+    let head = head.trim_start();
+    head.starts_with("<!doctype html") || head.starts_with("<html")
 }
 
 fn truncate(s: &str) -> String {
@@ -809,7 +878,7 @@ mod tests {
         );
         assert_eq!(
             error_message(b"<html><body>Bad gateway</body></html>"),
-            "\"<html><body>Bad gateway</body></html>\""
+            "an HTML page, not the API's JSON (a proxy or outage page?): \"<html><body>Bad gateway</body></html>\""
         );
     }
 

@@ -124,6 +124,14 @@ fn errors_name_the_field() {
         ),
         (with(r#""spot"]"#, r#""Spot!"]"#), "bitbucket.labels[2]"),
         (
+            with(r#""spot"]"#, r#""spot", "spot"]"#),
+            "bitbucket.labels[3]: \"spot\" is listed twice",
+        ),
+        (
+            with("default = 2", "default = 2.5"),
+            "capacity.default: invalid type: floating point `2.5`, expected a whole number",
+        ),
+        (
             with(
                 r#"fleet_role = "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role""#,
                 r#"fleet_role = "my-role""#,
@@ -185,6 +193,13 @@ fn syntax_errors_say_where() {
         .to_string();
     assert!(err.contains("x.toml is not valid TOML"), "{err}");
     assert!(err.contains("line 1"), "{err}");
+    let err = Config::parse("name = \"ci\"\n[capacity\nmax = 1\n", "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("x.toml is not valid TOML: line 2, column 10: ") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 #[test]
