@@ -586,7 +586,36 @@ pub fn plan_apply(
         .chain(&orphan_instances)
         .cloned()
         .collect();
-    let strays = stray_instances(observed, keep.copied(), target, &cancelled_now, &ended);
+    let running = |id: &str| {
+        observed
+            .instances
+            .iter()
+            .any(|i| i.id == id && matches!(i.state.as_str(), "pending" | "running"))
+    };
+    let mut strays = stray_instances(observed, keep.copied(), target, &cancelled_now, &ended);
+    if !options.force {
+        // A running stray that hosts a busy runner is running a pipeline step: it waits,
+        // like busy surplus runners do. (A stopped one runs nothing: its claim is released
+        // below, so holding it would only defer its termination to the next plan.)
+        let busy_hosts: BTreeSet<String> = runners
+            .iter()
+            .filter(|(u, r)| r.is_busy() && !deleted_runners.contains(*u))
+            .filter_map(|(u, _)| claimed_by(u))
+            .filter(|i| running(i))
+            .collect();
+        let held: Vec<String> = strays
+            .iter()
+            .filter(|i| busy_hosts.contains(*i))
+            .cloned()
+            .collect();
+        if !held.is_empty() {
+            strays.retain(|i| !busy_hosts.contains(i));
+            warnings.push(format!(
+                "stray instance(s) {} host a runner busy with a pipeline step: terminated when it is idle (run again later, or pass --force)",
+                held.join(", ")
+            ));
+        }
+    }
     if !strays.is_empty() {
         actions.push(Action::TerminateStrayInstances {
             ids: strays.clone(),
@@ -596,10 +625,7 @@ pub fn plan_apply(
     // end it; otherwise the runner's next generation is written `free`, after the
     // terminations above, so the instance cannot still be using it.
     let alive = |id: &str| {
-        observed
-            .instances
-            .iter()
-            .any(|i| i.id == id && matches!(i.state.as_str(), "pending" | "running"))
+        running(id)
             && !ended.iter().any(|v| v == id)
             && !strays.iter().any(|s| s == id)
             && !cancelled_now.iter().any(|c| *c == id)
@@ -828,5 +854,7 @@ pub fn desired(
     })
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

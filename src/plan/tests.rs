@@ -4,9 +4,9 @@ use crate::aws::fleet::FleetState;
 use crate::aws::ssm::{Claim, RunnerParameter};
 use crate::bitbucket::{Runner, RunnerState};
 
-const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/k1";
+pub(super) const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/k1";
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     Config::parse(crate::config::tests::GOOD, "t").unwrap()
 }
 
@@ -17,7 +17,7 @@ fn capacity(n: u32) -> Capacity {
     }
 }
 
-fn desired_for(config: &Config, n: u32) -> Desired {
+pub(super) fn desired_for(config: &Config, n: u32) -> Desired {
     let image = ImageInfo {
         id: "ami-0123abcd".into(),
         root_device: "/dev/xvda".into(),
@@ -64,7 +64,7 @@ fn claim(n: u32, instance: &str) -> Claim {
 }
 
 /// A world that matches `n` runners exactly, each claimed by instance i-n.
-fn converged(config: &Config, n: u32) -> Observed {
+pub(super) fn converged(config: &Config, n: u32) -> Observed {
     let d = desired_for(config, n);
     Observed {
         scope_name: "workspace acme".into(),
@@ -123,7 +123,7 @@ fn plan(config: &Config, n: u32, observed: &Observed) -> Plan {
     .unwrap()
 }
 
-fn kinds(p: &Plan) -> Vec<String> {
+pub(super) fn kinds(p: &Plan) -> Vec<String> {
     p.actions
         .iter()
         .map(|a| {
@@ -601,4 +601,41 @@ fn plans_do_not_depend_on_the_order_of_observed_lists() {
     r.instances.reverse();
     r.fleets[0].instance_ids.reverse();
     assert_eq!(plan(&c, 2, &r), p);
+}
+
+#[test]
+fn running_strays_of_busy_runners_wait_but_stopped_ones_go_with_their_claim() {
+    // Found by the property tests: a stopped stray named by a busy runner's claim was
+    // held (not terminated) while its claim was released, so the next plan terminated it.
+    let c = config();
+    let mut o = converged(&c, 2);
+    o.fleets.clear(); // no live request: both instances are strays
+    o.runners[0] = runner(1, "ONLINE", true);
+    o.runners[1] = runner(2, "ONLINE", true);
+    o.instances[1].state = "stopped".into(); // i-2
+    let p = plan(&c, 2, &o);
+    let Some(Action::TerminateStrayInstances { ids }) = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::TerminateStrayInstances { .. }))
+    else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(ids, &["i-2".to_owned()]);
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.contains("stray instance(s) i-1 host a runner busy")));
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseClaim { instance, .. } if instance == "i-2")));
+    assert!(!p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseClaim { instance, .. } if instance == "i-1")));
+    let forced = plan_apply(&c, &desired_for(&c, 2), &o, PlanOptions { force: true }).unwrap();
+    assert!(forced.actions.contains(&Action::TerminateStrayInstances {
+        ids: vec!["i-1".into(), "i-2".into()]
+    }));
 }
