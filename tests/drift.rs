@@ -273,3 +273,49 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
         assert!(!t.contains(&secret), "a runner secret was printed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_a_claim_never_overwrites_a_generation_someone_wrote_first() {
+    let h = Harness::new("release").await;
+    let ssm = aws_sdk_ssm::Client::new(&h.sdk);
+    let runner = "{5eed0000-0000-4000-8000-000000000000}";
+    let name = bbfleet::aws::ssm::claim_name("release", runner, 2);
+    assert_eq!(
+        name,
+        "/bbfleet/release/claims/5eed0000-0000-4000-8000-000000000000/2"
+    );
+    // Free: written, tagged with the fleet.
+    let written = bbfleet::aws::ssm::put_claim_if_absent(&ssm, "release", runner, 2, "free").await;
+    assert!(written.unwrap());
+    // A booting instance took generation 3 first: releasing it is a success that changes
+    // nothing (Overwrite=false), not an error.
+    ssm.put_parameter()
+        .name(bbfleet::aws::ssm::claim_name("release", runner, 3))
+        .value("i-0123456789abcdef0")
+        .r#type(ParameterType::String)
+        .overwrite(false)
+        .send()
+        .await
+        .unwrap();
+    let second = bbfleet::aws::ssm::put_claim_if_absent(&ssm, "release", runner, 3, "free").await;
+    assert!(!second.unwrap());
+    let after = claims(&ssm, "release").await;
+    assert_eq!(
+        after[&bare(runner)],
+        BTreeMap::from([
+            (2, "free".to_owned()),
+            (3, "i-0123456789abcdef0".to_owned())
+        ])
+    );
+    let tags = ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await
+        .unwrap();
+    assert!(tags
+        .tag_list()
+        .iter()
+        .any(|t| t.key() == "bbfleet:fleet" && t.value() == "release"));
+}
