@@ -571,4 +571,71 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn claims_are_written_forward_and_the_newest_of_a_kept_runner_is_never_deleted(
+        w in world(), n in 0u32..=20, force in any::<bool>(),
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(p) = runs(&c, &d, &o, force) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let after = apply_model(&o, &p, &c, &d);
+        let newest = newest_claims(&o);
+        let kept: BTreeSet<String> = after
+            .runners
+            .iter()
+            .map(|r| bare_uuid(&r.uuid))
+            .filter(|u| after.parameters.iter().any(|p| &p.runner_uuid == u))
+            .collect();
+        let released: BTreeMap<&str, (usize, u64)> = p
+            .actions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, a)| match a {
+                Action::ReleaseClaim { runner, generation, .. } => {
+                    Some((runner.as_str(), (k, *generation)))
+                }
+                _ => None,
+            })
+            .collect();
+        for (k, a) in p.actions.iter().enumerate() {
+            match a {
+                Action::ReleaseClaim { runner, generation, instance } => {
+                    // The next generation, never an existing name.
+                    let Some(current) = newest.get(runner.as_str()) else {
+                        return Err(TestCaseError::fail(format!("release without a claim: {a:?}")));
+                    };
+                    prop_assert_eq!(*generation, current.generation + 1);
+                    prop_assert_eq!(&current.value, instance);
+                    // After every action that ends its instance.
+                    for later in &p.actions[k..] {
+                        let ends = match later {
+                            Action::TerminateInstances { ids, .. }
+                            | Action::TerminateStrayInstances { ids } => ids.contains(instance),
+                            Action::DeleteOrphanRunner { instance: Some(i), .. } => i == instance,
+                            Action::CancelFleet { id, .. } => o
+                                .fleets
+                                .iter()
+                                .any(|f| &f.id == id && f.instance_ids.contains(instance)),
+                            _ => false,
+                        };
+                        prop_assert!(!ends, "{:?} comes after {:?}", later, a);
+                    }
+                }
+                Action::PruneClaims { names } | Action::DeleteClaims { names, .. } => {
+                    for (uuid, c) in &newest {
+                        if !names.contains(&c.name) || !kept.contains(*uuid) {
+                            continue;
+                        }
+                        // Only once a newer generation was written before this delete.
+                        let before = released.get(uuid).is_some_and(|(at, g)| *at < k && *g > c.generation);
+                        prop_assert!(before, "{:?} deletes the newest claim {:?}", a, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
