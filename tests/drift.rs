@@ -176,7 +176,7 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
             ids[0]
         ),
         format!("  + runner {slot_a}: register"),
-        format!("  - claims 1 claim parameter(s): their runners no longer exist"),
+        "  - claims 1 claim parameter(s): their runners no longer exist".to_owned(),
         format!("  - stray instances {stray}: drift: tagged with the fleet but not part of its live fleet request"),
         format!(
             "  ~ claim {} generation 3: drift: claimed by {dead}, which is not running; released (written free)",
