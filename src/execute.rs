@@ -81,7 +81,10 @@ fn same_batch(a: &Action, b: &Action) -> bool {
             a,
             Action::CreateRunner { .. }
                 | Action::DeleteRunner { .. }
+                | Action::DeleteOrphanRunner { .. }
                 | Action::DeleteParameter { .. }
+                | Action::DeleteOrphanParameter { .. }
+                | Action::ReleaseClaim { .. }
                 | Action::RekeyParameter { .. }
                 | Action::UpdateRunner { .. }
         )
@@ -121,12 +124,15 @@ impl Executor<'_> {
             let batch = &plan.actions[i..j];
             let stop = AtomicBool::new(false);
             let results: Vec<(usize, Result<String, ActionError>)> =
-                if let Action::DeleteParameter { .. } = batch[0] {
+                if let Action::DeleteParameter { .. } | Action::DeleteOrphanParameter { .. } =
+                    batch[0]
+                {
                     // One call per ten names rather than one per parameter.
                     let names: Vec<String> = batch
                         .iter()
                         .filter_map(|a| match a {
-                            Action::DeleteParameter { name, .. } => Some(name.clone()),
+                            Action::DeleteParameter { name, .. }
+                            | Action::DeleteOrphanParameter { name, .. } => Some(name.clone()),
                             _ => None,
                         })
                         .collect();
@@ -207,7 +213,19 @@ impl Executor<'_> {
                 let existed = self.bitbucket.delete_runner(&scope, uuid).await?;
                 Ok(if existed { "deleted" } else { "already gone" }.to_owned())
             }
-            Action::DeleteParameter { name, .. } => {
+            Action::DeleteOrphanRunner { uuid, instance, .. } => {
+                // The instance first: while it runs, it holds a runner that is going away.
+                if let Some(id) = instance {
+                    ec2::terminate(&self.aws.ec2, std::slice::from_ref(id)).await?;
+                }
+                let existed = self.bitbucket.delete_runner(&scope, uuid).await?;
+                Ok(match (existed, instance) {
+                    (true, Some(id)) => format!("deleted ({id} terminating)"),
+                    (true, None) => "deleted".to_owned(),
+                    (false, _) => "already gone".to_owned(),
+                })
+            }
+            Action::DeleteParameter { name, .. } | Action::DeleteOrphanParameter { name, .. } => {
                 ssm::delete(&self.aws.ssm, std::slice::from_ref(name)).await?;
                 Ok("deleted".to_owned())
             }
@@ -270,6 +288,27 @@ impl Executor<'_> {
             Action::DeleteClaims { names, .. } => {
                 ssm::delete(&self.aws.ssm, names).await?;
                 Ok(format!("{} deleted", names.len()))
+            }
+            Action::ReleaseClaim {
+                runner, generation, ..
+            } => {
+                let written =
+                    ssm::put_claim_if_absent(&self.aws.ssm, fleet, runner, *generation, "free")
+                        .await?;
+                Ok(if written {
+                    format!("generation {generation} = free")
+                } else {
+                    // A booting instance wrote this generation first: the claim moved on.
+                    format!("generation {generation} exists: an instance took the runner over")
+                })
+            }
+            Action::PruneClaims { names } => {
+                ssm::delete(&self.aws.ssm, names).await?;
+                Ok(format!("{} deleted", names.len()))
+            }
+            Action::TerminateStrayInstances { ids } => {
+                ec2::terminate(&self.aws.ec2, ids).await?;
+                Ok(format!("{} terminating", ids.len()))
             }
             Action::DeleteLaunchTemplate { name } => {
                 let existed = ec2::delete_launch_template(&self.aws.ec2, name).await?;

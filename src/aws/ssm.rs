@@ -150,6 +150,50 @@ pub async fn put_runner_command(
     Ok(name)
 }
 
+/// Name of one claim generation: `/bbfleet/{fleet}/claims/{runner}/{generation}`.
+pub fn claim_name(fleet: &str, runner_uuid: &str, generation: u64) -> String {
+    format!(
+        "{}/{}/{generation}",
+        names::claims_path(fleet),
+        names::bare_uuid(runner_uuid)
+    )
+}
+
+/// Writes a claim generation only if it does not exist yet (`Overwrite=false`, as the
+/// instances do): `Ok(false)` when it exists, i.e. someone moved the claim on first.
+pub async fn put_claim_if_absent(
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+    runner_uuid: &str,
+    generation: u64,
+    value: &str,
+) -> Result<bool, AwsError> {
+    let tag = Tag::builder()
+        .key(FLEET_TAG)
+        .value(fleet)
+        .build()
+        .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
+    let result = ssm
+        .put_parameter()
+        .name(claim_name(fleet, runner_uuid, generation))
+        .value(value)
+        .r#type(ParameterType::String)
+        .overwrite(false)
+        .tags(tag)
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_already_exists()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(AwsError::call("ssm:PutParameter", e)),
+    }
+}
+
 /// Re-encrypts a stored command under another key (the value is read and written back).
 pub async fn rekey(ssm: &aws_sdk_ssm::Client, name: &str, key_id: &str) -> Result<(), AwsError> {
     let out = ssm

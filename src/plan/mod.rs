@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::aws::ec2::{InstanceInfo, LaunchTemplateSpec};
-use crate::aws::fleet::FleetSpec;
+use crate::aws::fleet::{FleetSpec, FleetState};
 use crate::aws::kms::KeyStatus;
 use crate::config::{Capacity, Config, BITBUCKET_RUNNER_LIMIT};
 use crate::names::{self, bare_uuid};
@@ -51,6 +51,23 @@ pub enum Action {
         name: String,
         /// Why.
         reason: String,
+    },
+    /// Drift: delete a runner of the fleet whose command is not stored (its secret is lost),
+    /// after terminating the instance that holds it, so the fleet replaces that instance.
+    DeleteOrphanRunner {
+        /// `{uuid}`.
+        uuid: String,
+        /// Name.
+        name: String,
+        /// The instance its newest claim names, if that instance exists.
+        instance: Option<String>,
+    },
+    /// Drift: delete a stored command that belongs to no runner of the fleet.
+    DeleteOrphanParameter {
+        /// Parameter name.
+        name: String,
+        /// The runner uuid it names (bare).
+        runner_uuid: String,
     },
     /// Delete stored commands.
     DeleteParameter {
@@ -126,6 +143,26 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// Drift: write the next claim generation as `free` (never overwriting), because the
+    /// newest claim names an instance that is not running.
+    ReleaseClaim {
+        /// Runner uuid, bare.
+        runner: String,
+        /// The generation to write (newest observed + 1).
+        generation: u64,
+        /// The instance the newest claim names.
+        instance: String,
+    },
+    /// Garbage: delete superseded claim generations of kept runners (never the newest).
+    PruneClaims {
+        /// Parameter names.
+        names: Vec<String>,
+    },
+    /// Drift: terminate instances tagged with the fleet that no live fleet request owns.
+    TerminateStrayInstances {
+        /// Instance ids.
+        ids: Vec<String>,
+    },
     /// Delete the launch template.
     DeleteLaunchTemplate {
         /// Name.
@@ -156,8 +193,13 @@ impl Action {
             Action::RekeyParameter { .. }
             | Action::UpdateRunner { .. }
             | Action::CreateLaunchTemplateVersion { .. }
-            | Action::SetFleetTarget { .. } => Op::Update,
+            | Action::SetFleetTarget { .. }
+            | Action::ReleaseClaim { .. } => Op::Update,
             Action::DeleteRunner { .. }
+            | Action::DeleteOrphanRunner { .. }
+            | Action::DeleteOrphanParameter { .. }
+            | Action::PruneClaims { .. }
+            | Action::TerminateStrayInstances { .. }
             | Action::DeleteParameter { .. }
             | Action::CancelFleet { .. }
             | Action::TerminateInstances { .. }
@@ -227,6 +269,9 @@ pub fn plan_apply(
     let fleet = &config.name;
     let mut actions = Vec::new();
     let mut warnings = Vec::new();
+    // The observer sorts its lists, but the plan must not depend on that: equal worlds,
+    // listed in any order, give equal plans (a property test checks it).
+    let observed = &canonical(observed);
 
     // 1. The key.
     let key_arn = match &observed.key {
@@ -270,9 +315,9 @@ pub fn plan_apply(
     let mut deleted_runners = BTreeSet::new();
     for p in &observed.parameters {
         if !runners.contains_key(&p.runner_uuid) {
-            actions.push(Action::DeleteParameter {
+            actions.push(Action::DeleteOrphanParameter {
                 name: p.name.clone(),
-                reason: "no runner of the fleet has this uuid".to_owned(),
+                runner_uuid: p.runner_uuid.clone(),
             });
         } else if let Some(arn) = &key_arn {
             let on_key = p.kind == "SecureString"
@@ -293,17 +338,46 @@ pub fn plan_apply(
             });
         }
     }
+    let claims = newest_claims(observed);
+    let live_instances: BTreeSet<&str> = observed.instances.iter().map(|i| i.id.as_str()).collect();
+    let claimed_by = |uuid: &str| -> Option<String> {
+        claims
+            .get(uuid)
+            .filter(|c| c.value != "free" && live_instances.contains(c.value.as_str()))
+            .map(|c| c.value.clone())
+    };
+    let mut busy_orphans = Vec::new();
+    let mut orphan_instances: Vec<String> = Vec::new();
     for (uuid, r) in &runners {
         if !params.contains_key(uuid.as_str()) {
+            // Its secret is lost, so no instance of ours can start it again; but one that
+            // read it earlier may be running a step on it, and deleting the runner would
+            // kill that step. Busy orphans wait like busy surplus runners (or --force).
+            if r.is_busy() && !options.force {
+                busy_orphans.push(*r);
+                continue;
+            }
             deleted_runners.insert(uuid.clone());
-            actions.push(Action::DeleteRunner {
+            // The instance running it can never run another runner (it claimed this one).
+            let instance = claimed_by(uuid).filter(|i| !orphan_instances.contains(i));
+            orphan_instances.extend(instance.clone());
+            actions.push(Action::DeleteOrphanRunner {
                 uuid: r.uuid.clone(),
                 name: r.name.clone(),
-                reason:
-                    "its command was never stored (the secret is lost); a new runner replaces it"
-                        .to_owned(),
+                instance,
             });
         }
+    }
+    if !busy_orphans.is_empty() {
+        warnings.push(format!(
+            "{} stored command (the secret is lost) but busy with a pipeline step: deleted when idle (run again later, or pass --force); a new runner replaces it now",
+            if busy_orphans.len() == 1 {
+                format!("runner {} has no", busy_orphans[0].name)
+            } else {
+                let names: Vec<&str> = busy_orphans.iter().map(|r| r.name.as_str()).collect();
+                format!("runners {} have no", names.join(", "))
+            }
+        ));
     }
     let mut healthy: Vec<&crate::bitbucket::Runner> = runners
         .iter()
@@ -322,20 +396,13 @@ pub fn plan_apply(
     }
 
     let desired_n = desired.capacity.desired as usize;
-    let claims = newest_claims(observed);
-    let live_instances: BTreeSet<&str> = observed.instances.iter().map(|i| i.id.as_str()).collect();
-    let claimed_by = |uuid: &str| -> Option<String> {
-        claims
-            .get(uuid)
-            .filter(|c| c.value != "free" && live_instances.contains(c.value.as_str()))
-            .map(|c| c.value.clone())
-    };
-
     let mut creates = 0;
     let mut victims = Vec::new();
     if desired_n > healthy.len() {
+        // Busy orphans keep their names until they are deleted.
         let used: BTreeSet<u32> = healthy
             .iter()
+            .chain(&busy_orphans)
             .filter_map(|r| names::runner_slot(fleet, &r.name))
             .collect();
         let mut slot = 1;
@@ -401,8 +468,9 @@ pub fn plan_apply(
         Some(_) => {}
     }
 
-    // 5. Fleet: one live request with the desired configuration, target = runners.
-    let target = (healthy.len() + creates - victims.len()) as u32;
+    // 5. Fleet: one live request with the desired configuration, target = runners
+    // (a busy orphan still occupies its instance).
+    let target = (healthy.len() + creates - victims.len() + busy_orphans.len()) as u32;
     let fingerprint = desired.fleet.fingerprint();
     let live: Vec<_> = observed.fleets.iter().filter(|f| f.is_live()).collect();
     let keep = live
@@ -439,7 +507,10 @@ pub fn plan_apply(
     let mut victim_instances: Vec<String> = victims
         .iter()
         .filter_map(|r| claimed_by(&bare_uuid(&r.uuid)))
+        .filter(|i| !orphan_instances.contains(i))
         .collect();
+    victim_instances.sort();
+    victim_instances.dedup();
     if let Some(f) = keep {
         // The target drops with noTermination: surplus instances holding no kept runner go
         // too. Checked at every apply, not only when the target drops: a run stopped between
@@ -447,6 +518,7 @@ pub fn plan_apply(
         let kept_claims: BTreeSet<String> = healthy
             .iter()
             .filter(|r| !victims.iter().any(|v| v.uuid == r.uuid))
+            .chain(&busy_orphans)
             .filter_map(|r| claimed_by(&bare_uuid(&r.uuid)))
             .collect();
         let alive: Vec<&String> = f
@@ -454,14 +526,12 @@ pub fn plan_apply(
             .iter()
             .filter(|i| live_instances.contains(i.as_str()))
             .collect();
-        let remaining = alive
-            .iter()
-            .filter(|i| !victim_instances.contains(i))
-            .count();
+        let ended = |i: &String| victim_instances.contains(i) || orphan_instances.contains(i);
+        let remaining = alive.iter().filter(|i| !ended(i)).count();
         let surplus = remaining.saturating_sub(target as usize);
         let spare: Vec<String> = alive
             .into_iter()
-            .filter(|i| !kept_claims.contains(*i) && !victim_instances.contains(i))
+            .filter(|i| !kept_claims.contains(*i) && !ended(i))
             .take(surplus)
             .cloned()
             .collect();
@@ -492,7 +562,8 @@ pub fn plan_apply(
         });
     }
 
-    // 7. Garbage: claims of runners that are gone or going; instances outside any live fleet.
+    // 7. Garbage and drift: claims of runners that are gone or going; instances outside
+    // any live fleet; claims naming instances that do not run; superseded claims.
     let keep_claims = |uuid: &str| runners.contains_key(uuid) && !deleted_runners.contains(uuid);
     let stale: Vec<String> = observed
         .claims
@@ -507,12 +578,94 @@ pub fn plan_apply(
         });
     }
     // Instances of live requests replaced above terminate with their request.
-    let strays = stray_instances(observed, &victim_instances);
+    let cancelled_now: Vec<&String> = live
+        .iter()
+        .filter(|f| keep.map(|k| &k.id) != Some(&f.id))
+        .flat_map(|f| f.instance_ids.iter())
+        .collect();
+    let ended: Vec<String> = victim_instances
+        .iter()
+        .chain(&orphan_instances)
+        .cloned()
+        .collect();
+    let running = |id: &str| {
+        observed
+            .instances
+            .iter()
+            .any(|i| i.id == id && matches!(i.state.as_str(), "pending" | "running"))
+    };
+    let mut strays = stray_instances(observed, keep.copied(), target, &cancelled_now, &ended);
+    if !options.force {
+        // A running stray that hosts a busy runner is running a pipeline step: it waits,
+        // like busy surplus runners do. (A stopped one runs nothing: its claim is released
+        // below, so holding it would only defer its termination to the next plan.)
+        let busy_hosts: BTreeSet<String> = runners
+            .iter()
+            .filter(|(u, r)| r.is_busy() && !deleted_runners.contains(*u))
+            .filter_map(|(u, _)| claimed_by(u))
+            .filter(|i| running(i))
+            .collect();
+        let held: Vec<String> = strays
+            .iter()
+            .filter(|i| busy_hosts.contains(*i))
+            .cloned()
+            .collect();
+        if !held.is_empty() {
+            strays.retain(|i| !busy_hosts.contains(i));
+            warnings.push(format!(
+                "stray instance(s) {} host a runner busy with a pipeline step: terminated when it is idle (run again later, or pass --force)",
+                held.join(", ")
+            ));
+        }
+    }
     if !strays.is_empty() {
-        actions.push(Action::TerminateInstances {
-            ids: strays,
-            reason: "tagged with the fleet but not part of a live fleet request".to_owned(),
+        actions.push(Action::TerminateStrayInstances {
+            ids: strays.clone(),
         });
+    }
+    // A claim is live while its instance is pending or running and this plan does not
+    // end it; otherwise the runner's next generation is written `free`, after the
+    // terminations above, so the instance cannot still be using it.
+    let alive = |id: &str| {
+        running(id)
+            && !ended.iter().any(|v| v == id)
+            && !strays.iter().any(|s| s == id)
+            && !cancelled_now.iter().any(|c| *c == id)
+    };
+    let mut superseded = Vec::new();
+    for r in healthy
+        .iter()
+        .filter(|r| !victims.iter().any(|v| v.uuid == r.uuid))
+    {
+        let uuid = bare_uuid(&r.uuid);
+        let Some(newest) = claims.get(uuid.as_str()) else {
+            continue;
+        };
+        let next = newest.generation.checked_add(1);
+        let release = newest.value != "free" && !alive(&newest.value) && next.is_some();
+        if let (true, Some(generation)) = (release, next) {
+            actions.push(Action::ReleaseClaim {
+                runner: uuid.clone(),
+                generation,
+                instance: newest.value.clone(),
+            });
+        }
+        // Older generations never matter again (claimants read only the newest); the
+        // newest is kept unless this plan writes a newer one, so no name is re-created.
+        superseded.extend(
+            observed
+                .claims
+                .iter()
+                .filter(|c| c.runner_uuid == uuid)
+                .filter(|c| {
+                    c.generation < newest.generation
+                        || (release && c.generation == newest.generation)
+                })
+                .map(|c| c.name.clone()),
+        );
+    }
+    if !superseded.is_empty() {
+        actions.push(Action::PruneClaims { names: superseded });
     }
 
     Ok(Plan {
@@ -588,25 +741,60 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
     }
 }
 
-/// Fleet-tagged instances that no live request owns. With no live request, every tagged
-/// instance is a leftover; with one, only instances of leftover (cancelled) requests are,
-/// since a just-launched instance may not be listed under its request yet.
-fn stray_instances(observed: &Observed, already: &[String]) -> Vec<String> {
-    let any_live = observed.fleets.iter().any(|f| f.is_live());
-    let owned_by = |id: &str, live: bool| {
+/// Fleet-tagged instances that no live request owns, besides those this plan already
+/// ends (`already`, and the instances of requests it cancels). Instances of cancelled
+/// requests are leftovers. An instance no request lists is a leftover unless the kept
+/// request lists fewer instances than its target: a request launches only then, and a
+/// just-launched instance may not be listed under it yet.
+fn stray_instances(
+    observed: &Observed,
+    keep: Option<&FleetState>,
+    target: u32,
+    cancelled_now: &[&String],
+    already: &[String],
+) -> Vec<String> {
+    let exists = |id: &String| observed.instances.iter().any(|i| &i.id == id);
+    // In flight now (fewer listed than the target) and after this plan (fewer left than
+    // the new target): an instance flagged now would otherwise be flagged by the next plan.
+    let launching = keep.is_some_and(|k| {
+        let listed = k.instance_ids.iter().filter(|i| exists(i));
+        (listed.clone().count() as i64) < i64::from(k.target)
+            && listed.filter(|i| !already.contains(i)).count() < target as usize
+    });
+    let listed_by_dead = |id: &String| {
         observed
             .fleets
             .iter()
-            .any(|f| f.is_live() == live && f.instance_ids.iter().any(|i| i == id))
+            .any(|f| !f.is_live() && f.instance_ids.contains(id))
     };
     observed
         .instances
         .iter()
-        .map(|i: &InstanceInfo| i.id.as_str())
-        .filter(|id| !owned_by(id, true) && (!any_live || owned_by(id, false)))
-        .filter(|id| !already.iter().any(|a| a == id))
-        .map(str::to_owned)
+        .map(|i: &InstanceInfo| &i.id)
+        .filter(|id| !keep.is_some_and(|k| k.instance_ids.contains(id)))
+        .filter(|id| !cancelled_now.contains(id) && !already.contains(id))
+        .filter(|id| listed_by_dead(id) || !launching)
+        .cloned()
         .collect()
+}
+
+/// The observed world with every list in one order, so the plan is independent of the
+/// order the observer happened to produce.
+fn canonical(observed: &Observed) -> Observed {
+    let mut o = observed.clone();
+    o.runners
+        .sort_by(|a, b| (&a.name, &a.uuid).cmp(&(&b.name, &b.uuid)));
+    o.parameters.sort_by(|a, b| a.name.cmp(&b.name));
+    o.claims.sort_by(|a, b| {
+        (&a.runner_uuid, a.generation, &a.name).cmp(&(&b.runner_uuid, b.generation, &b.name))
+    });
+    o.fleets.sort_by(|a, b| a.id.cmp(&b.id));
+    for f in &mut o.fleets {
+        f.instance_ids.sort();
+    }
+    o.instances.sort_by(|a, b| a.id.cmp(&b.id));
+    o.subnets.sort_by(|a, b| a.id.cmp(&b.id));
+    o
 }
 
 /// The newest claim generation of each runner.
@@ -668,5 +856,7 @@ pub fn desired(
     })
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

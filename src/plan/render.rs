@@ -78,6 +78,26 @@ impl Action {
             Action::DeleteRunner { uuid, name, reason } => {
                 ("runner", format!("{name} {uuid}"), reason.clone())
             }
+            Action::DeleteOrphanRunner {
+                uuid,
+                name,
+                instance,
+            } => (
+                "orphan_runner",
+                format!("{name} {uuid}"),
+                format!(
+                    "drift: its command is not stored (the secret is lost); deleted, and a new runner replaces it{}",
+                    instance
+                        .as_ref()
+                        .map(|i| format!(" (its instance {i} is terminated first)"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Action::DeleteOrphanParameter { name, runner_uuid } => (
+                "orphan_parameter",
+                name.clone(),
+                format!("drift: no runner of the fleet has uuid {runner_uuid}"),
+            ),
             Action::DeleteParameter { name, reason } => ("parameter", name.clone(), reason.clone()),
             Action::UpdateRunner { name, from, .. } => (
                 "runner",
@@ -115,6 +135,25 @@ impl Action {
                 "claims",
                 format!("{} claim parameter(s)", names.len()),
                 reason.clone(),
+            ),
+            Action::ReleaseClaim {
+                runner,
+                generation,
+                instance,
+            } => (
+                "claim",
+                format!("{runner} generation {generation}"),
+                format!("drift: claimed by {instance}, which is not running; released (written free)"),
+            ),
+            Action::PruneClaims { names } => (
+                "old_claims",
+                format!("{} claim parameter(s)", names.len()),
+                "superseded generations of kept runners (the newest of each is kept)".into(),
+            ),
+            Action::TerminateStrayInstances { ids } => (
+                "stray_instances",
+                list(ids),
+                "drift: tagged with the fleet but not part of its live fleet request".into(),
             ),
             Action::DeleteLaunchTemplate { name } => {
                 ("launch_template", name.clone(), "destroy".into())

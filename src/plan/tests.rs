@@ -4,9 +4,9 @@ use crate::aws::fleet::FleetState;
 use crate::aws::ssm::{Claim, RunnerParameter};
 use crate::bitbucket::{Runner, RunnerState};
 
-const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/k1";
+pub(super) const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/k1";
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     Config::parse(crate::config::tests::GOOD, "t").unwrap()
 }
 
@@ -17,7 +17,7 @@ fn capacity(n: u32) -> Capacity {
     }
 }
 
-fn desired_for(config: &Config, n: u32) -> Desired {
+pub(super) fn desired_for(config: &Config, n: u32) -> Desired {
     let image = ImageInfo {
         id: "ami-0123abcd".into(),
         root_device: "/dev/xvda".into(),
@@ -64,7 +64,7 @@ fn claim(n: u32, instance: &str) -> Claim {
 }
 
 /// A world that matches `n` runners exactly, each claimed by instance i-n.
-fn converged(config: &Config, n: u32) -> Observed {
+pub(super) fn converged(config: &Config, n: u32) -> Observed {
     let d = desired_for(config, n);
     Observed {
         scope_name: "workspace acme".into(),
@@ -123,7 +123,7 @@ fn plan(config: &Config, n: u32, observed: &Observed) -> Plan {
     .unwrap()
 }
 
-fn kinds(p: &Plan) -> Vec<String> {
+pub(super) fn kinds(p: &Plan) -> Vec<String> {
     p.actions
         .iter()
         .map(|a| {
@@ -249,7 +249,8 @@ fn orphans_are_repaired() {
     let p = plan(&c, 3, &o);
     let k = kinds(&p);
     assert!(
-        k.contains(&"delete_runner".to_owned()) && k.contains(&"delete_parameter".to_owned()),
+        k.contains(&"delete_orphan_runner".to_owned())
+            && k.contains(&"delete_orphan_parameter".to_owned()),
         "{k:?}"
     );
     assert_eq!(
@@ -269,11 +270,21 @@ fn config_changes_replace_the_fleet_and_version_the_template() {
     let o = converged(&c, 2);
     c.spot.instance_types.push("r6i.large".into());
     let p = plan(&c, 2, &o);
-    assert_eq!(kinds(&p), ["request_fleet", "cancel_fleet"]);
+    // The old request's instances terminate with it: their claims are released.
+    assert_eq!(
+        kinds(&p),
+        [
+            "request_fleet",
+            "cancel_fleet",
+            "release_claim",
+            "release_claim",
+            "prune_claims"
+        ]
+    );
     c.instance.root_volume_gb = 80;
     let p = plan(&c, 2, &o);
     assert_eq!(
-        kinds(&p),
+        kinds(&p)[..3],
         [
             "create_launch_template_version",
             "request_fleet",
@@ -350,4 +361,281 @@ fn plan_text_follows_terraform_habits() {
         none.ends_with("No changes. The fleet matches the configuration.\n"),
         "{none}"
     );
+}
+
+fn claim_gen(n: u32, generation: u64, value: &str) -> Claim {
+    let bare = bare_uuid(&uuid(n));
+    Claim {
+        name: format!("/bbfleet/ci/claims/{bare}/{generation}"),
+        runner_uuid: bare,
+        generation,
+        value: value.into(),
+    }
+}
+
+fn instance(id: &str, state: &str) -> InstanceInfo {
+    InstanceInfo {
+        id: id.into(),
+        instance_type: "m6i.large".into(),
+        az: "us-east-1a".into(),
+        state: state.into(),
+    }
+}
+
+#[test]
+fn each_drift_kind_is_its_own_line_with_a_reason() {
+    let c = config();
+    let mut o = converged(&c, 3);
+    o.parameters.remove(0); // runner 1: secret lost
+    o.parameters.push(param(9)); // command of no runner
+    o.claims[1] = claim_gen(2, 1, "i-dead"); // runner 2 claimed by a gone instance
+    o.instances.push(instance("i-stray", "running")); // tagged, outside the request
+    let p = plan(&c, 3, &o);
+    assert_eq!(
+        kinds(&p),
+        [
+            "delete_orphan_parameter",
+            "delete_orphan_runner",
+            "create_runner",
+            "delete_claims",
+            "terminate_stray_instances",
+            "release_claim",
+            "prune_claims",
+        ]
+    );
+    let text = p.view().to_string();
+    for line in [
+        "  - orphan parameter /bbfleet/ci/runners/00000009-0000-5000-8000-000000000000: drift: no runner of the fleet has uuid",
+        "  - orphan runner bbfleet-ci-1 {00000001-0000-5000-8000-000000000000}: drift: its command is not stored (the secret is lost); deleted, and a new runner replaces it (its instance i-1 is terminated first)",
+        "  + runner bbfleet-ci-1: register",
+        "  - stray instances i-stray: drift: tagged with the fleet but not part of its live fleet request",
+        "  ~ claim 00000002-0000-5000-8000-000000000000 generation 2: drift: claimed by i-dead, which is not running",
+        "  - old claims 1 claim parameter(s): superseded generations",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let json = serde_json::to_value(p.view()).unwrap();
+    let kinds: Vec<&str> = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "orphan_parameter",
+            "orphan_runner",
+            "runner",
+            "claims",
+            "stray_instances",
+            "claim",
+            "old_claims"
+        ]
+    );
+    // The orphan runner's claim goes with it; the stray is not a scale-down termination.
+    assert!(p.actions.contains(&Action::DeleteClaims {
+        names: vec![claim(1, "i-1").name],
+        reason: "their runners no longer exist".into()
+    }));
+}
+
+#[test]
+fn claims_of_stopped_terminated_or_absent_instances_are_released_once() {
+    let c = config();
+    let mut o = converged(&c, 3);
+    o.instances[0].state = "stopped".into(); // i-1
+    o.claims[1] = claim_gen(2, 4, "i-gone"); // not among the fleet's instances at all
+    o.claims.insert(1, claim_gen(2, 3, "i-older"));
+    o.claims[3] = claim_gen(3, 1, "free"); // released already
+    let p = plan(&c, 3, &o);
+    let released: Vec<(&str, u64, &str)> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReleaseClaim {
+                runner,
+                generation,
+                instance,
+            } => Some((runner.as_str(), *generation, instance.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        released,
+        [
+            ("00000001-0000-5000-8000-000000000000", 2, "i-1"),
+            ("00000002-0000-5000-8000-000000000000", 5, "i-gone"),
+        ]
+    );
+    // Released generations are superseded by the free one; the older one goes too; the
+    // free newest of runner 3 stays.
+    let Some(Action::PruneClaims { names }) = p.actions.last() else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(
+        names,
+        &[
+            claim_gen(1, 1, "").name,
+            claim_gen(2, 3, "").name,
+            claim_gen(2, 4, "").name
+        ]
+    );
+    assert_eq!(p.summary().change, 2);
+}
+
+#[test]
+fn pending_and_running_claimants_keep_their_claims_and_only_old_generations_go() {
+    let c = config();
+    let mut o = converged(&c, 2);
+    o.instances[0].state = "pending".into();
+    o.claims.insert(0, claim_gen(1, 0, "i-old"));
+    let p = plan(&c, 2, &o);
+    assert_eq!(kinds(&p), ["prune_claims"]);
+    assert_eq!(
+        p.actions[0],
+        Action::PruneClaims {
+            names: vec![claim_gen(1, 0, "").name]
+        }
+    );
+}
+
+#[test]
+fn claims_of_instances_this_plan_terminates_are_released_after_them() {
+    let c = config();
+    let mut o = converged(&c, 2);
+    // No live request any more: both instances are strays, and their runners' claims
+    // would name dead instances on the next plan unless released now.
+    o.fleets[0].state = "cancelled_running".into();
+    let p = plan(&c, 2, &o);
+    let k = kinds(&p);
+    let stray = k
+        .iter()
+        .position(|x| x == "terminate_stray_instances")
+        .unwrap();
+    let first_release = k.iter().position(|x| x == "release_claim").unwrap();
+    assert!(stray < first_release, "{k:?}");
+    assert_eq!(k.iter().filter(|x| *x == "release_claim").count(), 2);
+}
+
+#[test]
+fn unlisted_instances_wait_while_the_request_is_launching() {
+    let c = config();
+    // Scale-up: the request lists 2 of a target of 3, so an unlisted tagged instance may
+    // be its launch in flight: not a stray.
+    let mut o = converged(&c, 3);
+    o.fleets[0].instance_ids.pop();
+    o.instances[2].id = "i-new".into();
+    o.claims[2].value = "i-new".into();
+    assert!(plan(&c, 3, &o).is_empty(), "{:?}", plan(&c, 3, &o).actions);
+    // Fulfilled: the same instance is a stray.
+    o.fleets[0].target = 2;
+    o.runners.pop();
+    o.parameters.pop();
+    o.scope_runner_count = 2;
+    let p = plan(&c, 2, &o);
+    assert!(
+        p.actions.contains(&Action::TerminateStrayInstances {
+            ids: vec!["i-new".into()]
+        }),
+        "{:?}",
+        p.actions
+    );
+    // Stray instances are never scale-down terminations.
+    assert!(!kinds(&p).contains(&"terminate_instances".to_owned()));
+}
+
+#[test]
+fn busy_orphans_wait_unless_forced_and_are_replaced_at_once() {
+    let c = config();
+    let mut o = converged(&c, 2);
+    o.runners[0] = runner(1, "ONLINE", true);
+    o.parameters.remove(0);
+    let p = plan(&c, 2, &o);
+    // The orphan keeps its name and its instance (counted in the target) while busy.
+    assert_eq!(
+        kinds(&p),
+        ["create_runner", "set_fleet_target"],
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(
+        p.actions[0],
+        Action::CreateRunner {
+            name: "bbfleet-ci-3".into()
+        }
+    );
+    assert_eq!(
+        p.actions[1],
+        Action::SetFleetTarget {
+            id: "sfr-1".into(),
+            from: 2,
+            to: 3
+        }
+    );
+    assert_eq!(p.warnings.len(), 1);
+    assert!(
+        p.warnings[0].contains("runner bbfleet-ci-1 has no stored command"),
+        "{:?}",
+        p.warnings
+    );
+    let forced = plan_apply(&c, &desired_for(&c, 2), &o, PlanOptions { force: true }).unwrap();
+    assert!(kinds(&forced).contains(&"delete_orphan_runner".to_owned()));
+    assert!(forced.warnings.is_empty());
+}
+
+#[test]
+fn plans_do_not_depend_on_the_order_of_observed_lists() {
+    let c = config();
+    let mut o = converged(&c, 4);
+    o.parameters.push(param(8));
+    o.parameters.push(param(7));
+    o.claims.push(claim_gen(1, 2, "i-x"));
+    o.instances.push(instance("i-s1", "running"));
+    o.instances.push(instance("i-s0", "running"));
+    let p = plan(&c, 2, &o);
+    let mut r = o.clone();
+    r.runners.reverse();
+    r.parameters.reverse();
+    r.claims.reverse();
+    r.instances.reverse();
+    r.fleets[0].instance_ids.reverse();
+    assert_eq!(plan(&c, 2, &r), p);
+}
+
+#[test]
+fn running_strays_of_busy_runners_wait_but_stopped_ones_go_with_their_claim() {
+    // Found by the property tests: a stopped stray named by a busy runner's claim was
+    // held (not terminated) while its claim was released, so the next plan terminated it.
+    let c = config();
+    let mut o = converged(&c, 2);
+    o.fleets.clear(); // no live request: both instances are strays
+    o.runners[0] = runner(1, "ONLINE", true);
+    o.runners[1] = runner(2, "ONLINE", true);
+    o.instances[1].state = "stopped".into(); // i-2
+    let p = plan(&c, 2, &o);
+    let Some(Action::TerminateStrayInstances { ids }) = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::TerminateStrayInstances { .. }))
+    else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(ids, &["i-2".to_owned()]);
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.contains("stray instance(s) i-1 host a runner busy")));
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseClaim { instance, .. } if instance == "i-2")));
+    assert!(!p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseClaim { instance, .. } if instance == "i-1")));
+    let forced = plan_apply(&c, &desired_for(&c, 2), &o, PlanOptions { force: true }).unwrap();
+    assert!(forced.actions.contains(&Action::TerminateStrayInstances {
+        ids: vec!["i-1".into(), "i-2".into()]
+    }));
 }

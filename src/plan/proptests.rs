@@ -1,0 +1,641 @@
+//! Planner properties over random worlds (DESIGN.md "property tests"):
+//!
+//! (a) the plan is a function of the world: the same world gives the same plan, also when
+//!     the observed lists come in another order (the planner sorts them itself, so it does
+//!     not rely on the observer's sort);
+//! (b) applying the plan to the world (`apply_model`, a pure model of each action's effect)
+//!     leaves a world whose plan is empty; without `--force` the only thing left is waiting
+//!     on busy runners, which the second plan repeats (a subset of the first plan's
+//!     warnings, no action); with `--force` there is no warning and exactly the desired
+//!     number of runners;
+//! (c) without `--force` no action deletes a busy runner, not even an orphan (a runner whose
+//!     secret is lost may still be running a step on an instance that read it earlier), and
+//!     no stray termination hits a running instance a busy runner's newest claim names;
+//! (d) after the apply, exactly one live request has the current configuration and its
+//!     target equals the number of the fleet's runners (none when there are no runners).
+
+use proptest::prelude::*;
+
+use super::tests::{config, desired_for, ARN};
+use super::*;
+use crate::aws::ec2::{LaunchTemplateState, SubnetInfo};
+use crate::aws::fleet::FleetState;
+use crate::aws::ssm::{Claim, RunnerParameter};
+use crate::bitbucket::{Runner, RunnerState};
+
+const STATUSES: [&str; 5] = ["ONLINE", "OFFLINE", "UNREGISTERED", "DISABLED", "UNHEALTHY"];
+const INSTANCE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+/// The key a `CreateKey` action makes in the model.
+const NEW_ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/new";
+
+/// Who a claim generation names.
+#[derive(Debug, Clone, Copy)]
+enum Holder {
+    Free,
+    /// `i-{k:02}`: one of the world's instances, or (k past the end) one EC2 no longer lists.
+    Instance(usize),
+    /// An instance id that was never among the fleet's.
+    Dead(u8),
+}
+
+#[derive(Debug, Clone)]
+struct RunnerGen {
+    slot: u32,
+    status: usize,
+    busy: bool,
+    labels_ok: bool,
+    /// 0: no parameter (orphan); 1, 2: on the fleet key; 3: a plain String.
+    param: u8,
+    claims: Vec<(u64, Holder)>,
+}
+
+#[derive(Debug, Clone)]
+struct FleetGen {
+    live: bool,
+    matching: bool,
+    target: i32,
+    members: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct World {
+    runners: Vec<RunnerGen>,
+    orphan_params: Vec<u8>,
+    foreign_claims: Vec<(u8, u64)>,
+    instances: Vec<usize>,
+    fleets: Vec<FleetGen>,
+    key_usable: bool,
+    launch_template: u8,
+    other_runners: usize,
+}
+
+fn holder() -> impl Strategy<Value = Holder> {
+    prop_oneof![
+        2 => Just(Holder::Free),
+        5 => (0usize..12).prop_map(Holder::Instance),
+        1 => (0u8..3).prop_map(Holder::Dead),
+    ]
+}
+
+fn runner_gen() -> impl Strategy<Value = RunnerGen> {
+    (
+        1u32..=12,
+        0..STATUSES.len(),
+        prop::bool::weighted(0.3),
+        prop::bool::weighted(0.85),
+        prop_oneof![1 => Just(0u8), 6 => Just(1u8), 2 => Just(2u8), 1 => Just(3u8)],
+        prop::collection::btree_map(1u64..8, holder(), 0..=3),
+    )
+        .prop_map(|(slot, status, busy, labels_ok, param, claims)| RunnerGen {
+            slot,
+            status,
+            busy,
+            labels_ok,
+            param,
+            claims: claims.into_iter().collect(),
+        })
+}
+
+fn fleet_gen() -> impl Strategy<Value = FleetGen> {
+    (
+        prop::bool::weighted(0.75),
+        prop::bool::weighted(0.7),
+        0i32..=10,
+        prop::collection::vec(0usize..12, 0..=8),
+    )
+        .prop_map(|(live, matching, target, members)| FleetGen {
+            live,
+            matching,
+            target,
+            members,
+        })
+}
+
+fn world() -> impl Strategy<Value = World> {
+    (
+        prop::collection::vec(runner_gen(), 0..=8),
+        prop::collection::vec(0u8..4, 0..=2),
+        prop::collection::vec((0u8..3, 1u64..5), 0..=2),
+        prop::collection::vec(0..INSTANCE_STATES.len(), 0..=10),
+        prop::collection::vec(fleet_gen(), 0..=2),
+        prop::bool::weighted(0.8),
+        0u8..3,
+        0usize..5,
+    )
+        .prop_map(
+            |(
+                runners,
+                orphan_params,
+                foreign_claims,
+                instances,
+                fleets,
+                key_usable,
+                launch_template,
+                other_runners,
+            )| World {
+                runners,
+                orphan_params,
+                foreign_claims,
+                instances,
+                fleets,
+                key_usable,
+                launch_template,
+                other_runners,
+            },
+        )
+}
+
+fn uuid_of(n: u32) -> String {
+    format!("{{{n:08x}-0000-4000-8000-000000000000}}")
+}
+
+fn instance_id(k: usize) -> String {
+    format!("i-{k:02}")
+}
+
+fn parameter(uuid: &str, on_key: bool) -> RunnerParameter {
+    RunnerParameter {
+        name: names::runner_parameter("ci", uuid),
+        runner_uuid: bare_uuid(uuid),
+        kind: if on_key { "SecureString" } else { "String" }.into(),
+        key_id: on_key.then(|| ARN.to_owned()),
+    }
+}
+
+fn claim(uuid: &str, generation: u64, value: &str) -> Claim {
+    Claim {
+        name: crate::aws::ssm::claim_name("ci", uuid, generation),
+        runner_uuid: bare_uuid(uuid),
+        generation,
+        value: value.into(),
+    }
+}
+
+/// The observed world a generated one describes.
+fn build(config: &Config, w: &World) -> Observed {
+    let d = setup(0).1;
+    let mut seen = BTreeSet::new();
+    let mut o = Observed {
+        scope_name: "workspace acme".into(),
+        account_uuid: "{a}".into(),
+        key: Some(if w.key_usable {
+            KeyStatus::Usable { arn: ARN.into() }
+        } else {
+            KeyStatus::Absent
+        }),
+        subnets: vec![
+            SubnetInfo {
+                id: "subnet-a".into(),
+                az: "us-east-1a".into(),
+                vpc: "v".into(),
+            },
+            SubnetInfo {
+                id: "subnet-b".into(),
+                az: "us-east-1b".into(),
+                vpc: "v".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    for r in &w.runners {
+        if !seen.insert(r.slot) {
+            continue;
+        }
+        let uuid = uuid_of(r.slot);
+        let mut labels: Vec<String> = config.labels().to_vec();
+        if !r.labels_ok {
+            labels.pop();
+        }
+        o.runners.push(Runner {
+            uuid: uuid.clone(),
+            name: names::runner_name("ci", r.slot),
+            labels,
+            state: RunnerState {
+                status: Some(STATUSES[r.status].into()),
+                step: r.busy.then(|| serde_json::json!({"type": "PIPELINE_STEP"})),
+                ..Default::default()
+            },
+        });
+        if r.param > 0 {
+            o.parameters.push(parameter(&uuid, r.param < 3));
+        }
+        for (generation, h) in &r.claims {
+            let value = match h {
+                Holder::Free => "free".to_owned(),
+                Holder::Instance(k) => instance_id(*k),
+                Holder::Dead(k) => format!("i-dead{k}"),
+            };
+            o.claims.push(claim(&uuid, *generation, &value));
+        }
+    }
+    for p in &w.orphan_params {
+        let p = parameter(&uuid_of(0xa0 + u32::from(*p)), true);
+        if !o.parameters.contains(&p) {
+            o.parameters.push(p);
+        }
+    }
+    for (r, generation) in &w.foreign_claims {
+        let c = claim(&uuid_of(0xf0 + u32::from(*r)), *generation, "i-00");
+        if !o.claims.contains(&c) {
+            o.claims.push(c);
+        }
+    }
+    o.instances = w
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(k, s)| InstanceInfo {
+            id: instance_id(k),
+            instance_type: "m6i.large".into(),
+            az: "us-east-1a".into(),
+            state: INSTANCE_STATES[*s].into(),
+        })
+        .collect();
+    o.fleets = w
+        .fleets
+        .iter()
+        .enumerate()
+        .map(|(n, f)| {
+            let mut members: Vec<String> = f.members.iter().map(|k| instance_id(*k)).collect();
+            members.sort();
+            members.dedup();
+            FleetState {
+                id: format!("sfr-{n}"),
+                state: if f.live {
+                    "active"
+                } else {
+                    "cancelled_running"
+                }
+                .into(),
+                target: f.target,
+                fingerprint: Some(if f.matching {
+                    d.fleet.fingerprint()
+                } else {
+                    "0ld".into()
+                }),
+                instance_ids: members,
+            }
+        })
+        .collect();
+    o.launch_template = match w.launch_template {
+        0 => None,
+        n => Some(LaunchTemplateState {
+            id: "lt-1".into(),
+            name: "bbfleet-ci".into(),
+            latest_version: 1,
+            fingerprint: Some(if n == 1 {
+                d.launch_template.fingerprint()
+            } else {
+                "0ld".into()
+            }),
+        }),
+    };
+    o.scope_runner_count = o.runners.len() + w.other_runners;
+    o
+}
+
+/// The world after every action of `plan` took effect, as AWS and Bitbucket would leave it
+/// (new runners get fresh uuids and stored commands; requests launch nothing yet).
+fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desired) -> Observed {
+    let mut w = observed.clone();
+    let mut fresh = 0x100;
+    let terminate = |w: &mut Observed, ids: &[String]| {
+        w.instances.retain(|i| !ids.contains(&i.id));
+        for f in &mut w.fleets {
+            f.instance_ids.retain(|i| !ids.contains(i));
+        }
+    };
+    let key_arn = |w: &Observed| match &w.key {
+        Some(KeyStatus::Usable { arn }) => arn.clone(),
+        other => panic!("the plan stores commands without a usable key: {other:?}"),
+    };
+    for a in &plan.actions {
+        match a {
+            Action::CreateKey { .. } => {
+                w.key = Some(KeyStatus::Usable {
+                    arn: NEW_ARN.into(),
+                })
+            }
+            Action::RekeyParameter { name, .. } => {
+                let arn = key_arn(&w);
+                let p = w.parameters.iter_mut().find(|p| &p.name == name);
+                let p = p.unwrap_or_else(|| panic!("rekey of a missing {name}"));
+                p.kind = "SecureString".into();
+                p.key_id = Some(arn);
+            }
+            Action::DeleteRunner { uuid, .. } => {
+                w.runners.retain(|r| &r.uuid != uuid);
+                w.scope_runner_count -= 1;
+            }
+            Action::DeleteOrphanRunner { uuid, instance, .. } => {
+                if let Some(id) = instance {
+                    terminate(&mut w, std::slice::from_ref(id));
+                }
+                w.runners.retain(|r| &r.uuid != uuid);
+                w.scope_runner_count -= 1;
+            }
+            Action::DeleteParameter { name, .. } | Action::DeleteOrphanParameter { name, .. } => {
+                w.parameters.retain(|p| &p.name != name)
+            }
+            Action::UpdateRunner { uuid, .. } => {
+                for r in w.runners.iter_mut().filter(|r| &r.uuid == uuid) {
+                    r.labels = config.labels().to_vec();
+                }
+            }
+            Action::CreateRunner { name } => {
+                let uuid = uuid_of(fresh);
+                fresh += 1;
+                let arn = key_arn(&w);
+                w.runners.push(Runner {
+                    uuid: uuid.clone(),
+                    name: name.clone(),
+                    labels: config.labels().to_vec(),
+                    state: RunnerState {
+                        status: Some("UNREGISTERED".into()),
+                        ..Default::default()
+                    },
+                });
+                let mut p = parameter(&uuid, true);
+                p.key_id = Some(arn);
+                w.parameters.push(p);
+                w.scope_runner_count += 1;
+            }
+            Action::CreateLaunchTemplate { fingerprint, .. }
+            | Action::CreateLaunchTemplateVersion { fingerprint, .. } => {
+                w.launch_template = Some(LaunchTemplateState {
+                    id: "lt-1".into(),
+                    name: desired.launch_template.name.clone(),
+                    latest_version: 2,
+                    fingerprint: Some(fingerprint.clone()),
+                })
+            }
+            Action::RequestFleet {
+                target,
+                fingerprint,
+                ..
+            } => w.fleets.push(FleetState {
+                id: "sfr-new".into(),
+                state: "active".into(),
+                target: *target as i32,
+                fingerprint: Some(fingerprint.clone()),
+                instance_ids: Vec::new(),
+            }),
+            Action::SetFleetTarget { id, to, .. } => {
+                for f in w.fleets.iter_mut().filter(|f| &f.id == id) {
+                    f.target = *to as i32;
+                }
+            }
+            Action::CancelFleet { id, .. } => {
+                let ids: Vec<String> = w
+                    .fleets
+                    .iter()
+                    .filter(|f| &f.id == id)
+                    .flat_map(|f| f.instance_ids.clone())
+                    .collect();
+                terminate(&mut w, &ids);
+                for f in w.fleets.iter_mut().filter(|f| &f.id == id) {
+                    f.state = "cancelled_terminating".into();
+                }
+            }
+            Action::TerminateInstances { ids, .. } | Action::TerminateStrayInstances { ids } => {
+                terminate(&mut w, ids)
+            }
+            Action::DeleteClaims { names, .. } | Action::PruneClaims { names } => {
+                w.claims.retain(|c| !names.contains(&c.name))
+            }
+            Action::ReleaseClaim {
+                runner, generation, ..
+            } => {
+                // Overwrite=false: an existing generation stays as it is.
+                let c = claim(runner, *generation, "free");
+                if !w.claims.iter().any(|x| x.name == c.name) {
+                    w.claims.push(c);
+                }
+            }
+            Action::DeleteLaunchTemplate { .. } => w.launch_template = None,
+        }
+    }
+    w
+}
+
+/// The same world with every list in another order.
+fn reorder(o: &Observed, rot: usize) -> Observed {
+    fn turn<T>(v: &mut [T], rot: usize) {
+        v.reverse();
+        if !v.is_empty() {
+            let n = rot % v.len();
+            v.rotate_left(n);
+        }
+    }
+    let mut r = o.clone();
+    turn(&mut r.runners, rot);
+    turn(&mut r.parameters, rot);
+    turn(&mut r.claims, rot);
+    turn(&mut r.instances, rot);
+    turn(&mut r.fleets, rot);
+    for f in &mut r.fleets {
+        turn(&mut f.instance_ids, rot);
+    }
+    r
+}
+
+/// The config and the desired state for `n` runners; rendering userdata is the slow part,
+/// so it is done once and only the capacity changes per case.
+fn setup(n: u32) -> (Config, Desired) {
+    static BASE: std::sync::OnceLock<(Config, Desired)> = std::sync::OnceLock::new();
+    let (c, d) = BASE.get_or_init(|| {
+        let c = config();
+        let d = desired_for(&c, 0);
+        (c, d)
+    });
+    let mut d = d.clone();
+    d.capacity.desired = n;
+    (c.clone(), d)
+}
+
+fn runs(config: &Config, desired: &Desired, o: &Observed, force: bool) -> Option<Plan> {
+    plan_apply(config, desired, o, PlanOptions { force }).ok()
+}
+
+/// Runners holding a stored command.
+fn healthy(o: &Observed) -> usize {
+    o.runners
+        .iter()
+        .filter(|r| {
+            o.parameters
+                .iter()
+                .any(|p| p.runner_uuid == bare_uuid(&r.uuid))
+        })
+        .count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn plans_are_deterministic_and_independent_of_list_order(
+        w in world(), n in 0u32..=20, force in any::<bool>(), rot in 0usize..16,
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let first = runs(&c, &d, &o, force);
+        prop_assume!(first.is_some());
+        prop_assert_eq!(&first, &runs(&c, &d, &o, force));
+        prop_assert_eq!(&first, &runs(&c, &d, &reorder(&o, rot), force));
+    }
+
+    #[test]
+    fn applying_the_plan_leaves_nothing_to_do(
+        w in world(), n in 0u32..=20, force in any::<bool>(),
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(first) = runs(&c, &d, &o, force) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let after = apply_model(&o, &first, &c, &d);
+        let second = runs(&c, &d, &after, force)
+            .ok_or_else(|| TestCaseError::fail("the second plan was refused"))?;
+        // (b) Nothing left to do; what waits on busy runners is said again, unchanged.
+        prop_assert!(second.is_empty(), "second plan: {:?}\nfirst: {:?}", second.actions, first.actions);
+        // (A held stray may stop looking stray once a new request is launching.)
+        for warning in &second.warnings {
+            prop_assert!(first.warnings.contains(warning), "new warning {}", warning);
+        }
+        if force {
+            prop_assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+            prop_assert_eq!(healthy(&after), n as usize);
+        } else {
+            prop_assert!(healthy(&after) >= n as usize);
+            if healthy(&after) > n as usize || after.runners.len() > healthy(&after) {
+                prop_assert!(!first.warnings.is_empty());
+            }
+        }
+        // (d) One live request with the current configuration, target = runners.
+        let live: Vec<&FleetState> = after.fleets.iter().filter(|f| f.is_live()).collect();
+        if after.runners.is_empty() {
+            prop_assert!(live.iter().all(|f| f.target == 0), "{:?}", live);
+        } else {
+            prop_assert_eq!(live.len(), 1, "{:?}", live);
+            prop_assert_eq!(live[0].fingerprint.clone(), Some(d.fleet.fingerprint()));
+            prop_assert_eq!(live[0].target, after.runners.len() as i32);
+        }
+        // Every newest claim of a runner with a stored command is free or names a live
+        // instance (a busy orphan's claims wait with it).
+        let stored: BTreeSet<&str> = after.parameters.iter().map(|p| p.runner_uuid.as_str()).collect();
+        for (uuid, newest) in newest_claims(&after) {
+            if !stored.contains(uuid) {
+                continue;
+            }
+            let alive = after.instances.iter().any(|i| {
+                i.id == newest.value && matches!(i.state.as_str(), "pending" | "running")
+            });
+            prop_assert!(newest.value == "free" || alive, "{:?}", newest);
+        }
+    }
+
+    #[test]
+    fn without_force_no_busy_runner_is_deleted_or_loses_its_host(
+        w in world(), n in 0u32..=20,
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(p) = runs(&c, &d, &o, false) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let busy: Vec<&Runner> = o.runners.iter().filter(|r| r.is_busy()).collect();
+        let claims = newest_claims(&o);
+        let busy_hosts: Vec<&str> = busy
+            .iter()
+            .filter_map(|r| claims.get(bare_uuid(&r.uuid).as_str()))
+            .map(|c| c.value.as_str())
+            .filter(|id| {
+                o.instances.iter().any(|i| {
+                    &i.id == id && matches!(i.state.as_str(), "pending" | "running")
+                })
+            })
+            .collect();
+        for a in &p.actions {
+            match a {
+                Action::DeleteRunner { uuid, .. } | Action::DeleteOrphanRunner { uuid, .. } => {
+                    prop_assert!(!busy.iter().any(|r| &r.uuid == uuid), "{:?}", a);
+                }
+                Action::TerminateStrayInstances { ids } => {
+                    prop_assert!(!ids.iter().any(|i| busy_hosts.contains(&i.as_str())), "{:?}", a);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn claims_are_written_forward_and_the_newest_of_a_kept_runner_is_never_deleted(
+        w in world(), n in 0u32..=20, force in any::<bool>(),
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(p) = runs(&c, &d, &o, force) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let after = apply_model(&o, &p, &c, &d);
+        let newest = newest_claims(&o);
+        let kept: BTreeSet<String> = after
+            .runners
+            .iter()
+            .map(|r| bare_uuid(&r.uuid))
+            .filter(|u| after.parameters.iter().any(|p| &p.runner_uuid == u))
+            .collect();
+        let released: BTreeMap<&str, (usize, u64)> = p
+            .actions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, a)| match a {
+                Action::ReleaseClaim { runner, generation, .. } => {
+                    Some((runner.as_str(), (k, *generation)))
+                }
+                _ => None,
+            })
+            .collect();
+        for (k, a) in p.actions.iter().enumerate() {
+            match a {
+                Action::ReleaseClaim { runner, generation, instance } => {
+                    // The next generation, never an existing name.
+                    let Some(current) = newest.get(runner.as_str()) else {
+                        return Err(TestCaseError::fail(format!("release without a claim: {a:?}")));
+                    };
+                    prop_assert_eq!(*generation, current.generation + 1);
+                    prop_assert_eq!(&current.value, instance);
+                    // After every action that ends its instance.
+                    for later in &p.actions[k..] {
+                        let ends = match later {
+                            Action::TerminateInstances { ids, .. }
+                            | Action::TerminateStrayInstances { ids } => ids.contains(instance),
+                            Action::DeleteOrphanRunner { instance: Some(i), .. } => i == instance,
+                            Action::CancelFleet { id, .. } => o
+                                .fleets
+                                .iter()
+                                .any(|f| &f.id == id && f.instance_ids.contains(instance)),
+                            _ => false,
+                        };
+                        prop_assert!(!ends, "{:?} comes after {:?}", later, a);
+                    }
+                }
+                Action::PruneClaims { names } | Action::DeleteClaims { names, .. } => {
+                    for (uuid, c) in &newest {
+                        if !names.contains(&c.name) || !kept.contains(*uuid) {
+                            continue;
+                        }
+                        // Only once a newer generation was written before this delete.
+                        let before = released.get(uuid).is_some_and(|(at, g)| *at < k && *g > c.generation);
+                        prop_assert!(before, "{:?} deletes the newest claim {:?}", a, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
