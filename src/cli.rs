@@ -3,7 +3,7 @@
 //! (`plan --detailed-exitcode`; clap's usage errors are 2 as well).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, FieldError};
 use crate::execute::{ExecuteError, Executor, DEFAULT_CONCURRENCY};
 use crate::observe::{observe, Depth, ObserveError, Observed};
 use crate::plan::{self, Plan, PlanError, PlanOptions};
+use crate::planfile::{PlanfileError, SavedPlan};
 use crate::stats::CallStats;
 use crate::status::StatusView;
 use crate::userdata::{self, UserdataError, UserdataVars};
@@ -42,6 +43,10 @@ pub struct Cli {
     /// Errors only.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Debug logs of bbfleet: every Bitbucket request (method, path, status, time) and AWS
+    /// call; never a header, body or secret. Wins over BBFLEET_LOG, -v and -q.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,11 +72,17 @@ enum Command {
         /// Skip the pre-flight checks (subnets, offerings, AMI, DryRun, quota, cost).
         #[arg(long)]
         no_preflight: bool,
+        /// Also save the plan to FILE (mode 0600, no secret) for `apply FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
     /// Bring the world to the config.
     Apply {
+        /// A plan saved by `plan --out`: run exactly it, without asking, if the world has not changed since.
+        #[arg(value_name = "PLANFILE", conflicts_with_all = ["capacity", "at", "force"])]
+        planfile: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
         auto_approve: bool,
@@ -166,6 +177,9 @@ pub enum CliError {
     /// Planning.
     #[error("cannot plan: {0}")]
     Plan(#[from] PlanError),
+    /// A saved plan.
+    #[error(transparent)]
+    Planfile(#[from] PlanfileError),
     /// Executing.
     #[error(transparent)]
     Execute(#[from] ExecuteError),
@@ -186,7 +200,7 @@ pub enum CliError {
 /// Parses the process arguments and runs; returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,19 +223,34 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, debug: bool) {
+    use tracing_subscriber::prelude::*;
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "bbfleet=info",
         (false, _) => "bbfleet=debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let filter = if debug {
+        tracing_subscriber::EnvFilter::new("bbfleet=debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+    };
+    // Whatever BBFLEET_LOG asks, other crates log at info at most: the AWS SDK and the
+    // HTTP stack print requests (headers, bodies: tokens, SecureString values) at debug/trace.
+    let ours_or_info = tracing_subscriber::filter::filter_fn(|meta| {
+        let target = meta.target();
+        target == "bbfleet" || target.starts_with("bbfleet::") || *meta.level() <= tracing::Level::INFO
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(debug)
+                .with_filter(filter)
+                .with_filter(ours_or_info),
+        )
         .init();
 }
 
@@ -344,11 +373,16 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
         Command::Plan {
             detailed_exitcode,
             no_preflight,
+            out,
             target,
         } => {
             let capacity = resolve_capacity(&config, &target)?;
             let remote = connect(&config, stats).await?;
             let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
+            if let Some(path) = &out {
+                SavedPlan::new(&config, &remote.aws.region, &plan, &desired, &observed, target.force)
+                    .write(path)?;
+            }
             let checks = if no_preflight {
                 Vec::new()
             } else {
@@ -360,12 +394,21 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                     view["preflight"] =
                         serde_json::to_value(&checks).map_err(std::io::Error::from)?;
                 }
+                if let Some(path) = &out {
+                    view["saved_to"] = path.display().to_string().into();
+                }
                 print_json(&view)?;
             } else {
                 if !no_preflight {
                     print!("{}", crate::preflight::render(&checks));
                 }
                 show_plan(&plan, false)?;
+                if let Some(path) = &out {
+                    println!(
+                        "\nSaved the plan to {p}. To perform exactly these actions, run: bbfleet apply {p}",
+                        p = path.display()
+                    );
+                }
             }
             Ok(if detailed_exitcode && !plan.is_empty() {
                 ExitCode::from(2)
@@ -374,6 +417,12 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             })
         }
         Command::Apply {
+            planfile: Some(path),
+            concurrency,
+            ..
+        } => apply_saved(&config, &path, stats, concurrency as usize, json).await,
+        Command::Apply {
+            planfile: None,
             auto_approve,
             target,
             concurrency,
@@ -530,6 +579,40 @@ async fn plan_apply(
         },
     )?;
     Ok((plan, observed, desired))
+}
+
+/// `apply PLANFILE`: the file is checked offline, then against a fresh look at the world;
+/// only an unchanged world runs the saved actions, without asking (the plan was the approval).
+async fn apply_saved(
+    config: &Config,
+    path: &Path,
+    stats: &CallStats,
+    concurrency: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let saved = SavedPlan::read(path)?;
+    saved.check_config(config)?;
+    let remote = connect(config, stats).await?;
+    let observed = observe(
+        config,
+        &remote.aws,
+        &remote.fleet_api,
+        &remote.bitbucket,
+        Depth::ForApply,
+    )
+    .await?;
+    let (plan, desired) = saved.check_world(config, &remote.aws.region, &observed)?;
+    execute(
+        config,
+        &remote,
+        &plan,
+        &observed,
+        Some(&desired),
+        true,
+        concurrency,
+        json,
+    )
+    .await
 }
 
 fn show_plan(plan: &Plan, json: bool) -> Result<(), CliError> {

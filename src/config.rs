@@ -235,7 +235,7 @@ pub struct SpotConfig {
 }
 
 /// Spot allocation strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AllocationStrategy {
     /// Spread over all pools.
@@ -997,7 +997,7 @@ impl ScheduleWindow {
 }
 
 /// Where a capacity came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     /// Number of runners (= instances).
     pub desired: u32,

@@ -9,6 +9,7 @@ pub mod execute;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod planfile;
 pub mod policy;
 pub mod preflight;
 pub mod runner_command;
