@@ -190,7 +190,8 @@ async fn a_changed_world_or_config_refuses_the_plan() {
     let stale = h.run(&["--config", cfg, "apply", "up.json"], &token).await;
     stale.expect_code(1);
     assert!(
-        stale.stderr.contains("the plan is stale: runners")
+        stale.stderr.contains("the plan is stale:")
+            && stale.stderr.contains("runners changed since the plan was made")
             && !stale.stderr.contains("fleet requests"),
         "{}",
         stale.stderr
