@@ -247,6 +247,8 @@ fn init_logging(verbose: u8, quiet: bool, debug: bool) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colour codes only on a terminal: logs kept in files stay greppable.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(debug)
                 .with_filter(filter)
                 .with_filter(ours_or_info),
