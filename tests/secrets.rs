@@ -70,11 +70,17 @@ impl Evidence {
         self.0.push((place.into(), text.into()));
     }
 
-    /// Places holding `needle`.
+    /// Places holding `needle`, as text or as the byte list `Debug` prints for raw bytes
+    /// (`Bytes([99, 110, ...])`, how the AWS SDK's trace logs show a body).
     fn hits(&self, needle: &str) -> Vec<&str> {
+        let as_bytes = needle
+            .bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         self.0
             .iter()
-            .filter(|(_, text)| text.contains(needle))
+            .filter(|(_, text)| text.contains(needle) || text.contains(&as_bytes))
             .map(|(place, _)| place.as_str())
             .collect()
     }
@@ -335,15 +341,16 @@ async fn no_secret_leaks_with_an_oauth_consumer() {
     scenario("cn-oauth", Mode::OAuth, &["--debug"], &[]).await;
 }
 
-/// `-vv`, and BBFLEET_LOG asking every crate for trace logs: the AWS SDK and HTTP stack
-/// would print request bodies (SecureString values) and headers; bbfleet caps them.
+/// `-vv`, and BBFLEET_LOG asking every crate for trace logs, with the AWS SDK told to
+/// print request bodies (`LOG_SIGNABLE_BODY`): its trace logs would show the SecureString
+/// values being written; bbfleet caps other crates at info, so nothing shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_leaks_with_vv_and_trace_filter() {
     scenario(
         "cn-trace",
         Mode::OAuth,
         &["-vv"],
-        &[("BBFLEET_LOG", "trace")],
+        &[("BBFLEET_LOG", "trace"), ("LOG_SIGNABLE_BODY", "true")],
     )
     .await;
 }
