@@ -241,7 +241,9 @@ fn init_logging(verbose: u8, quiet: bool, debug: bool) {
     // HTTP stack print requests (headers, bodies: tokens, SecureString values) at debug/trace.
     let ours_or_info = tracing_subscriber::filter::filter_fn(|meta| {
         let target = meta.target();
-        target == "bbfleet" || target.starts_with("bbfleet::") || *meta.level() <= tracing::Level::INFO
+        target == "bbfleet"
+            || target.starts_with("bbfleet::")
+            || *meta.level() <= tracing::Level::INFO
     });
     tracing_subscriber::registry()
         .with(
@@ -382,8 +384,15 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             let remote = connect(&config, stats).await?;
             let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
             if let Some(path) = &out {
-                SavedPlan::new(&config, &remote.aws.region, &plan, &desired, &observed, target.force)
-                    .write(path)?;
+                SavedPlan::new(
+                    &config,
+                    &remote.aws.region,
+                    &plan,
+                    &desired,
+                    &observed,
+                    target.force,
+                )
+                .write(path)?;
             }
             let checks = if no_preflight {
                 Vec::new()

@@ -160,7 +160,10 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 
 /// Part names as users read them, in the order they are reported.
 const PARTS: [(&str, &str); 10] = [
-    ("scope", "the Bitbucket scope (workspace, repository, runner count)"),
+    (
+        "scope",
+        "the Bitbucket scope (workspace, repository, runner count)",
+    ),
     ("runners", "runners"),
     ("parameters", "stored runner commands"),
     ("claims", "claims"),
@@ -373,8 +376,8 @@ impl SavedPlan {
             path: path.to_owned(),
             message,
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| garbled(format!("not JSON ({e})")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| garbled(format!("not JSON ({e})")))?;
         // Format and version first: a newer layout is reported as such, not as a stray field.
         if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(garbled(format!(

@@ -49,7 +49,14 @@ async fn a_saved_plan_applies_once_then_is_stale() {
 
     let plan = h
         .run(
-            &["--config", cfg, "plan", "--no-preflight", "--out", "plan.json"],
+            &[
+                "--config",
+                cfg,
+                "plan",
+                "--no-preflight",
+                "--out",
+                "plan.json",
+            ],
             &token,
         )
         .await;
@@ -93,7 +100,9 @@ async fn a_saved_plan_applies_once_then_is_stale() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // apply FILE: no --auto-approve needed (the plan was the approval), no terminal.
-    let applied = h.run(&["--config", cfg, "apply", "plan.json"], &token).await;
+    let applied = h
+        .run(&["--config", cfg, "apply", "plan.json"], &token)
+        .await;
     applied.expect_code(0);
     assert!(
         applied
@@ -104,7 +113,13 @@ async fn a_saved_plan_applies_once_then_is_stale() {
     );
     assert_eq!(h.runners(None).len(), 2);
     h.run(
-        &["--config", cfg, "plan", "--no-preflight", "--detailed-exitcode"],
+        &[
+            "--config",
+            cfg,
+            "plan",
+            "--no-preflight",
+            "--detailed-exitcode",
+        ],
         &token,
     )
     .await
@@ -114,7 +129,9 @@ async fn a_saved_plan_applies_once_then_is_stale() {
 
     // The same file again: the world it was made from is gone.
     forget_calls(&h);
-    let again = h.run(&["--config", cfg, "apply", "plan.json"], &token).await;
+    let again = h
+        .run(&["--config", cfg, "apply", "plan.json"], &token)
+        .await;
     again.expect_code(1);
     assert!(
         again.stderr.contains("the plan is stale:")
@@ -128,14 +145,23 @@ async fn a_saved_plan_applies_once_then_is_stale() {
 
     // A no-change plan saves and applies too, with no write.
     h.run(
-        &["--config", cfg, "plan", "--no-preflight", "--out", "same.json"],
+        &[
+            "--config",
+            cfg,
+            "plan",
+            "--no-preflight",
+            "--out",
+            "same.json",
+        ],
         &token,
     )
     .await
     .expect_code(0);
     assert_no_secret(&h, &h.dir.path().join("same.json"));
     forget_calls(&h);
-    let same = h.run(&["--config", cfg, "apply", "same.json"], &token).await;
+    let same = h
+        .run(&["--config", cfg, "apply", "same.json"], &token)
+        .await;
     same.expect_code(0);
     assert!(same.stdout.contains("No changes."), "{}", same.stdout);
     h.assert_no_writes("an empty saved plan");
@@ -191,7 +217,9 @@ async fn a_changed_world_or_config_refuses_the_plan() {
     stale.expect_code(1);
     assert!(
         stale.stderr.contains("the plan is stale:")
-            && stale.stderr.contains("runners changed since the plan was made")
+            && stale
+                .stderr
+                .contains("runners changed since the plan was made")
             && !stale.stderr.contains("fleet requests"),
         "{}",
         stale.stderr
@@ -217,7 +245,9 @@ async fn a_changed_world_or_config_refuses_the_plan() {
     .expect_code(0);
     h.apply(cfg, &["--capacity", "3"]).await;
     forget_calls(&h);
-    let stale = h.run(&["--config", cfg, "apply", "down.json"], &token).await;
+    let stale = h
+        .run(&["--config", cfg, "apply", "down.json"], &token)
+        .await;
     stale.expect_code(1);
     assert!(
         stale.stderr.contains("the plan is stale:") && stale.stderr.contains("fleet requests"),
@@ -228,7 +258,14 @@ async fn a_changed_world_or_config_refuses_the_plan() {
 
     // The config changed: refused before any call.
     h.run(
-        &["--config", cfg, "plan", "--no-preflight", "--out", "cfg.json"],
+        &[
+            "--config",
+            cfg,
+            "plan",
+            "--no-preflight",
+            "--out",
+            "cfg.json",
+        ],
         &token,
     )
     .await
@@ -238,7 +275,9 @@ async fn a_changed_world_or_config_refuses_the_plan() {
     let refused = h.run(&["--config", cfg, "apply", "cfg.json"], &token).await;
     refused.expect_code(1);
     assert!(
-        refused.stderr.contains("the config changed since the plan was made"),
+        refused
+            .stderr
+            .contains("the config changed since the plan was made"),
         "{}",
         refused.stderr
     );
@@ -256,7 +295,14 @@ async fn edited_or_garbled_plan_files_are_refused() {
     let cfg = config.to_str().unwrap();
     let token = Harness::token();
     h.run(
-        &["--config", cfg, "plan", "--no-preflight", "--out", "good.json"],
+        &[
+            "--config",
+            cfg,
+            "plan",
+            "--no-preflight",
+            "--out",
+            "good.json",
+        ],
         &token,
     )
     .await
@@ -292,7 +338,10 @@ async fn edited_or_garbled_plan_files_are_refused() {
         ),
         (
             "typo.json",
-            good.replace("\"action\": \"create_runner\"", "\"action\": \"spawn_runner\""),
+            good.replace(
+                "\"action\": \"create_runner\"",
+                "\"action\": \"spawn_runner\"",
+            ),
             "field actions[1]",
         ),
     ];

@@ -10,7 +10,7 @@
 mod support;
 
 use base64::Engine;
-use bitbucket_fake::{Fault, FakeConfig};
+use bitbucket_fake::{FakeConfig, Fault};
 use support::harness::Harness;
 
 const ACCESS_TOKEN: &str = "cnry-access-token-7d1f0c2b9e";
@@ -39,8 +39,19 @@ fn fake_config() -> FakeConfig {
 }
 
 /// The environment of `mode`; `wrong` swaps the secret part for another canary.
-fn credentials(h: &Harness, mode: Mode, wrong: bool, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let secret = |s: &str| if wrong { WRONG.to_owned() } else { s.to_owned() };
+fn credentials(
+    h: &Harness,
+    mode: Mode,
+    wrong: bool,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let secret = |s: &str| {
+        if wrong {
+            WRONG.to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     let mut env: Vec<(String, String)> = match mode {
         Mode::Bearer => vec![("BITBUCKET_ACCESS_TOKEN".into(), secret(ACCESS_TOKEN))],
         Mode::Basic => vec![
@@ -49,7 +60,10 @@ fn credentials(h: &Harness, mode: Mode, wrong: bool, extra: &[(&str, &str)]) -> 
         ],
         Mode::OAuth => vec![
             ("BITBUCKET_OAUTH_CLIENT_ID".into(), CLIENT_ID.into()),
-            ("BITBUCKET_OAUTH_CLIENT_SECRET".into(), secret(CLIENT_SECRET)),
+            (
+                "BITBUCKET_OAUTH_CLIENT_SECRET".into(),
+                secret(CLIENT_SECRET),
+            ),
             ("BITBUCKET_OAUTH_TOKEN_URL".into(), h.fake.oauth_token_url()),
         ],
     };
@@ -204,7 +218,9 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
     let args = |rest: &[&'static str]| argv(cfg, verbosity, rest);
 
     h.run(&args(&["validate"]), &good).await.expect_code(0);
-    h.run(&args(&["render-userdata"]), &good).await.expect_code(0);
+    h.run(&args(&["render-userdata"]), &good)
+        .await
+        .expect_code(0);
     h.run(&args(&["plan"]), &good).await.expect_code(0);
     h.run(&args(&["--output", "json", "plan"]), &good)
         .await
@@ -214,11 +230,13 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
         .expect_code(0);
     let applied = h.run(&args(&["apply", "plan.json"]), &good).await;
     applied.expect_code(0);
-    assert!(
-        applied.stderr.contains("DEBUG"),
-        "debug logs are on: {}",
-        applied.stderr
-    );
+    // Debug logs are on: a line per Bitbucket request and per AWS call.
+    for line in [
+        "POST /2.0/workspaces/acme/pipelines-config/runners",
+        "operation=\"PutParameter\" status=200",
+    ] {
+        assert!(applied.stderr.contains(line), "{line}: {}", applied.stderr);
+    }
     h.run(&args(&["status"]), &good).await.expect_code(0);
     h.run(&args(&["--output", "json", "status"]), &good)
         .await
@@ -228,7 +246,10 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
     let log_path = h.dir.path().join("apply.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let up = h
-        .command(&args(&["apply", "--auto-approve", "--capacity", "3"]), &good)
+        .command(
+            &args(&["apply", "--auto-approve", "--capacity", "3"]),
+            &good,
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::from(log))
         .spawn()
@@ -243,9 +264,12 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
         .push_str(&String::from_utf8_lossy(&up.stdout));
     assert!(std::fs::metadata(&log_path).unwrap().len() > 0);
 
-    h.run(&args(&["apply", "--auto-approve", "--capacity", "1"]), &good)
-        .await
-        .expect_code(0);
+    h.run(
+        &args(&["apply", "--auto-approve", "--capacity", "1"]),
+        &good,
+    )
+    .await
+    .expect_code(0);
     h.run(&args(&["autoscale", "--once"]), &good)
         .await
         .expect_code(0);
@@ -261,13 +285,19 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
         path_contains: Some("runners".into()),
     });
     let storm = h
-        .run(&args(&["apply", "--auto-approve", "--capacity", "2"]), &good)
+        .run(
+            &args(&["apply", "--auto-approve", "--capacity", "2"]),
+            &good,
+        )
         .await;
     storm.expect_code(1);
     h.fake.clear_faults();
-    h.run(&args(&["apply", "--auto-approve", "--capacity", "2"]), &good)
-        .await
-        .expect_code(0);
+    h.run(
+        &args(&["apply", "--auto-approve", "--capacity", "2"]),
+        &good,
+    )
+    .await
+    .expect_code(0);
 
     // Evidence, before destroy removes it.
     let mut evidence = Evidence::default();
@@ -304,11 +334,15 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
         .iter()
         .filter(|s| !control.hits(s).is_empty())
         .count();
-    assert_eq!(found, 2, "the two live runners' secrets are in their SecureStrings");
+    assert_eq!(
+        found, 2,
+        "the two live runners' secrets are in their SecureStrings"
+    );
     assert!(!control.hits(RUNNER_PREFIX).is_empty());
 
     // Zero hits anywhere else.
-    let mut canaries: Vec<&str> = vec![ACCESS_TOKEN, API_TOKEN, CLIENT_SECRET, WRONG, RUNNER_PREFIX];
+    let mut canaries: Vec<&str> =
+        vec![ACCESS_TOKEN, API_TOKEN, CLIENT_SECRET, WRONG, RUNNER_PREFIX];
     canaries.extend(issued.iter().map(String::as_str));
     for c in canaries {
         assert_eq!(evidence.hits(c), Vec::<&str>::new(), "canary {c} leaked");
@@ -318,8 +352,15 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
         for (place, text) in &evidence.0 {
             let lower = text.to_lowercase();
             if let Some(at) = lower.find(header) {
-                let from = lower[..at].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
-                let to = lower[at..].char_indices().nth(80).map_or(lower.len(), |(i, _)| at + i);
+                let from = lower[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(80)
+                    .map_or(0, |(i, _)| i);
+                let to = lower[at..]
+                    .char_indices()
+                    .nth(80)
+                    .map_or(lower.len(), |(i, _)| at + i);
                 panic!("{header:?} appears in {place}: ...{}...", &text[from..to]);
             }
         }
@@ -353,4 +394,48 @@ async fn no_secret_leaks_with_vv_and_trace_filter() {
         &[("BBFLEET_LOG", "trace"), ("LOG_SIGNABLE_BODY", "true")],
     )
     .await;
+}
+
+/// Credentials in a URL are refused without repeating the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_url_are_refused_unprinted() {
+    let h = Harness::with_fake("cn-url", fake_config()).await;
+    let config = h.write_config(&h.config(1, None));
+    let cfg = config.to_str().unwrap();
+    let token_url = h
+        .fake
+        .oauth_token_url()
+        .replace("http://", &format!("http://{CLIENT_ID}:{CLIENT_SECRET}@"));
+    let env = [
+        ("BITBUCKET_OAUTH_CLIENT_ID", CLIENT_ID),
+        ("BITBUCKET_OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+        ("BITBUCKET_OAUTH_TOKEN_URL", token_url.as_str()),
+    ];
+    let run = h.run(&["--config", cfg, "--debug", "plan"], &env).await;
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("BITBUCKET_OAUTH_TOKEN_URL: the URL holds a user name or password"),
+        "{}",
+        run.stderr
+    );
+    let api_url = format!("http://user:{ACCESS_TOKEN}@127.0.0.1:1/2.0");
+    let run = h
+        .run(
+            &["--config", cfg, "--debug", "status"],
+            &[
+                ("BITBUCKET_ACCESS_TOKEN", ACCESS_TOKEN),
+                ("BITBUCKET_API_URL", api_url.as_str()),
+            ],
+        )
+        .await;
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("BITBUCKET_API_URL: the URL holds"),
+        "{}",
+        run.stderr
+    );
+    let transcript = h.transcript.lock().unwrap().clone();
+    assert!(!transcript.contains(CLIENT_SECRET) && !transcript.contains(ACCESS_TOKEN));
+    h.assert_no_writes("credentials in a URL");
 }
