@@ -509,6 +509,115 @@ mod tests {
         }
     }
 
+    /// A fresh account: the key exists, nothing else of the fleet.
+    fn fresh() -> (Config, Observed) {
+        use crate::aws::ec2::{ImageInfo, SubnetInfo};
+        let config = Config::parse(crate::config::tests::GOOD, "t").unwrap();
+        let subnet = |id: &str, az: &str| SubnetInfo {
+            id: id.into(),
+            az: az.into(),
+            vpc: "v".into(),
+        };
+        let observed = Observed {
+            scope_name: "workspace acme".into(),
+            account_uuid: "{a}".into(),
+            key: Some(crate::aws::kms::KeyStatus::Usable { arn: "k".into() }),
+            subnets: vec![
+                subnet("subnet-0123abcd", "us-east-1a"),
+                subnet("subnet-0123abce", "us-east-1b"),
+            ],
+            image: Some(ImageInfo {
+                id: "ami-1".into(),
+                root_device: "/dev/xvda".into(),
+                architecture: "x86_64".into(),
+            }),
+            ..Observed::default()
+        };
+        (config, observed)
+    }
+
+    fn saved(config: &Config, observed: &Observed) -> SavedPlan {
+        let capacity = Capacity {
+            desired: 2,
+            source: "default".into(),
+        };
+        let image = observed.image.as_ref().unwrap();
+        let desired = plan::desired(config, "us-east-1", image, capacity).unwrap();
+        let plan = plan::plan_apply(config, &desired, observed, PlanOptions::default()).unwrap();
+        SavedPlan::new(config, "us-east-1", &plan, &desired, observed, false)
+    }
+
+    #[test]
+    fn a_plan_file_round_trips_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let (config, observed) = fresh();
+        let plan = saved(&config, &observed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        plan.write(&path).unwrap();
+        plan.write(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(SavedPlan::read(&path).unwrap(), plan);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_the_same_world_config_and_region_pass() {
+        let (config, observed) = fresh();
+        let plan = saved(&config, &observed);
+        plan.check_config(&config).unwrap();
+        let (p, d) = plan.check_world(&config, "us-east-1", &observed).unwrap();
+        assert_eq!((p.actions, d), (plan.actions.clone(), plan.desired.clone()));
+
+        let other = Config::parse(&crate::config::tests::GOOD.replace("\"ci\"", "\"cd\""), "t");
+        assert!(matches!(
+            plan.check_config(&other.unwrap()),
+            Err(PlanfileError::Fleet { .. })
+        ));
+        let bigger = Config::parse(
+            &crate::config::tests::GOOD.replace("max = 20", "max = 21"),
+            "t",
+        );
+        assert!(matches!(
+            plan.check_config(&bigger.unwrap()),
+            Err(PlanfileError::Config { .. })
+        ));
+        assert!(matches!(
+            plan.check_world(&config, "eu-west-1", &observed),
+            Err(PlanfileError::Region { .. })
+        ));
+
+        let mut changed = observed.clone();
+        changed.scope_runner_count = 1;
+        changed
+            .runners
+            .push(runner("{9}", "bbfleet-ci-9", &["linux"]));
+        let err = plan
+            .check_world(&config, "us-east-1", &changed)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the plan is stale: the Bitbucket scope (workspace, repository, runner count), runners changed since the plan was made; run plan again"
+        );
+
+        // Sealed edits: the checksum passes, planning again does not.
+        let mut edited = plan.clone();
+        edited.actions.pop();
+        edited.seal();
+        assert!(matches!(
+            edited.check_world(&config, "us-east-1", &observed),
+            Err(PlanfileError::Diverged("actions"))
+        ));
+        let mut edited = plan.clone();
+        edited.capacity.desired = 5;
+        edited.seal();
+        assert!(matches!(
+            edited.check_world(&config, "us-east-1", &observed),
+            Err(PlanfileError::Diverged(_))
+        ));
+    }
+
     #[test]
     fn the_fingerprint_ignores_order_and_sees_changes() {
         let a = world();
