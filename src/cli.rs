@@ -3,7 +3,7 @@
 //! (`plan --detailed-exitcode`; clap's usage errors are 2 as well).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -18,6 +18,7 @@ use crate::execute::{ExecuteError, Executor, DEFAULT_CONCURRENCY};
 use crate::lock::LockError;
 use crate::observe::{observe, Depth, ObserveError, Observed};
 use crate::plan::{self, Plan, PlanError, PlanOptions};
+use crate::planfile::{PlanfileError, SavedPlan};
 use crate::stats::CallStats;
 use crate::status::StatusView;
 use crate::userdata::{self, UserdataError, UserdataVars};
@@ -43,6 +44,10 @@ pub struct Cli {
     /// Errors only.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Debug logs of bbfleet: every Bitbucket request (method, path, status, time) and AWS
+    /// call; never a header, body or secret. Wins over BBFLEET_LOG, -v and -q.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,11 +73,17 @@ enum Command {
         /// Skip the pre-flight checks (subnets, offerings, AMI, DryRun, quota, cost).
         #[arg(long)]
         no_preflight: bool,
+        /// Also save the plan to FILE (mode 0600, no secret) for `apply FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
     /// Bring the world to the config.
     Apply {
+        /// A plan saved by `plan --out`: run exactly it, without asking, if the world has not changed since.
+        #[arg(value_name = "PLANFILE", conflicts_with_all = ["capacity", "at", "force"])]
+        planfile: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
         auto_approve: bool,
@@ -215,6 +226,9 @@ pub enum CliError {
     /// Planning.
     #[error("cannot plan: {0}")]
     Plan(#[from] PlanError),
+    /// A saved plan.
+    #[error(transparent)]
+    Planfile(#[from] PlanfileError),
     /// Executing.
     #[error(transparent)]
     Execute(#[from] ExecuteError),
@@ -238,7 +252,7 @@ pub enum CliError {
 /// Parses the process arguments and runs; returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -268,19 +282,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, debug: bool) {
+    use tracing_subscriber::prelude::*;
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "bbfleet=info",
         (false, _) => "bbfleet=debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let filter = if debug {
+        tracing_subscriber::EnvFilter::new("bbfleet=debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_env("BBFLEET_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+    };
+    // Whatever BBFLEET_LOG asks, other crates log at info at most: the AWS SDK and the
+    // HTTP stack print requests (headers, bodies: tokens, SecureString values) at debug/trace.
+    let ours_or_info = tracing_subscriber::filter::filter_fn(|meta| {
+        let target = meta.target();
+        target == "bbfleet"
+            || target.starts_with("bbfleet::")
+            || *meta.level() <= tracing::Level::INFO
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only on a terminal: logs kept in files stay greppable.
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(debug)
+                .with_filter(filter)
+                .with_filter(ours_or_info),
+        )
         .init();
 }
 
@@ -403,11 +436,23 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
         Command::Plan {
             detailed_exitcode,
             no_preflight,
+            out,
             target,
         } => {
             let capacity = resolve_capacity(&config, &target)?;
             let remote = connect(&config, stats).await?;
             let (plan, observed, desired) = plan_apply(&config, &remote, capacity, &target).await?;
+            if let Some(path) = &out {
+                SavedPlan::new(
+                    &config,
+                    &remote.aws.region,
+                    &plan,
+                    &desired,
+                    &observed,
+                    target.force,
+                )
+                .write(path)?;
+            }
             let checks = if no_preflight {
                 Vec::new()
             } else {
@@ -419,12 +464,21 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                     view["preflight"] =
                         serde_json::to_value(&checks).map_err(std::io::Error::from)?;
                 }
+                if let Some(path) = &out {
+                    view["saved_to"] = path.display().to_string().into();
+                }
                 print_json(&view)?;
             } else {
                 if !no_preflight {
                     print!("{}", crate::preflight::render(&checks));
                 }
                 show_plan(&plan, false)?;
+                if let Some(path) = &out {
+                    println!(
+                        "\nSaved the plan to {p}. To perform exactly these actions, run: bbfleet apply {p}",
+                        p = path.display()
+                    );
+                }
             }
             Ok(if detailed_exitcode && !plan.is_empty() {
                 ExitCode::from(2)
@@ -433,6 +487,22 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             })
         }
         Command::Apply {
+            planfile: Some(path),
+            concurrency,
+            lock,
+            ..
+        } => {
+            let how = Approval {
+                auto_approve: true,
+                command: "apply",
+                lock: lock.parse()?,
+                concurrency: concurrency as usize,
+                json,
+            };
+            apply_saved(&config, &path, stats, &how).await
+        }
+        Command::Apply {
+            planfile: None,
             auto_approve,
             target,
             concurrency,
@@ -612,6 +682,56 @@ async fn plan_apply(
         },
     )?;
     Ok((plan, observed, desired))
+}
+
+/// `apply PLANFILE`: the file is checked offline, then, holding the fleet lock, against a
+/// fresh look at the world; only an unchanged world runs the saved actions, without asking
+/// (the plan was the approval). A stale or empty saved plan writes nothing.
+async fn apply_saved(
+    config: &Config,
+    path: &Path,
+    stats: &CallStats,
+    how: &Approval,
+) -> Result<ExitCode, CliError> {
+    let saved = SavedPlan::read(path)?;
+    saved.check_config(config)?;
+    let remote = connect(config, stats).await?;
+    let checked = || async {
+        let observed = observe(
+            config,
+            &remote.aws,
+            &remote.fleet_api,
+            &remote.bitbucket,
+            Depth::ForApply,
+        )
+        .await?;
+        let (plan, desired) = saved.check_world(config, &remote.aws.region, &observed)?;
+        Ok::<_, CliError>((plan, observed, desired))
+    };
+    // Checked first without the lock, so a stale plan is refused with no write at all, then
+    // again under the lock, since the world may change while waiting for it.
+    let (plan, _, _) = checked().await?;
+    if plan.is_empty() {
+        show_plan(&plan, how.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    with_lock(config, &remote.aws.ssm, how.command, &how.lock, async {
+        let (plan, observed, desired) = checked().await?;
+        if !how.json {
+            show_plan(&plan, false)?;
+        }
+        execute(
+            config,
+            &remote,
+            &plan,
+            &observed,
+            Some(&desired),
+            how.concurrency,
+            how.json,
+        )
+        .await
+    })
+    .await
 }
 
 fn show_plan(plan: &Plan, json: bool) -> Result<(), CliError> {

@@ -235,7 +235,7 @@ pub struct SpotConfig {
 }
 
 /// Spot allocation strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AllocationStrategy {
     /// Spread over all pools.
@@ -1040,7 +1040,7 @@ impl ScheduleWindow {
 }
 
 /// Where a capacity came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     /// Number of runners (= instances).
     pub desired: u32,
@@ -1263,6 +1263,10 @@ fn check_kms_key(key: &str) -> Result<(), String> {
 /// A Bitbucket-facing URL: https, or http only to a loopback host (credentials travel on it).
 pub fn check_api_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Said without the URL: what is in it is a credential, and messages are logged.
+        return Err("the URL holds a user name or password (user:pass@); give credentials in the BITBUCKET_* variables only".to_owned());
+    }
     let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match parsed.scheme() {
         "https" => Ok(()),

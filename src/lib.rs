@@ -10,6 +10,7 @@ pub mod lock;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod planfile;
 pub mod policy;
 pub mod preflight;
 pub mod runner_command;

@@ -41,7 +41,7 @@ pub struct ImageInfo {
 }
 
 /// What bbfleet wants the launch template's newest version to be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LaunchTemplateSpec {
     /// `bbfleet-{fleet}`.
     pub name: String,

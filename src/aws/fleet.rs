@@ -40,7 +40,7 @@ impl FleetState {
 }
 
 /// What to request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FleetSpec {
     /// Fleet name.
     pub fleet: String,

@@ -137,6 +137,8 @@ impl Intercept for CallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(AttemptStarted(std::time::Instant::now()));
         if let Some(md) = cfg.load::<Metadata>() {
             let service = md.service().to_ascii_lowercase();
             let service = service
@@ -159,7 +161,6 @@ impl Intercept for CallCounter {
                 );
             }
             self.0.record(&service, md.name(), aws_kind(md.name()));
-            tracing::debug!(service, operation = md.name(), "aws");
             // Tests run debug builds: a call missing from the IAM action table fails there,
             // so policies/operator.json cannot silently miss a permission.
             if cfg!(debug_assertions) && !actions::is_called(&service, md.name()) {
@@ -173,6 +174,8 @@ impl Intercept for CallCounter {
         Ok(())
     }
 
+    /// Remembers a failed attempt's cause for the retry line, and (`--debug`) logs one line
+    /// per attempt with its status and time; never headers or bodies.
     fn read_after_attempt(
         &self,
         context: &FinalizerInterceptorContextRef<'_>,
@@ -193,8 +196,30 @@ impl Intercept for CallCounter {
             cfg.interceptor_state()
                 .store_put(FailedAttempt(format!("{status}: {what}")));
         }
+        if let Some(md) = cfg.load::<Metadata>() {
+            let status = context.response().map(|r| r.status().as_u16());
+            let elapsed_ms = cfg
+                .load::<AttemptStarted>()
+                .map(|s| s.0.elapsed().as_millis() as u64);
+            let service = md.service().split_whitespace().next().unwrap_or("aws");
+            tracing::debug!(
+                service = service.to_ascii_lowercase(),
+                operation = md.name(),
+                status,
+                elapsed_ms,
+                "aws"
+            );
+        }
         Ok(())
     }
+}
+
+/// When the current attempt went on the wire, for the debug line.
+#[derive(Debug, Clone)]
+struct AttemptStarted(std::time::Instant);
+
+impl Storable for AttemptStarted {
+    type Storer = StoreReplace<Self>;
 }
 
 /// Attempts per AWS call, the first included.

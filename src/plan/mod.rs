@@ -5,7 +5,7 @@ mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aws::ec2::{InstanceInfo, LaunchTemplateSpec};
 use crate::aws::fleet::{FleetSpec, FleetState};
@@ -17,7 +17,7 @@ use crate::observe::Observed;
 pub use render::{PlanView, Summary};
 
 /// What the configuration asks for, with everything resolved (AMI, userdata, capacity).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     /// How many runners, and why.
     pub capacity: Capacity,
@@ -28,7 +28,7 @@ pub struct Desired {
 }
 
 /// One change to the world.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Create the customer key and its alias.
