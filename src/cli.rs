@@ -342,6 +342,13 @@ struct Remote {
     bitbucket: Bitbucket,
 }
 
+impl Remote {
+    /// Reads the fleet's world at `depth` (read-only).
+    async fn observe(&self, config: &Config, depth: Depth) -> Result<Observed, ObserveError> {
+        observe(config, &self.aws, &self.fleet_api, &self.bitbucket, depth).await
+    }
+}
+
 /// Credentials and endpoints first (no network), then the clients.
 async fn connect(config: &Config, stats: &CallStats) -> Result<Remote, CliError> {
     let credentials = Credentials::from_env(|k| std::env::var(k).ok())?;
@@ -530,14 +537,7 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             let lock = lock.parse()?;
             let remote = connect(&config, stats).await?;
             let planned = || async {
-                let observed = observe(
-                    &config,
-                    &remote.aws,
-                    &remote.fleet_api,
-                    &remote.bitbucket,
-                    Depth::Existing,
-                )
-                .await?;
+                let observed = remote.observe(&config, Depth::Existing).await?;
                 Ok((plan::plan_destroy(&config, &observed), observed, None))
             };
             let first = planned().await?;
@@ -599,15 +599,10 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             let remote = connect(&config, stats).await?;
             let (observed, lock) = tokio::try_join!(
                 async {
-                    observe(
-                        &config,
-                        &remote.aws,
-                        &remote.fleet_api,
-                        &remote.bitbucket,
-                        Depth::Existing,
-                    )
-                    .await
-                    .map_err(CliError::from)
+                    remote
+                        .observe(&config, Depth::Existing)
+                        .await
+                        .map_err(CliError::from)
                 },
                 async {
                     crate::lock::current(&remote.aws.ssm, &config.name)
@@ -658,14 +653,7 @@ async fn plan_apply(
     capacity: crate::config::Capacity,
     target: &Target,
 ) -> Result<(Plan, Observed, plan::Desired), CliError> {
-    let observed = observe(
-        config,
-        &remote.aws,
-        &remote.fleet_api,
-        &remote.bitbucket,
-        Depth::ForApply,
-    )
-    .await?;
+    let observed = remote.observe(config, Depth::ForApply).await?;
     let image = observed
         .image
         .as_ref()
@@ -697,14 +685,7 @@ async fn apply_saved(
     saved.check_config(config)?;
     let remote = connect(config, stats).await?;
     let checked = || async {
-        let observed = observe(
-            config,
-            &remote.aws,
-            &remote.fleet_api,
-            &remote.bitbucket,
-            Depth::ForApply,
-        )
-        .await?;
+        let observed = remote.observe(config, Depth::ForApply).await?;
         let (plan, desired) = saved.check_world(config, &remote.aws.region, &observed)?;
         Ok::<_, CliError>((plan, observed, desired))
     };

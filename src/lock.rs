@@ -10,12 +10,11 @@
 
 use std::time::Duration;
 
-use aws_sdk_ssm::types::{ParameterType, Tag};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::aws::AwsError;
-use crate::names::{self, FLEET_TAG};
+use crate::aws::{ssm, AwsError};
+use crate::names;
 
 /// How long a lock lives without renewal: a crashed holder on another machine blocks
 /// others at most this long.
@@ -347,49 +346,33 @@ pub fn parse_generation(fleet: &str, name: &str) -> Option<u64> {
 
 /// The fleet's lock generations, oldest first (one GetParametersByPath call per page).
 pub async fn list(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Generation>, AwsError> {
-    let path = names::lock_path(fleet);
     let mut out = Vec::new();
-    let mut pages = ssm
-        .get_parameters_by_path()
-        .path(&path)
-        .recursive(false)
-        .max_results(10)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| AwsError::call("ssm:GetParametersByPath", e))?;
-        for p in page.parameters() {
-            let Some(name) = p.name() else { continue };
-            let Some(generation) = parse_generation(fleet, name) else {
-                continue;
-            };
-            let text = p.value().unwrap_or_default();
-            let value = LockValue::parse(text).unwrap_or_else(|e| {
-                // Someone wrote this by hand: treat it as held until its write time + TTL,
-                // so a mistake blocks for a while but not for ever.
-                tracing::warn!(parameter = name, error = %e, "unreadable fleet lock value");
-                let written = p
-                    .last_modified_date()
-                    .and_then(|d| Timestamp::from_second(d.secs()).ok())
-                    .unwrap_or(Timestamp::UNIX_EPOCH);
-                LockValue {
-                    state: LockState::Held,
-                    owner: "unknown (unreadable lock value)".to_owned(),
-                    host: "unknown".to_owned(),
-                    pid: 0,
-                    command: "unknown".to_owned(),
-                    acquired_at: written,
-                    expires_at: add(written, TTL),
-                    pid_scope: None,
-                    pid_started: None,
-                }
-            });
-            out.push(Generation {
-                generation,
-                name: name.to_owned(),
-                value,
-            });
-        }
+    for p in ssm::list_path(ssm, &names::lock_path(fleet), false).await? {
+        let Some(generation) = parse_generation(fleet, &p.name) else {
+            continue;
+        };
+        let value = LockValue::parse(&p.value).unwrap_or_else(|e| {
+            // Someone wrote this by hand: treat it as held until its write time + TTL,
+            // so a mistake blocks for a while but not for ever.
+            tracing::warn!(parameter = %p.name, error = %e, "unreadable fleet lock value");
+            let written = p.last_modified.unwrap_or(Timestamp::UNIX_EPOCH);
+            LockValue {
+                state: LockState::Held,
+                owner: "unknown (unreadable lock value)".to_owned(),
+                host: "unknown".to_owned(),
+                pid: 0,
+                command: "unknown".to_owned(),
+                acquired_at: written,
+                expires_at: add(written, TTL),
+                pid_scope: None,
+                pid_started: None,
+            }
+        });
+        out.push(Generation {
+            generation,
+            name: p.name,
+            value,
+        });
     }
     out.sort_by_key(|g| g.generation);
     Ok(out)
@@ -405,33 +388,8 @@ async fn put(
     let name = names::lock_parameter(fleet, generation);
     let text =
         serde_json::to_string(value).map_err(|e| AwsError::Invalid(format!("{name}: {e}")))?;
-    let tag = Tag::builder()
-        .key(FLEET_TAG)
-        .value(fleet)
-        .build()
-        .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
-    match ssm
-        .put_parameter()
-        .name(&name)
-        .description(format!(
-            "bbfleet {fleet}: fleet lock, generation {generation}"
-        ))
-        .value(text)
-        .r#type(ParameterType::String)
-        .overwrite(false)
-        .tags(tag)
-        .send()
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_parameter_already_exists()) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(AwsError::call("ssm:PutParameter", e)),
-    }
+    let description = format!("bbfleet {fleet}: fleet lock, generation {generation}");
+    ssm::create_string(ssm, fleet, &name, Some(description), &text).await
 }
 
 /// What happened while taking the lock, for the user.

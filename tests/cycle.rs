@@ -340,25 +340,9 @@ async fn full_cycle_with_capacity_three() {
     assert!(doc["instances"].as_array().is_some());
 
     // destroy: nothing of the fleet remains but the key.
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
     assert!(h.runners(None).is_empty(), "runners left");
-    let left = ssm
-        .get_parameters_by_path()
-        .path("/bbfleet/cycle")
-        .recursive(true)
-        .send()
-        .await
-        .unwrap();
-    // Only the released fleet lock stays: its generations keep counting, never re-created.
-    assert!(
-        left.parameters()
-            .iter()
-            .all(|p| p.name().unwrap().starts_with("/bbfleet/cycle/lock/")),
-        "parameters left: {:?}",
-        left.parameters()
-    );
+    h.assert_only_lock_left().await;
     let lt = ec2
         .describe_launch_templates()
         .launch_template_names("bbfleet-cycle")

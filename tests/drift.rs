@@ -96,17 +96,7 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
         .and_then(|f| f.spot_fleet_request_id())
         .expect("the fleet request")
         .to_owned();
-    let members = ec2
-        .describe_spot_fleet_instances()
-        .spot_fleet_request_id(&fleet_id)
-        .send()
-        .await
-        .unwrap();
-    let ids: Vec<String> = members
-        .active_instances()
-        .iter()
-        .map(|i| i.instance_id().unwrap().to_owned())
-        .collect();
+    let ids = h.fleet_members(&fleet_id).await;
     assert_eq!(ids.len(), 3);
     let runners = h.runners(None);
     let uuids: Vec<String> = runners
@@ -265,9 +255,7 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
     again.expect_code(0);
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
 
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
     let t = h.transcript.lock().unwrap();
     for secret in h.fake.issued_secrets() {
         assert!(!t.contains(&secret), "a runner secret was printed");

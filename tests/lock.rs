@@ -376,24 +376,8 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
 
     // destroy takes the lock too; what remains of the fleet in SSM is the released lock
     // (its generations keep counting up, names are never re-created).
-    h.run(&["--config", one, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
-    let ssm = aws_sdk_ssm::Client::new(&h.sdk);
-    let left = ssm
-        .get_parameters_by_path()
-        .path("/bbfleet/lockheld")
-        .recursive(true)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        left.parameters()
-            .iter()
-            .all(|p| p.name().unwrap().starts_with("/bbfleet/lockheld/lock/")),
-        "{:?}",
-        left.parameters()
-    );
+    h.destroy(one).await;
+    h.assert_only_lock_left().await;
     let gens = h.lock_generations().await;
     assert_eq!(
         gens.last().unwrap().0,

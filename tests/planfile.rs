@@ -167,9 +167,7 @@ async fn a_saved_plan_applies_once_then_is_stale() {
     h.assert_no_writes("an empty saved plan");
 
     h.apply(cfg, &[]).await;
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,9 +281,7 @@ async fn a_changed_world_or_config_refuses_the_plan() {
     );
     assert_no_calls(&h, "apply FILE with another config");
 
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +385,5 @@ async fn edited_or_garbled_plan_files_are_refused() {
         .await
         .expect_code(0);
     assert_eq!(h.runners(None).len(), 1);
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
 }

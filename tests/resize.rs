@@ -134,9 +134,7 @@ async fn schedule_resizes_up_then_down_at_two_instants() {
         "{}",
         over.stderr
     );
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,18 +147,7 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
 
     // What the instances' userdata would do: each claims one runner; all come ONLINE.
     let (fleet_id, _) = fleet_request(&h).await;
-    let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
-    let members = ec2
-        .describe_spot_fleet_instances()
-        .spot_fleet_request_id(&fleet_id)
-        .send()
-        .await
-        .unwrap();
-    let ids: Vec<String> = members
-        .active_instances()
-        .iter()
-        .map(|i| i.instance_id().unwrap().to_owned())
-        .collect();
+    let ids = h.fleet_members(&fleet_id).await;
     assert_eq!(ids.len(), 5);
     let runners = h.runners(None);
     let ssm = aws_sdk_ssm::Client::new(&h.sdk);
@@ -251,9 +238,7 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
         instances(&h, "running").await,
         BTreeSet::from([holder[&busy[0]].clone()])
     );
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
+    h.destroy(cfg).await;
 }
 
 /// One `autoscale --once`; panics unless it exits 0 and prints `expected`.
@@ -341,25 +326,8 @@ async fn autoscale_once_steps_up_hold_down_and_cools_down() {
     assert_eq!(h.runners(None).len(), 1);
 
     // destroy removes the autoscaler's state too.
-    h.run(&["--config", cfg, "destroy", "--auto-approve"], &token)
-        .await
-        .expect_code(0);
-    let ssm = aws_sdk_ssm::Client::new(&h.sdk);
-    let left = ssm
-        .get_parameters_by_path()
-        .path("/bbfleet/auto")
-        .recursive(true)
-        .send()
-        .await
-        .unwrap();
-    // Only the released fleet lock stays: its generations keep counting, never re-created.
-    assert!(
-        left.parameters()
-            .iter()
-            .all(|p| p.name().unwrap().starts_with("/bbfleet/auto/lock/")),
-        "{:?}",
-        left.parameters()
-    );
+    h.destroy(cfg).await;
+    h.assert_only_lock_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::stats::{aws_kind, CallStats};
+use crate::stats::{aws_kind, CallKind, CallStats};
 
 /// The AWS clients of one run.
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ impl Intercept for CallCounter {
 
     fn read_before_transmit(
         &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
@@ -160,7 +160,15 @@ impl Intercept for CallCounter {
                     "AWS call failed; the SDK retries it"
                 );
             }
-            self.0.record(&service, md.name(), aws_kind(md.name()));
+            // A DryRun request (pre-flight) only checks permissions: it changes nothing, so
+            // it counts as a read (a no-op plan makes no write, and the crash hook skips it).
+            let dry_run = context.request().body().bytes().is_some_and(is_dry_run);
+            let kind = if dry_run {
+                CallKind::Read
+            } else {
+                aws_kind(md.name())
+            };
+            self.0.record(&service, md.name(), kind);
             // Tests run debug builds: a call missing from the IAM action table fails there,
             // so policies/operator.json cannot silently miss a permission.
             if cfg!(debug_assertions) && !actions::is_called(&service, md.name()) {
@@ -212,6 +220,12 @@ impl Intercept for CallCounter {
         }
         Ok(())
     }
+}
+
+/// Whether an EC2 query-protocol body asks for a DryRun (`DryRun=true` among its fields).
+fn is_dry_run(body: &[u8]) -> bool {
+    body.split(|b| *b == b'&')
+        .any(|field| field == b"DryRun=true")
 }
 
 /// When the current attempt went on the wire, for the debug line.
@@ -267,5 +281,21 @@ impl Aws {
             kms,
             region,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dry_run;
+
+    #[test]
+    fn dry_run_is_read_from_the_query_body() {
+        assert!(is_dry_run(
+            b"Action=RequestSpotFleet&Version=2016-11-15&DryRun=true"
+        ));
+        assert!(is_dry_run(b"DryRun=true&Action=CreateLaunchTemplate"));
+        assert!(!is_dry_run(b"Action=RequestSpotFleet&DryRun=false"));
+        assert!(!is_dry_run(b"Action=PutParameter&Value=NotDryRun=true"));
+        assert!(!is_dry_run(b"{\"DryRun\": true}"));
     }
 }

@@ -75,14 +75,29 @@ pub async fn list_runner_parameters(
     Ok(out)
 }
 
-/// Every claim generation of the fleet.
-pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Claim>, AwsError> {
-    let path = names::claims_path(fleet);
+/// A plain parameter found by [`list_path`].
+#[derive(Debug, Clone)]
+pub struct PathParameter {
+    /// Full name.
+    pub name: String,
+    /// Value (plain `String` parameters only: never call this on SecureStrings).
+    pub value: String,
+    /// When it was written, if SSM says.
+    pub last_modified: Option<jiff::Timestamp>,
+}
+
+/// Every parameter under `path` (one `GetParametersByPath` call per page of ten, the API's
+/// maximum; a page may hold fewer with a token, so pages are followed to the end).
+pub async fn list_path(
+    ssm: &aws_sdk_ssm::Client,
+    path: &str,
+    recursive: bool,
+) -> Result<Vec<PathParameter>, AwsError> {
     let mut out = Vec::new();
     let mut pages = ssm
         .get_parameters_by_path()
-        .path(&path)
-        .recursive(true)
+        .path(path)
+        .recursive(recursive)
         .max_results(10)
         .into_paginator()
         .send();
@@ -90,22 +105,38 @@ pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<C
         let page = page.map_err(|e| AwsError::call("ssm:GetParametersByPath", e))?;
         for p in page.parameters() {
             let Some(name) = p.name() else { continue };
-            let Some(rest) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
-                continue;
-            };
-            let Some((uuid, generation)) = rest.split_once('/') else {
-                continue;
-            };
-            let Ok(generation) = generation.parse() else {
-                continue;
-            };
-            out.push(Claim {
+            out.push(PathParameter {
                 name: name.to_owned(),
-                runner_uuid: uuid.to_owned(),
-                generation,
                 value: p.value().unwrap_or_default().to_owned(),
+                last_modified: p
+                    .last_modified_date()
+                    .and_then(|d| jiff::Timestamp::from_second(d.secs()).ok()),
             });
         }
+    }
+    Ok(out)
+}
+
+/// Every claim generation of the fleet.
+pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Claim>, AwsError> {
+    let path = names::claims_path(fleet);
+    let mut out = Vec::new();
+    for p in list_path(ssm, &path, true).await? {
+        let Some(rest) = p.name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        let Some((uuid, generation)) = rest.split_once('/') else {
+            continue;
+        };
+        let Ok(generation) = generation.parse() else {
+            continue;
+        };
+        out.push(Claim {
+            runner_uuid: uuid.to_owned(),
+            generation,
+            name: p.name,
+            value: p.value,
+        });
     }
     out.sort_by(|a, b| (&a.runner_uuid, a.generation).cmp(&(&b.runner_uuid, b.generation)));
     Ok(out)
@@ -168,6 +199,26 @@ pub async fn put_claim_if_absent(
     generation: u64,
     value: &str,
 ) -> Result<bool, AwsError> {
+    create_string(
+        ssm,
+        fleet,
+        &claim_name(fleet, runner_uuid, generation),
+        None,
+        value,
+    )
+    .await
+}
+
+/// Creates a plain `String` parameter tagged with the fleet, only if the name is new
+/// (`Overwrite=false`: SSM's one conditional write, which claims and the lock are built on).
+/// `Ok(false)` when the name exists: someone else wrote it first.
+pub async fn create_string(
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+    name: &str,
+    description: Option<String>,
+    value: &str,
+) -> Result<bool, AwsError> {
     let tag = Tag::builder()
         .key(FLEET_TAG)
         .value(fleet)
@@ -175,7 +226,8 @@ pub async fn put_claim_if_absent(
         .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
     let result = ssm
         .put_parameter()
-        .name(claim_name(fleet, runner_uuid, generation))
+        .name(name)
+        .set_description(description)
         .value(value)
         .r#type(ParameterType::String)
         .overwrite(false)

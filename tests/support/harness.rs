@@ -215,6 +215,53 @@ instance_profile = "bbfleet-runner"
         run
     }
 
+    /// `destroy --auto-approve`; panics unless it exits 0.
+    pub async fn destroy(&self, config: &str) -> Run {
+        let run = self
+            .run(
+                &["--config", config, "destroy", "--auto-approve"],
+                &Self::token(),
+            )
+            .await;
+        run.expect_code(0);
+        run
+    }
+
+    /// Panics unless the only SSM parameters left under `/bbfleet/{fleet}` are the fleet
+    /// lock's: a destroy releases the lock, whose generations keep counting (never re-created).
+    pub async fn assert_only_lock_left(&self) {
+        let prefix = format!("/bbfleet/{}", self.fleet);
+        let left = aws_sdk_ssm::Client::new(&self.sdk)
+            .get_parameters_by_path()
+            .path(&prefix)
+            .recursive(true)
+            .send()
+            .await
+            .expect("list the fleet's parameters");
+        let lock = format!("{prefix}/lock/");
+        let others: Vec<&str> = left
+            .parameters()
+            .iter()
+            .filter_map(|p| p.name())
+            .filter(|n| !n.starts_with(&lock))
+            .collect();
+        assert!(others.is_empty(), "parameters left: {others:?}");
+    }
+
+    /// Ids of a spot fleet request's active instances.
+    pub async fn fleet_members(&self, fleet_request_id: &str) -> Vec<String> {
+        aws_sdk_ec2::Client::new(&self.sdk)
+            .describe_spot_fleet_instances()
+            .spot_fleet_request_id(fleet_request_id)
+            .send()
+            .await
+            .expect("describe the fleet's instances")
+            .active_instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    }
+
     /// The fleet's runners at the fake.
     pub fn runners(&self, repository: Option<&str>) -> Vec<serde_json::Value> {
         let prefix = format!("bbfleet-{}-", self.fleet);
