@@ -90,13 +90,23 @@ async fn plan_on_moto_prints_the_preflight_section_and_writes_nothing() {
     h.apply(cfg, &[]).await;
     h.recorder.clear();
     let writes_before = h.fake.write_count();
-    let run = h.run(&["--config", cfg, "plan"], &Harness::token()).await;
+    let stats = h.dir.path().join("plan-stats.json");
+    let stats_env = [
+        ("BITBUCKET_ACCESS_TOKEN", "fake-access-token"),
+        ("BBFLEET_STATS_FILE", stats.to_str().unwrap()),
+    ];
+    let run = h.run(&["--config", cfg, "plan"], &stats_env).await;
     run.expect_code(0);
     let lines = section(&run.stdout);
     assert_eq!(
         line(&lines, "fleet request"),
         "  ok   fleet request: DryRun RequestSpotFleet (iam:PassRole of spot.fleet_role included): allowed"
     );
+    // bbfleet's own count agrees: the two DryRun requests are reads, the plan wrote nothing.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(summary["writes"], 0, "{summary:#}");
+    assert_eq!(summary["calls"]["ec2:RequestSpotFleet"], 1, "{summary:#}");
     assert!(line(&lines, "launch template").starts_with("  ok   launch template: "));
     assert!(run.stdout.contains("No changes."), "{}", run.stdout);
     assert_eq!(h.fake.write_count(), writes_before);
@@ -261,4 +271,57 @@ async fn a_refused_dry_run_is_reported_with_the_way_to_decode_it() {
         "{lt}"
     );
     h.assert_no_writes("a refused plan");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_made_by_an_endpoint_that_ignores_dry_run_is_cancelled_at_once() {
+    let h = Harness::new("pfdryrun").await;
+    let config = h.write_config(&h.config(2, None));
+    let cfg = config.to_str().unwrap();
+    h.apply(cfg, &[]).await;
+    // moto itself, unlike AWS, runs a DryRun RequestSpotFleet (AWS_NOTES.md B3).
+    h.recorder.pass_fleet_dry_runs();
+    let run = h.run(&["--config", cfg, "plan"], &Harness::token()).await;
+    run.expect_code(0);
+    let lines = section(&run.stdout);
+    let fleet_line = line(&lines, "fleet request");
+    assert!(
+        fleet_line.starts_with("  ?    fleet request: ")
+            && fleet_line.contains("was executed by the endpoint instead of checked")
+            && fleet_line.contains("was cancelled at once"),
+        "{fleet_line}"
+    );
+    assert!(run.stdout.contains("No changes."), "{}", run.stdout);
+    // The next plan still sees one fleet, and no change.
+    let again = h
+        .run(
+            &[
+                "--config",
+                cfg,
+                "plan",
+                "--no-preflight",
+                "--detailed-exitcode",
+            ],
+            &Harness::token(),
+        )
+        .await;
+    again.expect_code(0);
+    let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
+    let live: Vec<String> = ec2
+        .describe_spot_fleet_requests()
+        .send()
+        .await
+        .unwrap()
+        .spot_fleet_request_configs()
+        .iter()
+        .filter(|c| {
+            c.tags()
+                .iter()
+                .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some("pfdryrun"))
+        })
+        .filter(|c| c.spot_fleet_request_state().map(|s| s.as_str()) == Some("active"))
+        .filter_map(|c| c.spot_fleet_request_id().map(str::to_owned))
+        .collect();
+    assert_eq!(live.len(), 1, "live fleets: {live:?}");
+    h.destroy(cfg).await;
 }

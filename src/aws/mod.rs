@@ -131,9 +131,22 @@ impl Intercept for CallCounter {
         "bbfleet-call-counter"
     }
 
-    fn read_before_transmit(
+    fn read_after_serialization(
         &self,
         context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // Read here, once per call: later the body may be wrapped into a stream.
+        if context.request().body().bytes().is_some_and(is_dry_run) {
+            cfg.interceptor_state().store_put(DryRunCall);
+        }
+        Ok(())
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
@@ -162,8 +175,7 @@ impl Intercept for CallCounter {
             }
             // A DryRun request (pre-flight) only checks permissions: it changes nothing, so
             // it counts as a read (a no-op plan makes no write, and the crash hook skips it).
-            let dry_run = context.request().body().bytes().is_some_and(is_dry_run);
-            let kind = if dry_run {
+            let kind = if cfg.load::<DryRunCall>().is_some() {
                 CallKind::Read
             } else {
                 aws_kind(md.name())
@@ -226,6 +238,14 @@ impl Intercept for CallCounter {
 fn is_dry_run(body: &[u8]) -> bool {
     body.split(|b| *b == b'&')
         .any(|field| field == b"DryRun=true")
+}
+
+/// The call in progress is a DryRun request.
+#[derive(Debug, Clone)]
+struct DryRunCall;
+
+impl Storable for DryRunCall {
+    type Storer = StoreReplace<Self>;
 }
 
 /// When the current attempt went on the wire, for the debug line.

@@ -52,6 +52,8 @@ struct Shared {
     counted: u64,
     /// One-shot hooks by operation (`kms:CreateKey`).
     hooks: Vec<(String, Hook)>,
+    /// Pass DryRun RequestSpotFleet on to moto, which runs it for real (a broken endpoint).
+    pass_fleet_dry_runs: bool,
 }
 
 /// The proxy.
@@ -125,9 +127,10 @@ async fn forward(
     };
     // moto ignores DryRun on RequestSpotFleet and really creates the fleet (AWS_NOTES.md
     // B3); answer as AWS does for an allowed dry run instead of passing it on.
-    let dry_fleet = call.operation == "ec2:RequestSpotFleet" && call.is_dry_run();
+    let mut dry_fleet = call.operation == "ec2:RequestSpotFleet" && call.is_dry_run();
     let hooks: Vec<Hook> = {
         let mut shared = up.shared.lock().unwrap();
+        dry_fleet &= !shared.pass_fleet_dry_runs;
         if shared.throttle_every > 0 {
             shared.counted += 1;
             call.throttled = shared.counted % shared.throttle_every == 0;
@@ -217,6 +220,11 @@ impl Recorder {
         let mut shared = self.shared.lock().unwrap();
         shared.throttle_every = n;
         shared.counted = 0;
+    }
+
+    /// Lets DryRun RequestSpotFleet through to moto, which ignores DryRun and makes the fleet.
+    pub fn pass_fleet_dry_runs(&self) {
+        self.shared.lock().unwrap().pass_fleet_dry_runs = true;
     }
 
     /// Runs `hook` once, when `operation` (`kms:CreateKey`) next reaches the proxy, before
