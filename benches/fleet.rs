@@ -125,6 +125,13 @@ async fn measure(h: &Harness, cfg: &str, args: &[&str]) -> Cost {
         }
         cost.calls.insert(name.clone(), n);
     }
+    // Names alone cannot tell a DryRun request (pre-flight: it changes nothing) from a
+    // write; bbfleet's own total counts those as reads, so it decides the AWS split.
+    if let Some(total) = summary["writes"].as_u64() {
+        let aws_writes = total.saturating_sub(cost.bitbucket_writes);
+        cost.aws_reads += cost.aws_writes.saturating_sub(aws_writes);
+        cost.aws_writes = aws_writes;
+    }
     cost.fake_requests = h.fake.requests().len();
     cost.fake_writes = h.fake.write_count();
     let wire = h.recorder.calls();
@@ -349,6 +356,11 @@ async fn main() {
             failures.push(format!("no-op {name} wrote"));
         }
     }
+    let _ = writeln!(
+        out,
+        "\nCalls of the no-op plan (its pre-flight DryRun requests change nothing and count as reads): {}.",
+        plan.call_list()
+    );
     let _ = writeln!(out, "\nReads of the no-op apply: {}.", noop.call_list());
 
     let _ = writeln!(out, "\n### One autoscale tick (holding, busy ratio 0.5)\n");
