@@ -146,23 +146,33 @@ struct LockTimeout {
 
 impl LockArgs {
     fn parse(&self) -> Result<LockTimeout, CliError> {
+        const FLAG: &str = "--lock-timeout";
         let text = self.lock_timeout.trim();
-        let bad = |message: String| {
-            CliError::Argument(FieldError {
-                field: "--lock-timeout".to_owned(),
-                message,
-            })
-        };
-        let d: jiff::SignedDuration = text
-            .parse()
-            .map_err(|e| bad(format!("{text:?} is not a duration (e.g. 30s, 5m): {e}")))?;
-        let duration =
-            std::time::Duration::try_from(d).map_err(|_| bad(format!("{text:?} is negative")))?;
+        let duration = std::time::Duration::try_from(duration_arg(FLAG, text, "30s, 5m")?)
+            .map_err(|_| arg_error(FLAG, format!("{text:?} is negative")))?;
         Ok(LockTimeout {
             duration,
             text: text.to_owned(),
         })
     }
+}
+
+/// An error in a command-line value, naming the flag.
+fn arg_error(flag: &str, message: String) -> CliError {
+    CliError::Argument(FieldError {
+        field: flag.to_owned(),
+        message,
+    })
+}
+
+/// A duration flag's value (`30s`, `5m`), or an error naming the flag with `example`.
+fn duration_arg(flag: &str, text: &str, example: &str) -> Result<jiff::SignedDuration, CliError> {
+    text.parse().map_err(|e| {
+        arg_error(
+            flag,
+            format!("{text:?} is not a duration (e.g. {example}): {e}"),
+        )
+    })
 }
 
 /// `bbfleet policy`.
@@ -516,22 +526,15 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
             lock,
         } => {
             let capacity = resolve_capacity(&config, &target)?;
-            let lock = lock.parse()?;
-            let remote = connect(&config, stats).await?;
-            let planned = || async {
-                let (plan, observed, desired) =
-                    plan_apply(&config, &remote, capacity.clone(), &target).await?;
-                Ok((plan, observed, Some(desired)))
-            };
-            let first = planned().await?;
             let how = Approval {
                 auto_approve,
                 command: "apply",
-                lock,
+                lock: lock.parse()?,
                 concurrency: concurrency as usize,
                 json,
             };
-            apply_locked(&config, &remote, first, planned, &how).await
+            let remote = connect(&config, stats).await?;
+            apply_to(&config, &remote, capacity, &target, &how).await
         }
         Command::Destroy { auto_approve, lock } => {
             let lock = lock.parse()?;
@@ -540,7 +543,6 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                 let observed = remote.observe(&config, Depth::Existing).await?;
                 Ok((plan::plan_destroy(&config, &observed), observed, None))
             };
-            let first = planned().await?;
             let how = Approval {
                 auto_approve,
                 command: "destroy",
@@ -548,7 +550,7 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                 concurrency: DEFAULT_CONCURRENCY,
                 json,
             };
-            let code = apply_locked(&config, &remote, first, planned, &how).await?;
+            let code = apply_locked(&config, &remote, planned, &how).await?;
             if !json && code == ExitCode::SUCCESS {
                 println!(
                     "The KMS key {} is kept: a later apply reuses it.",
@@ -569,21 +571,11 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                     message: "missing: add a [capacity.autoscale] table (min, thresholds, multipliers) to use autoscale".to_owned(),
                 }));
             };
-            let interval: jiff::SignedDuration = interval.parse().map_err(|e| {
-                CliError::Argument(FieldError {
-                    field: "--interval".to_owned(),
-                    message: format!("{interval:?} is not a duration (e.g. 60s, 5m): {e}"),
-                })
-            })?;
-            let interval = std::time::Duration::try_from(interval)
-                .ok()
-                .filter(|d| d.as_secs() >= 1)
-                .ok_or_else(|| {
-                    CliError::Argument(FieldError {
-                        field: "--interval".to_owned(),
-                        message: "must be at least 1s".to_owned(),
-                    })
-                })?;
+            let interval =
+                std::time::Duration::try_from(duration_arg("--interval", &interval, "60s, 5m")?)
+                    .ok()
+                    .filter(|d| d.as_secs() >= 1)
+                    .ok_or_else(|| arg_error("--interval", "must be at least 1s".to_owned()))?;
             let how = Approval {
                 auto_approve: true,
                 command: "autoscale",
@@ -605,15 +597,12 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
                         .map_err(CliError::from)
                 },
                 async {
-                    crate::lock::current(&remote.aws.ssm, &config.name)
+                    crate::lock::holder(&remote.aws.ssm, &config.name)
                         .await
                         .map_err(CliError::from)
                 },
             )?;
             let view = StatusView::new(&config.name, &observed);
-            let lock = lock
-                .map(|g| g.value)
-                .filter(|v| v.state == crate::lock::LockState::Held);
             if json {
                 let mut doc = serde_json::to_value(&view).map_err(std::io::Error::from)?;
                 doc["lock"] = serde_json::to_value(&lock).map_err(std::io::Error::from)?;
@@ -738,22 +727,37 @@ struct Approval {
     json: bool,
 }
 
-/// Shows and approves `first` (planned without the lock, so a no-op run writes nothing),
-/// then, holding the fleet lock, plans again and executes what is left. A plan that changed
-/// while waiting is refused after an interactive approval, and shown and run with
-/// --auto-approve.
+/// `apply` towards `capacity`, through [`apply_locked`].
+async fn apply_to(
+    config: &Config,
+    remote: &Remote,
+    capacity: crate::config::Capacity,
+    target: &Target,
+    how: &Approval,
+) -> Result<ExitCode, CliError> {
+    let planned = || async {
+        let (plan, observed, desired) =
+            plan_apply(config, remote, capacity.clone(), target).await?;
+        Ok((plan, observed, Some(desired)))
+    };
+    apply_locked(config, remote, planned, how).await
+}
+
+/// Plans with `planner` without the lock (so a no-op run writes nothing), shows and
+/// approves that plan, then, holding the fleet lock, plans again and executes what is
+/// left. A plan that changed while waiting is refused after an interactive approval, and
+/// shown and run with --auto-approve.
 async fn apply_locked<F, Fut>(
     config: &Config,
     remote: &Remote,
-    first: Planned,
-    replan: F,
+    planner: F,
     how: &Approval,
 ) -> Result<ExitCode, CliError>
 where
-    F: FnOnce() -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Planned, CliError>>,
 {
-    let approved = first.0;
+    let (approved, _, _) = planner().await?;
     if approved.is_empty() {
         show_plan(&approved, how.json)?;
         return Ok(ExitCode::SUCCESS);
@@ -763,7 +767,7 @@ where
     }
     confirm(how.auto_approve)?;
     with_lock(config, &remote.aws.ssm, how.command, &how.lock, async {
-        let (plan, observed, desired) = replan().await?;
+        let (plan, observed, desired) = planner().await?;
         let outcome = replanned(&approved, &plan, how.auto_approve);
         if outcome == Replanned::Refused {
             return Err(CliError::Refused(
@@ -1000,13 +1004,7 @@ async fn autoscale_tick(
         at: None,
         force: false,
     };
-    let planned = || async {
-        let (plan, observed, desired) =
-            plan_apply(config, remote, capacity.clone(), &target).await?;
-        Ok((plan, observed, Some(desired)))
-    };
-    let first = planned().await?;
-    apply_locked(config, remote, first, planned, how).await?;
+    apply_to(config, remote, capacity, &target, how).await?;
     let state = serde_json::to_string(&AutoscaleState {
         capacity: n,
         changed_at: now,
@@ -1053,11 +1051,7 @@ async fn unlock(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let aws = Aws::connect(config.region.as_deref(), stats).await?;
-    let held = crate::lock::current(&aws.ssm, &config.name)
-        .await?
-        .map(|g| g.value)
-        .filter(|v| v.state == crate::lock::LockState::Held);
-    let Some(holder) = held else {
+    let Some(holder) = crate::lock::holder(&aws.ssm, &config.name).await? else {
         if json {
             print_json(
                 &serde_json::json!({"fleet": config.name, "holder": null, "released": false}),

@@ -281,11 +281,11 @@ impl Executor<'_> {
                     .await?;
                 Ok("cancelled, instances terminating".to_owned())
             }
-            Action::TerminateInstances { ids, .. } => {
+            Action::TerminateInstances { ids, .. } | Action::TerminateStrayInstances { ids } => {
                 ec2::terminate(&self.aws.ec2, ids).await?;
                 Ok(format!("{} terminating", ids.len()))
             }
-            Action::DeleteClaims { names, .. } => {
+            Action::DeleteClaims { names, .. } | Action::PruneClaims { names } => {
                 ssm::delete(&self.aws.ssm, names).await?;
                 Ok(format!("{} deleted", names.len()))
             }
@@ -301,14 +301,6 @@ impl Executor<'_> {
                     // A booting instance wrote this generation first: the claim moved on.
                     format!("generation {generation} exists: an instance took the runner over")
                 })
-            }
-            Action::PruneClaims { names } => {
-                ssm::delete(&self.aws.ssm, names).await?;
-                Ok(format!("{} deleted", names.len()))
-            }
-            Action::TerminateStrayInstances { ids } => {
-                ec2::terminate(&self.aws.ec2, ids).await?;
-                Ok(format!("{} terminating", ids.len()))
             }
             Action::DeleteLaunchTemplate { name } => {
                 let existed = ec2::delete_launch_template(&self.aws.ec2, name).await?;

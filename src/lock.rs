@@ -222,14 +222,8 @@ impl LockValue {
     pub fn released(me: &Identity, command: &str, now: Timestamp) -> Self {
         LockValue {
             state: LockState::Released,
-            owner: me.owner.clone(),
-            host: me.host.clone(),
-            pid: me.pid,
-            command: command.to_owned(),
-            acquired_at: now,
             expires_at: now,
-            pid_scope: me.pid_scope.clone(),
-            pid_started: me.pid_started,
+            ..Self::held(me, command, now, now)
         }
     }
 
@@ -415,8 +409,6 @@ pub struct HeldLock {
     command: String,
     acquired_at: Timestamp,
     generation: u64,
-    /// Whether the lock had to be waited for (someone else held it when we first looked).
-    pub waited: bool,
 }
 
 /// Takes the fleet lock for `command`, waiting up to `timeout` for a live holder;
@@ -432,7 +424,6 @@ pub async fn acquire(
     let me = Identity::current();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut delay = FIRST_DELAY;
-    let mut waited = false;
     let mut last_reported: Option<LockValue> = None;
     for _ in 0..MAX_ATTEMPTS {
         let generations = list(ssm, fleet).await?;
@@ -451,7 +442,6 @@ pub async fn acquire(
                         waited: timeout_text.to_owned(),
                     });
                 }
-                waited = true;
                 if last_reported.as_ref() != Some(&holder) {
                     on_event(&Event::Waiting(holder.clone()));
                     last_reported = Some(holder);
@@ -481,7 +471,7 @@ pub async fn acquire(
                 }
                 let old = prunable(&after, generation);
                 if !old.is_empty() {
-                    if let Err(e) = crate::aws::ssm::delete(ssm, &old).await {
+                    if let Err(e) = ssm::delete(ssm, &old).await {
                         tracing::warn!(fleet, error = %e, "could not prune old lock generations");
                     }
                 }
@@ -493,7 +483,6 @@ pub async fn acquire(
                     command: command.to_owned(),
                     acquired_at: now,
                     generation,
-                    waited,
                 });
             }
         }
@@ -582,12 +571,13 @@ impl HeldLock {
     }
 }
 
-/// The newest generation, if any (for `status` and `unlock`).
-pub async fn current(
-    ssm: &aws_sdk_ssm::Client,
-    fleet: &str,
-) -> Result<Option<Generation>, AwsError> {
-    Ok(list(ssm, fleet).await?.pop())
+/// Who holds the lock now, if anyone (for `status` and `unlock`).
+pub async fn holder(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Option<LockValue>, AwsError> {
+    Ok(list(ssm, fleet)
+        .await?
+        .pop()
+        .map(|g| g.value)
+        .filter(|v| v.state == LockState::Held))
 }
 
 /// Releases the lock whoever holds it (`unlock --force`); returns the holder it released,

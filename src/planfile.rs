@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::aws::ec2::hex;
 use crate::config::{Capacity, Config};
 use crate::observe::Observed;
 use crate::plan::{self, Action, Desired, Plan, PlanOptions};
@@ -147,10 +148,6 @@ pub fn config_fingerprint(config: &Config) -> String {
 fn sha256_json<T: Serialize + ?Sized>(value: &T) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {

@@ -349,29 +349,10 @@ async fn full_cycle_with_capacity_three() {
         .send()
         .await;
     assert!(lt.is_err(), "launch template left");
-    let running = ec2
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:bbfleet:fleet")
-                .values("cycle")
-                .build(),
-        )
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
     assert!(
-        running
-            .reservations()
-            .iter()
-            .all(|r| r.instances().is_empty()),
+        support::world::running_instances(&h, "cycle")
+            .await
+            .is_empty(),
         "instances left running"
     );
     let fleets = ec2.describe_spot_fleet_requests().send().await.unwrap();

@@ -33,29 +33,7 @@ async fn fleet_request(h: &Harness) -> (String, i32) {
 
 /// Instances of the fleet in `state`.
 async fn instances(h: &Harness, state: &str) -> BTreeSet<String> {
-    let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
-    let out = ec2
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:bbfleet:fleet")
-                .values(&h.fleet)
-                .build(),
-        )
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("instance-state-name")
-                .values(state)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    out.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| i.instance_id().unwrap().to_owned())
-        .collect()
+    support::world::instances_in(h, &h.fleet, &[state]).await
 }
 
 fn bare(uuid: &str) -> String {

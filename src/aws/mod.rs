@@ -153,12 +153,7 @@ impl Intercept for CallCounter {
         cfg.interceptor_state()
             .store_put(AttemptStarted(std::time::Instant::now()));
         if let Some(md) = cfg.load::<Metadata>() {
-            let service = md.service().to_ascii_lowercase();
-            let service = service
-                .split_whitespace()
-                .next()
-                .unwrap_or("aws")
-                .to_owned();
+            let service = service_name(md);
             let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
             if attempt > 1 {
                 let cause = cfg
@@ -221,9 +216,8 @@ impl Intercept for CallCounter {
             let elapsed_ms = cfg
                 .load::<AttemptStarted>()
                 .map(|s| s.0.elapsed().as_millis() as u64);
-            let service = md.service().split_whitespace().next().unwrap_or("aws");
             tracing::debug!(
-                service = service.to_ascii_lowercase(),
+                service = service_name(md),
                 operation = md.name(),
                 status,
                 elapsed_ms,
@@ -232,6 +226,15 @@ impl Intercept for CallCounter {
         }
         Ok(())
     }
+}
+
+/// `ec2`, `ssm`, `kms`: the first word of the SDK's service name, lower case.
+fn service_name(md: &Metadata) -> String {
+    md.service()
+        .split_whitespace()
+        .next()
+        .unwrap_or("aws")
+        .to_ascii_lowercase()
 }
 
 /// Whether an EC2 query-protocol body asks for a DryRun (`DryRun=true` among its fields).

@@ -641,9 +641,11 @@ pub fn plan_apply(
         let Some(newest) = claims.get(uuid.as_str()) else {
             continue;
         };
-        let next = newest.generation.checked_add(1);
-        let release = newest.value != "free" && !alive(&newest.value) && next.is_some();
-        if let (true, Some(generation)) = (release, next) {
+        // The generation this plan writes `free`, if the claimant is gone.
+        let released = (newest.value != "free" && !alive(&newest.value))
+            .then(|| newest.generation.checked_add(1))
+            .flatten();
+        if let Some(generation) = released {
             actions.push(Action::ReleaseClaim {
                 runner: uuid.clone(),
                 generation,
@@ -659,7 +661,7 @@ pub fn plan_apply(
                 .filter(|c| c.runner_uuid == uuid)
                 .filter(|c| {
                     c.generation < newest.generation
-                        || (release && c.generation == newest.generation)
+                        || (released.is_some() && c.generation == newest.generation)
                 })
                 .map(|c| c.name.clone()),
         );

@@ -230,22 +230,9 @@ instance_profile = "bbfleet-runner"
     /// Panics unless the only SSM parameters left under `/bbfleet/{fleet}` are the fleet
     /// lock's: a destroy releases the lock, whose generations keep counting (never re-created).
     pub async fn assert_only_lock_left(&self) {
-        let prefix = format!("/bbfleet/{}", self.fleet);
-        let left = aws_sdk_ssm::Client::new(&self.sdk)
-            .get_parameters_by_path()
-            .path(&prefix)
-            .recursive(true)
-            .send()
-            .await
-            .expect("list the fleet's parameters");
-        let lock = format!("{prefix}/lock/");
-        let others: Vec<&str> = left
-            .parameters()
-            .iter()
-            .filter_map(|p| p.name())
-            .filter(|n| !n.starts_with(&lock))
-            .collect();
-        assert!(others.is_empty(), "parameters left: {others:?}");
+        let left = super::world::parameters(self, &self.fleet, false).await;
+        let names: Vec<&String> = left.iter().map(|(name, _)| name).collect();
+        assert!(names.is_empty(), "parameters left: {names:?}");
     }
 
     /// Ids of a spot fleet request's active instances.

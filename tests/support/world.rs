@@ -230,6 +230,11 @@ pub async fn fleet_requests(h: &Harness, fleet: &str) -> Vec<(String, String, i3
 
 /// Pending or running instances tagged with the fleet.
 pub async fn running_instances(h: &Harness, fleet: &str) -> BTreeSet<String> {
+    instances_in(h, fleet, &["pending", "running"]).await
+}
+
+/// Instances tagged with the fleet, in one of `states`.
+pub async fn instances_in(h: &Harness, fleet: &str, states: &[&str]) -> BTreeSet<String> {
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
     let out = ec2
         .describe_instances()
@@ -242,8 +247,7 @@ pub async fn running_instances(h: &Harness, fleet: &str) -> BTreeSet<String> {
         .filters(
             Filter::builder()
                 .name("instance-state-name")
-                .values("pending")
-                .values("running")
+                .set_values(Some(states.iter().map(|s| (*s).to_owned()).collect()))
                 .build(),
         )
         .send()
