@@ -266,30 +266,7 @@ pub async fn dry_run_request(
         .spot_fleet_request_config(request_config(spec, launch_template_id, version, target))
         .send()
         .await;
-    // An endpoint that ignores DryRun (moto does, AWS_NOTES.md B3) really made a fleet:
-    // cancel it at once, so a plan never leaves a second fleet behind.
-    let made = result
-        .as_ref()
-        .ok()
-        .and_then(|out| out.spot_fleet_request_id())
-        .map(str::to_owned);
-    let outcome = DryRun::from_result("ec2:RequestSpotFleet", result);
-    match made {
-        None => outcome,
-        Some(id) => {
-            let undone = SpotFleet::new(ec2.clone())
-                .cancel(std::slice::from_ref(&id), true)
-                .await;
-            Err(AwsError::Invalid(match undone {
-                Ok(()) => format!(
-                    "ec2:RequestSpotFleet with DryRun=true was executed by the endpoint instead of checked (an emulator?); the request it made, {id}, was cancelled at once"
-                ),
-                Err(e) => format!(
-                    "ec2:RequestSpotFleet with DryRun=true was executed by the endpoint instead of checked, and cancelling the request it made, {id}, failed: {e}; cancel it by hand"
-                ),
-            }))
-        }
-    }
+    DryRun::from_result("ec2:RequestSpotFleet", result)
 }
 
 #[async_trait::async_trait]

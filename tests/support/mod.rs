@@ -4,5 +4,6 @@
 pub mod harness;
 pub mod imds;
 pub mod moto;
+pub mod aws_rules;
 pub mod recorder;
 pub mod world;

@@ -21,6 +21,13 @@ pub struct AwsCall {
     pub body: String,
     /// Answered with a throttling error by the proxy (never reached moto).
     pub throttled: bool,
+    /// The access key id the request was signed with (from `Authorization`), which tells
+    /// the principal: bbfleet's runs use `testing`, instance roles their own.
+    pub access_key: String,
+    /// HTTP status of the answer (0 while the call is in flight).
+    pub status: u16,
+    /// The answer's body, as the client got it (from moto or from the rules layer).
+    pub response: String,
 }
 
 impl AwsCall {
@@ -44,7 +51,7 @@ type Hook = Box<dyn FnOnce() + Send>;
 
 /// What the proxy saw, and how it misbehaves.
 #[derive(Default)]
-struct Shared {
+pub struct Shared {
     calls: Vec<AwsCall>,
     /// Answer every n-th request with a throttling error (0: never).
     throttle_every: u64,
@@ -52,8 +59,8 @@ struct Shared {
     counted: u64,
     /// One-shot hooks by operation (`kms:CreateKey`).
     hooks: Vec<(String, Hook)>,
-    /// Pass DryRun RequestSpotFleet on to moto, which runs it for real (a broken endpoint).
-    pass_fleet_dry_runs: bool,
+    /// The AWS-rules layer's state and settings.
+    pub rules: super::aws_rules::Rules,
 }
 
 /// The proxy.
@@ -66,32 +73,63 @@ pub struct Recorder {
 }
 
 #[derive(Clone)]
-struct Upstream {
-    base: String,
-    http: reqwest::Client,
-    shared: Arc<Mutex<Shared>>,
+pub struct Upstream {
+    /// moto's base URL.
+    pub base: String,
+    /// A client for moto (no proxy).
+    pub http: reqwest::Client,
+    /// What the proxy saw, and its settings.
+    pub shared: Arc<Mutex<Shared>>,
 }
 
 /// The service's throttling answer to `operation`, as AWS sends it.
-fn throttling_response(operation: &str) -> Response<Body> {
+pub fn throttling_response(operation: &str) -> Answer {
     if operation.starts_with("ec2:") {
-        Response::builder()
-            .status(StatusCode::SERVICE_UNAVAILABLE)
-            .header("content-type", "text/xml;charset=UTF-8")
-            .body(Body::from(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
-            ))
-            .unwrap()
+        ec2_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+        )
     } else {
-        Response::builder()
-            .status(StatusCode::BAD_REQUEST)
-            .header("content-type", "application/x-amz-json-1.1")
-            .header("x-amzn-requestid", "00000000-0000-0000-0000-000000000000")
-            .body(Body::from(
-                r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
-            ))
-            .unwrap()
+        json_error(StatusCode::BAD_REQUEST, "ThrottlingException", "Rate exceeded")
     }
+}
+
+/// An EC2 (query protocol) error answer, as AWS sends it.
+pub fn ec2_error(status: StatusCode, code: &str, message: &str) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "text/xml;charset=UTF-8".parse().unwrap());
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
+        message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    );
+    (status, headers, Bytes::from(body))
+}
+
+/// An SSM/KMS (JSON protocol) error answer, as AWS sends it.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        "application/x-amz-json-1.1".parse().unwrap(),
+    );
+    headers.insert(
+        "x-amzn-requestid",
+        "00000000-0000-0000-0000-000000000000".parse().unwrap(),
+    );
+    let body = serde_json::json!({"__type": code, "message": message}).to_string();
+    (status, headers, Bytes::from(body))
+}
+
+/// The access key id of a SigV4 `Authorization` header (`... Credential=AKID/date/...`).
+fn access_key(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|v| v.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn operation(headers: &HeaderMap, body: &str) -> String {
@@ -124,13 +162,12 @@ async fn forward(
         operation: operation(&headers, &text),
         body: text,
         throttled: false,
+        access_key: access_key(&headers),
+        status: 0,
+        response: String::new(),
     };
-    // moto ignores DryRun on RequestSpotFleet and really creates the fleet (AWS_NOTES.md
-    // B3); answer as AWS does for an allowed dry run instead of passing it on.
-    let mut dry_fleet = call.operation == "ec2:RequestSpotFleet" && call.is_dry_run();
-    let hooks: Vec<Hook> = {
+    let (index, hooks): (usize, Vec<Hook>) = {
         let mut shared = up.shared.lock().unwrap();
-        dry_fleet &= !shared.pass_fleet_dry_runs;
         if shared.throttle_every > 0 {
             shared.counted += 1;
             call.throttled = shared.counted % shared.throttle_every == 0;
@@ -140,23 +177,47 @@ async fn forward(
             .partition(|(op, _)| *op == call.operation);
         shared.hooks = keep;
         shared.calls.push(call.clone());
-        run.into_iter().map(|(_, h)| h).collect()
+        (
+            shared.calls.len() - 1,
+            run.into_iter().map(|(_, h)| h).collect(),
+        )
     };
     for hook in hooks {
         hook();
     }
-    if call.throttled {
-        return throttling_response(&call.operation);
+    let (status, headers, bytes) = if call.throttled {
+        throttling_response(&call.operation)
+    } else if let Some(answer) = super::aws_rules::before(&up, &call).await {
+        answer
+    } else {
+        let answer = send_upstream(&up, method, &uri, &headers, body).await;
+        super::aws_rules::after(&up, &call, answer).await
+    };
+    {
+        let mut shared = up.shared.lock().unwrap();
+        if let Some(c) = shared.calls.get_mut(index) {
+            c.status = status.as_u16();
+            c.response = String::from_utf8_lossy(&bytes).into_owned();
+        }
     }
-    if dry_fleet {
-        return Response::builder()
-            .status(StatusCode::PRECONDITION_FAILED)
-            .header("content-type", "text/xml")
-            .body(Body::from(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>DryRunOperation</Code><Message>Request would have succeeded, but DryRun flag is set.</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
-            ))
-            .unwrap();
+    let mut out = Response::builder().status(status);
+    for (k, v) in headers.iter() {
+        out = out.header(k, v);
     }
+    out.body(Body::from(bytes)).unwrap()
+}
+
+/// An answer: status, headers (without framing ones) and body.
+pub type Answer = (StatusCode, HeaderMap, Bytes);
+
+/// Forwards a request to moto and reads its whole answer.
+async fn send_upstream(
+    up: &Upstream,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Answer {
     let url = format!(
         "{}{}",
         up.base,
@@ -170,19 +231,20 @@ async fn forward(
     }
     match req.send().await {
         Ok(r) => {
-            let mut out = Response::builder().status(r.status());
+            let status = r.status();
+            let mut out = HeaderMap::new();
             for (k, v) in r.headers() {
                 if k != "content-length" && k != "transfer-encoding" && k != "connection" {
-                    out = out.header(k, v);
+                    out.insert(k.clone(), v.clone());
                 }
             }
-            out.body(Body::from(r.bytes().await.unwrap_or_default()))
-                .unwrap()
+            (status, out, r.bytes().await.unwrap_or_default())
         }
-        Err(e) => Response::builder()
-            .status(StatusCode::BAD_GATEWAY)
-            .body(Body::from(e.to_string()))
-            .unwrap(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            HeaderMap::new(),
+            Bytes::from(e.to_string()),
+        ),
     }
 }
 
@@ -222,9 +284,9 @@ impl Recorder {
         shared.counted = 0;
     }
 
-    /// Lets DryRun RequestSpotFleet through to moto, which ignores DryRun and makes the fleet.
-    pub fn pass_fleet_dry_runs(&self) {
-        self.shared.lock().unwrap().pass_fleet_dry_runs = true;
+    /// Changes the AWS-rules layer's settings (`rules.ssm_rate`, ...).
+    pub fn rules(&self, change: impl FnOnce(&mut super::aws_rules::Rules)) {
+        change(&mut self.shared.lock().unwrap().rules);
     }
 
     /// Runs `hook` once, when `operation` (`kms:CreateKey`) next reaches the proxy, before
