@@ -42,6 +42,8 @@ pub struct Observed {
     pub instances: Vec<InstanceInfo>,
     /// The autoscaler's state parameter, if it exists (not read for apply).
     pub autoscale_state: Option<String>,
+    /// When the reading began: instance ages are judged against it.
+    pub observed_at: jiff::Timestamp,
 }
 
 /// Reading the world failed.
@@ -81,6 +83,7 @@ pub async fn observe(
     depth: Depth,
 ) -> Result<Observed, ObserveError> {
     let fleet = config.name.as_str();
+    let observed_at = jiff::Timestamp::now();
     let scope = scope(config);
     let bb = async {
         let (workspace, repository, runners) = tokio::try_join!(
@@ -158,6 +161,7 @@ pub async fn observe(
         fleets,
         instances,
         autoscale_state,
+        observed_at,
     })
 }
 

@@ -104,7 +104,17 @@ pub struct InstanceInfo {
     pub az: String,
     /// `pending`, `running`, ...
     pub state: String,
+    /// The Spot Fleet request that launched it: the `aws:ec2spot:fleet-request-id` tag EC2
+    /// puts on fleet instances (EC2 User Guide, "Tag a Spot Fleet").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_request: Option<String>,
+    /// When it was launched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<jiff::Timestamp>,
 }
+
+/// The tag EC2 puts on every instance a Spot Fleet launches, naming the request.
+pub const FLEET_REQUEST_TAG: &str = "aws:ec2spot:fleet-request-id";
 
 /// Subnets by id; a missing one is a config error naming `spot.subnets`.
 pub async fn describe_subnets(
@@ -407,6 +417,15 @@ pub async fn fleet_instances(
                         .and_then(|s| s.name())
                         .map_or("unknown", |n| n.as_str())
                         .to_owned(),
+                    fleet_request: i
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(FLEET_REQUEST_TAG))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned),
+                    launched_at: i
+                        .launch_time()
+                        .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
                 });
             }
         }
