@@ -380,6 +380,8 @@ async fn connect(config: &Config, stats: &CallStats) -> Result<Remote, CliError>
     };
     let bitbucket = Bitbucket::new(&base, credentials, RetryPolicy::default(), stats.clone())?;
     let aws = Aws::connect(config.region.as_deref(), stats).await?;
+    // The launch template's user data must fit, in the region in use: checked before any call.
+    userdata::check_config_fits(config, &aws.region)?;
     let fleet_api = SpotFleet::new(aws.ec2.clone());
     Ok(Remote {
         aws,
@@ -388,14 +390,27 @@ async fn connect(config: &Config, stats: &CallStats) -> Result<Remote, CliError>
     })
 }
 
+/// The region without the SDK (no profile, no instance metadata): the config's `region`,
+/// else `AWS_REGION`, else `AWS_DEFAULT_REGION`; checked to be a region name, the error
+/// naming where it came from.
 fn region_offline(config: &Config) -> Result<String, CliError> {
-    config
-        .region
-        .clone()
-        .or_else(|| std::env::var("AWS_REGION").ok())
-        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-        .filter(|r| !r.is_empty())
-        .ok_or(CliError::Aws(AwsError::NoRegion))
+    let (source, region) = match &config.region {
+        Some(r) => ("region", r.clone()),
+        None => ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .into_iter()
+            .find_map(|var| std::env::var(var).ok().map(|r| (var, r)))
+            .ok_or(CliError::Aws(AwsError::NoRegion))?,
+    };
+    if region.is_empty() {
+        return Err(CliError::Aws(AwsError::NoRegion));
+    }
+    crate::config::check_region(&region).map_err(|message| {
+        CliError::Aws(AwsError::BadRegion {
+            origin: source.to_owned(),
+            message,
+        })
+    })?;
+    Ok(region)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
@@ -410,6 +425,12 @@ async fn run(cli: Cli, stats: &CallStats) -> Result<ExitCode, CliError> {
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Validate => {
+            // Without a region known offline, the longest region name is the worst case.
+            let region = match region_offline(&config) {
+                Err(CliError::Aws(AwsError::NoRegion)) => crate::config::LONGEST_REGION.to_owned(),
+                other => other?,
+            };
+            userdata::check_config_fits(&config, &region)?;
             if json {
                 print_json(&serde_json::json!({"valid": true, "config": config}))?;
             } else {

@@ -568,11 +568,9 @@ impl Validator {
             ),
         );
         if let Some(region) = &raw.region {
-            self.check(
-                is_region(region),
-                "region",
-                format!("{region:?} is not an AWS region name (e.g. eu-west-1)"),
-            );
+            if let Err(message) = check_region(region) {
+                self.err("region", message);
+            }
         }
         let instance_types = self.instance_types(&raw.spot.instance_types);
         let arch = self.arch(&instance_types);
@@ -1108,18 +1106,50 @@ fn is_fleet_name(s: &str) -> bool {
         && b.iter().all(|c| ok(c) || *c == b'-')
 }
 
-fn is_region(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+/// Region name prefixes, one per AWS partition: the `regionRegex` of each partition in the
+/// AWS SDKs' endpoint partition data (`partitions.json`, compiled into aws-sdk-ec2 as
+/// `src/endpoint_lib.rs`): `^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$` for `aws`, `^cn\-...` for
+/// `aws-cn`, `^us\-gov\-...`, `^us\-iso\-...`, `^us\-isob\-...`, `^eu\-isoe\-...`, `^us\-isof\-...` and
+/// `^eusc\-(de)\-...`. Longest first, so `us-gov-west-1` is read as `us-gov` + `west` + `1`.
+const REGION_PREFIXES: [&str; 16] = [
+    "eusc-de", "us-isob", "us-isof", "eu-isoe", "us-gov", "us-iso", "us", "eu", "ap", "sa", "ca",
+    "me", "af", "il", "mx", "cn",
+];
+/// Longest direction word of a region name bbfleet accepts (`northwest` has 9 letters).
+const REGION_WORD_MAX: usize = 16;
+/// The longest region name [`check_region`] accepts: the worst case for anything a region
+/// is rendered into (the userdata size check uses it when the region is not known offline).
+pub const LONGEST_REGION: &str = "eusc-de-abcdefghijklmnop-99";
+
+/// Whether `s` is an AWS region name: a partition prefix, a lowercase word and a number of
+/// one or two digits (`us-east-1`, `us-gov-west-1`, `cn-northwest-1`, `eu-isoe-west-1`).
+/// Stricter than the SDKs' `\w+` and `\d+` (no capitals, underscores or long numbers), so a
+/// region is always a short, plain word when it is rendered into an ARN or a root script.
+pub fn is_region(s: &str) -> bool {
+    REGION_PREFIXES.iter().any(|prefix| {
+        s.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(word, number)| {
+                (1..=REGION_WORD_MAX).contains(&word.len())
+                    && word.bytes().all(|b| b.is_ascii_lowercase())
+                    && (1..=2).contains(&number.len())
+                    && number.bytes().all(|b| b.is_ascii_digit())
+                    && !number.starts_with('0')
+            })
+    })
+}
+
+/// `Ok` for an AWS region name, else what is wrong, for an error that names where the
+/// value came from (`region`, `AWS_REGION`, ...).
+pub fn check_region(region: &str) -> Result<(), String> {
+    if is_region(region) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{region:?} is not an AWS region name (e.g. eu-west-1, us-gov-west-1, cn-northwest-1)"
+        ))
+    }
 }
 
 fn is_uuid(s: &str) -> bool {

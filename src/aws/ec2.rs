@@ -8,7 +8,6 @@ use aws_sdk_ec2::types::{
     LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
     TagSpecification, VolumeType,
 };
-use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -261,7 +260,7 @@ fn template_data(spec: &LaunchTemplateSpec) -> RequestLaunchTemplateData {
         .set_security_group_ids(
             (!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()),
         )
-        .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.userdata))
+        .user_data(crate::userdata::launch_template_user_data(&spec.userdata).base64())
         // IMDSv2 only, one hop: build containers on the host cannot reach the instance role.
         .metadata_options(
             LaunchTemplateInstanceMetadataOptionsRequest::builder()

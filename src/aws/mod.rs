@@ -50,6 +50,14 @@ pub enum AwsError {
     /// No region anywhere.
     #[error("no AWS region: set `region` in the config, or AWS_REGION in the environment")]
     NoRegion,
+    /// The region in use is not an AWS region name.
+    #[error("{origin}: {message}")]
+    BadRegion {
+        /// Where the region came from: `region`, `AWS_REGION`, ...
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A call failed; the message carries AWS's code and text.
     #[error("AWS {operation} failed: {message}")]
     Call {
@@ -274,6 +282,7 @@ impl Aws {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
             aws_config::retry::RetryConfig::standard().with_max_attempts(AWS_MAX_ATTEMPTS),
         );
+        let configured = region.is_some();
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
         }
@@ -282,6 +291,11 @@ impl Aws {
             .region()
             .map(|r| r.to_string())
             .ok_or(AwsError::NoRegion)?;
+        // Before any client exists: the region goes into endpoints, ARNs and the userdata.
+        crate::config::check_region(&region).map_err(|message| AwsError::BadRegion {
+            origin: region_source(region.as_str(), configured, |k| std::env::var(k).ok()),
+            message,
+        })?;
         let counter = CallCounter(stats.clone());
         let ec2 = aws_sdk_ec2::Client::from_conf(
             aws_sdk_ec2::config::Builder::from(&shared)
@@ -307,9 +321,42 @@ impl Aws {
     }
 }
 
+/// Where the SDK found `region`: the config's `region`, else its chain, which reads
+/// `AWS_REGION`, then `AWS_DEFAULT_REGION`, then the profile, then instance metadata
+/// (aws-config's `EnvironmentVariableRegionProvider` and default region chain).
+pub fn region_source(
+    region: &str,
+    configured: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> String {
+    if configured {
+        return "region".to_owned();
+    }
+    for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+        if env(var).is_some_and(|v| v == region) {
+            return var.to_owned();
+        }
+    }
+    "the region of the AWS profile (AWS_PROFILE, AWS_CONFIG_FILE) or of the instance metadata"
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_dry_run;
+    use super::{is_dry_run, region_source};
+
+    #[test]
+    fn a_region_error_names_where_the_region_came_from() {
+        let env = |k: &str| match k {
+            "AWS_REGION" => Some("us-east-1".to_owned()),
+            "AWS_DEFAULT_REGION" => Some("x;y".to_owned()),
+            _ => None,
+        };
+        assert_eq!(region_source("us-east-1", true, env), "region");
+        assert_eq!(region_source("us-east-1", false, env), "AWS_REGION");
+        assert_eq!(region_source("x;y", false, env), "AWS_DEFAULT_REGION");
+        assert!(region_source("z", false, env).contains("AWS_PROFILE"));
+    }
 
     #[test]
     fn dry_run_is_read_from_the_query_body() {

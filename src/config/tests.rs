@@ -372,3 +372,61 @@ fn schedule_table_with_dst_and_midnight() {
         );
     }
 }
+
+#[test]
+fn region_names_follow_the_partitions_patterns() {
+    for good in [
+        "us-east-1",
+        "eu-central-2",
+        "us-gov-west-1",
+        "cn-northwest-1",
+        "ap-southeast-7",
+        "eu-isoe-west-1",
+        "us-iso-east-1",
+        "us-isob-east-1",
+        "us-isof-south-1",
+        "eusc-de-east-1",
+        "mx-central-1",
+        "il-central-1",
+        LONGEST_REGION,
+    ] {
+        assert!(is_region(good), "{good} rejected");
+        assert_eq!(check_region(good), Ok(()));
+    }
+    for bad in [
+        "",
+        "mars-1",
+        "us-east",
+        "us-east-",
+        "US-EAST-1",
+        "us-east-1 ",
+        " us-east-1",
+        "us-east-01",
+        "us-east-100",
+        "us-east_x-1",
+        "xx-east-1",
+        "us--1",
+        "us-gov-west",
+        "us-east-1a",
+        "us-east-1'; touch /tmp/x; '",
+        "us-east-1\n",
+        "us-$(id)-1",
+        "eusc-fr-east-1",
+        "us-abcdefghijklmnopq-1",
+    ] {
+        assert!(!is_region(bad), "{bad:?} accepted");
+        let message = check_region(bad).unwrap_err();
+        assert!(message.contains("is not an AWS region name"), "{message}");
+    }
+}
+
+#[test]
+fn the_longest_region_is_the_longest_the_pattern_accepts() {
+    let longest_prefix = REGION_PREFIXES.iter().map(|p| p.len()).max().unwrap();
+    // prefix, '-', the word, '-', two digits
+    assert_eq!(
+        LONGEST_REGION.len(),
+        longest_prefix + 1 + REGION_WORD_MAX + 1 + 2
+    );
+    assert!(is_region(LONGEST_REGION));
+}
