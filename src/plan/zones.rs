@@ -196,9 +196,9 @@ mod tests {
                 subnets_vpc: "vpc-1".into(),
             }
         );
-        assert!(err
-            .to_string()
-            .starts_with("instance.security_groups[1]: sg-9 is in vpc-2 but the subnets are in vpc-1"));
+        assert!(err.to_string().starts_with(
+            "instance.security_groups[1]: sg-9 is in vpc-2 but the subnets are in vpc-1"
+        ));
     }
 
     #[test]
@@ -210,7 +210,11 @@ mod tests {
         assert_eq!(check(&config, &w, &[], &[]), first);
         assert!(matches!(
             first,
-            Err(PlanError::SubnetSameZone { index: 2, first: 1, .. })
+            Err(PlanError::SubnetSameZone {
+                index: 2,
+                first: 1,
+                ..
+            })
         ));
     }
 }
