@@ -241,6 +241,44 @@ pub enum PlanError {
     /// The subnets do not give the fleet enough zones.
     #[error("{0}")]
     Zones(String),
+    /// Two subnets in one availability zone: a Spot Fleet takes one subnet per zone.
+    #[error("spot.subnets[{index}]: {subnet} is in {az} like spot.subnets[{first}]; a fleet takes one subnet per availability zone")]
+    SubnetSameZone {
+        /// Index of the later subnet in `spot.subnets`.
+        index: usize,
+        /// Its id.
+        subnet: String,
+        /// The zone both are in.
+        az: String,
+        /// Index of the earlier subnet in that zone.
+        first: usize,
+    },
+    /// A subnet in another VPC than the first subnet's.
+    #[error("spot.subnets[{index}]: {subnet} is in {vpc} but spot.subnets[{first}] is in {first_vpc}; a fleet's subnets must all be in one VPC")]
+    SubnetOtherVpc {
+        /// Index in `spot.subnets`.
+        index: usize,
+        /// Its id.
+        subnet: String,
+        /// Its VPC.
+        vpc: String,
+        /// Index of the first subnet.
+        first: usize,
+        /// The first subnet's VPC.
+        first_vpc: String,
+    },
+    /// A security group of another VPC than the subnets'.
+    #[error("instance.security_groups[{index}]: {group} is in {vpc} but the subnets are in {subnets_vpc}; the instances can only use security groups of their subnets' VPC")]
+    SecurityGroupOtherVpc {
+        /// Index in `instance.security_groups`.
+        index: usize,
+        /// Its id.
+        group: String,
+        /// Its VPC.
+        vpc: String,
+        /// The subnets' VPC.
+        subnets_vpc: String,
+    },
 }
 
 /// Options that change what the planner may do.
@@ -291,7 +329,9 @@ pub fn plan_apply(
         },
     };
 
-    // 2. Zones: a diversified fleet needs two.
+    // 2. Zones: one subnet per zone, all in one VPC with the security groups, and a
+    // diversified fleet needs two zones.
+    zones::check_network(config, observed)?;
     let zones: BTreeSet<&str> = observed.subnets.iter().map(|s| s.az.as_str()).collect();
     if zones.len() < 2 {
         return Err(PlanError::Zones(format!(
@@ -871,6 +911,8 @@ pub fn desired(
         fleet,
     })
 }
+
+mod zones;
 
 #[cfg(test)]
 mod proptests;

@@ -87,6 +87,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
                 vpc: "v".into(),
             },
         ],
+        security_groups: Vec::new(),
         image: None,
         launch_template: Some(LaunchTemplateState {
             id: "lt-1".into(),
