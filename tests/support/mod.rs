@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod iam;
 pub mod imds;
 pub mod moto;
 pub mod aws_rules;
