@@ -264,6 +264,7 @@ fn a_fleet_request_is_translated_into_every_resource_it_names_with_the_tags_seen
             "arn:aws:iam::123456789012:role/bbfleet-runner".into(),
         ),
     ] {
+        let expected = (expected.0.to_owned(), expected.1);
         assert!(got.contains(&expected), "{expected:?} not in {got:#?}");
     }
     let on_lt = reqs
@@ -326,7 +327,7 @@ fn a_host_secure_string_read_is_a_kms_decrypt_via_ssm_with_the_parameter_arn() {
         assert!(d.allowed(), "{} {}: {d:?}", r.action, r.resource);
     }
     // Another fleet's runner command: denied.
-    let other = format!("/bbfleet/other/runners/abc");
+    let other = "/bbfleet/other/runners/abc";
     let get = call(
         "ssm:GetParameter",
         &json!({"Name": other, "WithDecryption": true}).to_string(),
@@ -335,6 +336,13 @@ fn a_host_secure_string_read_is_a_kms_decrypt_via_ssm_with_the_parameter_arn() {
     );
     for r in &iam_requests(&[get]) {
         assert!(!decide(&instance, r).allowed(), "{} {}", r.action, r.resource);
+    }
+}
+
+fn principal_kind(p: &Principal) -> &'static str {
+    match p {
+        Principal::Operator => "operator",
+        Principal::Instance(_) => "instance",
     }
 }
 
@@ -348,7 +356,17 @@ fn every_request_the_suite_made_is_allowed() {
         "no AWS request dumps in {}: run the suite first (scripts/test.sh)",
         iam::dump_dir().display()
     );
-    let (evaluated, denied) = denials(&calls);
+    let (requests, denied) = denials(&calls);
+    let evaluated = requests.len();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &requests {
+        let kind = r.resource.rsplit(':').next().unwrap_or("*");
+        let kind = kind.split('/').next().unwrap_or(kind);
+        *seen
+            .entry(format!("{} {} on {kind}", principal_kind(&r.principal), r.action))
+            .or_default() += 1;
+    }
+    eprintln!("evaluated (principal, action, resource type: count): {seen:#?}");
     let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
     for d in &denied {
         *by_action.entry(d.request.action.clone()).or_default() += 1;

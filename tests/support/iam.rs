@@ -1203,11 +1203,11 @@ pub fn fills(calls: &[Recorded], reqs: &[IamRequest]) -> Vec<Vec<Fill>> {
     for c in calls {
         let params = query(&c.body);
         if let Some(r) = q(&params, "SpotFleetRequestConfig.IamFleetRole") {
-            roles.entry(&c.proxy).or_insert_with(|| r.to_owned());
+            roles.entry(c.proxy.as_str()).or_insert_with(|| r.to_owned());
         }
         if c.operation == "ec2:CreateLaunchTemplate" {
             if let Some(p) = TemplateData::from_query(&params).instance_profile {
-                profiles.entry(&c.proxy).or_insert(p);
+                profiles.entry(c.proxy.as_str()).or_insert(p);
             }
         }
     }
@@ -1215,7 +1215,7 @@ pub fn fills(calls: &[Recorded], reqs: &[IamRequest]) -> Vec<Vec<Fill>> {
     for r in reqs {
         if let Some(f) = &r.fleet {
             named
-                .entry((&r.proxy, &r.principal))
+                .entry((r.proxy.as_str(), &r.principal))
                 .or_default()
                 .insert(f.clone());
         }
@@ -1255,11 +1255,11 @@ pub struct Denial {
 
 /// Evaluates every request of `calls` (one transcript) against the filled operator.json
 /// (bbfleet) or instance.json (hosts); returns the requests and the denials.
-pub fn denials(calls: &[Recorded]) -> (usize, Vec<Denial>) {
+pub fn denials(calls: &[Recorded]) -> (Vec<IamRequest>, Vec<Denial>) {
     // Group by moto world: resources and their tags are learned within one.
     let mut by_world: BTreeMap<&str, Vec<Recorded>> = BTreeMap::new();
     for c in calls {
-        by_world.entry(&c.upstream).or_default().push(c.clone());
+        by_world.entry(c.upstream.as_str()).or_default().push(c.clone());
     }
     let mut all = Vec::new();
     let mut fill_sets = Vec::new();
@@ -1304,5 +1304,5 @@ pub fn denials(calls: &[Recorded]) -> (usize, Vec<Denial>) {
             decision: d,
         })
         .collect();
-    (all.len(), denials)
+    (all, denials)
 }
