@@ -166,14 +166,21 @@ fn host_proxy() -> &'static Recorder {
 }
 
 /// Tags `instance_id` as an instance of `fleet`, as the launch template's tag
-/// specification does for the fleet's instances (the policies key on that tag).
+/// specification does for the fleet's instances (the policies key on that tag). Through
+/// the hosts' proxy, so the IAM evaluation learns the tag, signed as the harness (not
+/// evaluated).
 fn tag_as_fleet_instance(instance_id: &str, fleet: &str) {
+    let endpoint = host_proxy().endpoint.clone();
     runtime().block_on(async {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&moto().endpoint)
+            .endpoint_url(&endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
+                support::iam::HARNESS_ACCESS_KEY,
+                "testing",
+                None,
+                None,
+                "test",
             ))
             .load()
             .await;
