@@ -68,8 +68,8 @@ fn call(operation: &str, body: &str, response: &str, access_key: &str) -> Record
 }
 
 #[test]
-fn request_spot_fleet_is_authorized_on_every_resource_it_names_and_the_landed_statement_denies_it(
-) {
+fn request_spot_fleet_is_authorized_on_every_resource_it_names_and_the_landed_statement_denies_it()
+{
     // The operator statement as it landed: RequestSpotFleet only on spot-fleet-request/*.
     let landed = json!({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Action": "ec2:RequestSpotFleet",
@@ -118,7 +118,12 @@ fn request_spot_fleet_is_authorized_on_every_resource_it_names_and_the_landed_st
         ("subnet", "subnet-0123456789abcdef0"),
         ("security-group", "sg-0123456789abcdef0"),
     ] {
-        let r = request(Principal::Operator, "ec2:RequestSpotFleet", &arn(kind, id), &[]);
+        let r = request(
+            Principal::Operator,
+            "ec2:RequestSpotFleet",
+            &arn(kind, id),
+            &[],
+        );
         assert!(decide(&operator, &r).allowed(), "{kind}");
         assert!(!decide(&landed, &r).allowed(), "{kind}");
     }
@@ -240,7 +245,10 @@ fn a_fleet_request_is_translated_into_every_resource_it_names_with_the_tags_seen
         .iter()
         .map(|r| (r.action.clone(), r.resource.clone()))
         .collect();
-    let sfr = arn("spot-fleet-request", "sfr-11111111-2222-3333-4444-555555555555");
+    let sfr = arn(
+        "spot-fleet-request",
+        "sfr-11111111-2222-3333-4444-555555555555",
+    );
     let lt = arn("launch-template", "lt-0ccccccccccccccc0");
     for expected in [
         ("ec2:CreateLaunchTemplate", lt.clone()),
@@ -252,13 +260,22 @@ fn a_fleet_request_is_translated_into_every_resource_it_names_with_the_tags_seen
             "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role".into(),
         ),
         ("ec2:RequestSpotFleet", lt.clone()),
-        ("ec2:RequestSpotFleet", arn("subnet", "subnet-0ddddddddddddddd0")),
-        ("ec2:RequestSpotFleet", arn("subnet", "subnet-0eeeeeeeeeeeeeee0")),
+        (
+            "ec2:RequestSpotFleet",
+            arn("subnet", "subnet-0ddddddddddddddd0"),
+        ),
+        (
+            "ec2:RequestSpotFleet",
+            arn("subnet", "subnet-0eeeeeeeeeeeeeee0"),
+        ),
         (
             "ec2:RequestSpotFleet",
             "arn:aws:ec2:us-east-1::image/ami-0aaaaaaaaaaaaaaaa".into(),
         ),
-        ("ec2:RequestSpotFleet", arn("security-group", "sg-0bbbbbbbbbbbbbbbb")),
+        (
+            "ec2:RequestSpotFleet",
+            arn("security-group", "sg-0bbbbbbbbbbbbbbbb"),
+        ),
         (
             "iam:PassRole",
             "arn:aws:iam::123456789012:role/bbfleet-runner".into(),
@@ -335,7 +352,12 @@ fn a_host_secure_string_read_is_a_kms_decrypt_via_ssm_with_the_parameter_arn() {
         &key,
     );
     for r in &iam_requests(&[get]) {
-        assert!(!decide(&instance, r).allowed(), "{} {}", r.action, r.resource);
+        assert!(
+            !decide(&instance, r).allowed(),
+            "{} {}",
+            r.action,
+            r.resource
+        );
     }
 }
 
@@ -363,7 +385,11 @@ fn every_request_the_suite_made_is_allowed() {
         let kind = r.resource.rsplit(':').next().unwrap_or("*");
         let kind = kind.split('/').next().unwrap_or(kind);
         *seen
-            .entry(format!("{} {} on {kind}", principal_kind(&r.principal), r.action))
+            .entry(format!(
+                "{} {} on {kind}",
+                principal_kind(&r.principal),
+                r.action
+            ))
             .or_default() += 1;
     }
     eprintln!("evaluated (principal, action, resource type: count): {seen:#?}");

@@ -395,11 +395,18 @@ impl TemplateData {
             image: x.text_of("imageId"),
             security_groups: x
                 .child("securityGroupIdSet")
-                .map(|s| s.children.iter().map(|i| i.text.trim().to_owned()).collect())
+                .map(|s| {
+                    s.children
+                        .iter()
+                        .map(|i| i.text.trim().to_owned())
+                        .collect()
+                })
                 .unwrap_or_default(),
             instance_profile: x.child("iamInstanceProfile").and_then(|p| {
-                p.text_of("name")
-                    .or_else(|| p.text_of("arn").map(|a| a.rsplit('/').next().unwrap_or(&a).to_owned()))
+                p.text_of("name").or_else(|| {
+                    p.text_of("arn")
+                        .map(|a| a.rsplit('/').next().unwrap_or(&a).to_owned())
+                })
             }),
         }
     }
@@ -465,9 +472,10 @@ impl World {
             if let (Some(id), Some(tags)) = (id, el.tags()) {
                 self.tags.insert(id, tags);
             }
-            if let (Some(id), Some(name)) =
-                (el.text_of("launchTemplateId"), el.text_of("launchTemplateName"))
-            {
+            if let (Some(id), Some(name)) = (
+                el.text_of("launchTemplateId"),
+                el.text_of("launchTemplateName"),
+            ) {
                 self.template_ids.insert(name, id.clone());
                 if let Some(v) = el.text_of("latestVersionNumber") {
                     self.template_latest.insert(id, v);
@@ -485,9 +493,12 @@ impl World {
         let op = c.operation.as_str();
         if op == "ec2:CreateLaunchTemplate" || op == "ec2:CreateLaunchTemplateVersion" {
             let made = x.all().into_iter().find_map(|e| {
-                Some((e.text_of("launchTemplateId")?, e.text_of("versionNumber")
-                    .or_else(|| e.text_of("latestVersionNumber"))
-                    .unwrap_or_else(|| "1".into())))
+                Some((
+                    e.text_of("launchTemplateId")?,
+                    e.text_of("versionNumber")
+                        .or_else(|| e.text_of("latestVersionNumber"))
+                        .unwrap_or_else(|| "1".into()),
+                ))
             });
             if let Some((id, version)) = made {
                 if op == "ec2:CreateLaunchTemplate" {
@@ -507,9 +518,15 @@ impl World {
             }
         }
         if op == "ec2:RequestSpotFleet" {
-            if let Some(id) = x.all().into_iter().find_map(|e| e.text_of("spotFleetRequestId")) {
+            if let Some(id) = x
+                .all()
+                .into_iter()
+                .find_map(|e| e.text_of("spotFleetRequestId"))
+            {
                 let tags = q_tags(&params, "SpotFleetRequestConfig.", "spot-fleet-request");
-                self.tags.entry(id).or_insert_with(|| tags.into_iter().collect());
+                self.tags
+                    .entry(id)
+                    .or_insert_with(|| tags.into_iter().collect());
             }
         }
         if op == "ec2:CreateTags" {
@@ -612,14 +629,22 @@ fn ec2_arn(kind: &str, id: &str) -> String {
 /// `arn:aws:ssm:…:parameter/NAME` (names start with `/`; public `/aws/` ones have no account).
 pub fn parameter_arn(name: &str) -> String {
     let path = name.trim_start_matches('/');
-    let account = if path.starts_with("aws/") { "" } else { ACCOUNT };
+    let account = if path.starts_with("aws/") {
+        ""
+    } else {
+        ACCOUNT
+    };
     format!("arn:aws:ssm:{REGION}:{account}:parameter/{path}")
 }
 
 /// The fleet a name, path or tag value names: `/bbfleet/F/...`, `bbfleet-F`, `alias/bbfleet-F`.
 fn fleet_of_name(name: &str) -> Option<String> {
     if let Some(rest) = name.strip_prefix("/bbfleet/") {
-        return rest.split('/').next().filter(|f| !f.is_empty()).map(str::to_owned);
+        return rest
+            .split('/')
+            .next()
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned);
     }
     let name = name.strip_prefix("alias/").unwrap_or(name);
     name.strip_prefix("bbfleet-")
@@ -659,10 +684,14 @@ impl Builder<'_> {
     fn push(&mut self, action: &str, resource: String, context: BTreeMap<String, Value>) {
         let mut context = context;
         if let Principal::Instance(id) = &self.principal {
-            // EC2 User Guide, "Condition keys for Amazon EC2" / Service Authorization
-            // Reference: ec2:SourceInstanceARN is "the ARN of the instance from which the
-            // request originated" (requests signed with instance role credentials).
-            context.insert("ec2:SourceInstanceARN".into(), json!(ec2_arn("instance", id)));
+            // IAM User Guide, "AWS global condition context keys" (properties of the role
+            // session): ec2:SourceInstanceArn is the ARN of the instance the role session
+            // was issued to, present on requests signed with instance role credentials;
+            // the Service Authorization Reference for EC2 lists it as well.
+            context.insert(
+                "ec2:SourceInstanceARN".into(),
+                json!(ec2_arn("instance", id)),
+            );
         }
         self.out.push(IamRequest {
             origin: self.call.origin.clone(),
@@ -780,7 +809,11 @@ fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
             );
             let id = id.unwrap_or_else(|| NEW.into());
             b.tag_fleet(&tags_vec(world, &id));
-            b.push(action, ec2_arn("launch-template", &id), resource_context(world, &id));
+            b.push(
+                action,
+                ec2_arn("launch-template", &id),
+                resource_context(world, &id),
+            );
         }
         "ec2:RequestSpotFleet" | "ec2:ModifySpotFleetRequest" => {
             fleet_requests(world, c, &params, b);
@@ -790,7 +823,11 @@ fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
             ids.extend(q(&params, "SpotFleetRequestId").map(str::to_owned));
             for id in ids {
                 b.tag_fleet(&tags_vec(world, &id));
-                b.push(action, ec2_arn("spot-fleet-request", &id), resource_context(world, &id));
+                b.push(
+                    action,
+                    ec2_arn("spot-fleet-request", &id),
+                    resource_context(world, &id),
+                );
             }
         }
         "ec2:TerminateInstances" => {
@@ -860,7 +897,10 @@ fn fleet_requests(world: &World, c: &Recorded, params: &[(String, String)], b: &
             b.push(
                 "iam:PassRole",
                 role.to_owned(),
-                BTreeMap::from([("iam:PassedToService".into(), json!("spotfleet.amazonaws.com"))]),
+                BTreeMap::from([(
+                    "iam:PassedToService".into(),
+                    json!("spotfleet.amazonaws.com"),
+                )]),
             );
         }
     } else {
@@ -883,7 +923,11 @@ fn fleet_requests(world: &World, c: &Recorded, params: &[(String, String)], b: &
             .template_id(lt_id, lt_name)
             .unwrap_or_else(|| NEW.into());
         b.tag_fleet(&tags_vec(world, &lt));
-        b.push(op, ec2_arn("launch-template", &lt), resource_context(world, &lt));
+        b.push(
+            op,
+            ec2_arn("launch-template", &lt),
+            resource_context(world, &lt),
+        );
         let data = world.data(&lt, q(params, &format!("{spec}.Version")));
         if request {
             images.extend(data.image.clone());
@@ -928,7 +972,10 @@ fn kms_via_ssm(b: &mut Builder, action: &str, key: &str, parameter: &str) {
         action,
         key.to_owned(),
         BTreeMap::from([
-            ("kms:ViaService".into(), json!(format!("ssm.{REGION}.amazonaws.com"))),
+            (
+                "kms:ViaService".into(),
+                json!(format!("ssm.{REGION}.amazonaws.com")),
+            ),
             (
                 "kms:EncryptionContext:PARAMETER_ARN".into(),
                 json!(parameter_arn(parameter)),
@@ -984,7 +1031,11 @@ fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
             // KMS API Reference, CreateAlias: permission on the alias and on the key.
             let alias = str_of("AliasName");
             b.name_fleet(&alias);
-            b.push(op, format!("arn:aws:kms:{REGION}:{ACCOUNT}:{alias}"), BTreeMap::new());
+            b.push(
+                op,
+                format!("arn:aws:kms:{REGION}:{ACCOUNT}:{alias}"),
+                BTreeMap::new(),
+            );
             let key = world
                 .key(&str_of("TargetKeyId"))
                 .unwrap_or_else(|| key_arn(NEW));
@@ -1014,7 +1065,11 @@ fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
             let mut ctx = request_tag_context(&tags);
             ctx.insert(
                 "ssm:Overwrite".into(),
-                json!(if req["Overwrite"] == true { "true" } else { "false" }),
+                json!(if req["Overwrite"] == true {
+                    "true"
+                } else {
+                    "false"
+                }),
             );
             b.push(op, parameter_arn(&name), ctx);
             if !tags.is_empty() {
@@ -1030,8 +1085,11 @@ fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
                 kms_via_ssm(b, "kms:Encrypt", &key, &name);
             }
         }
-        "ssm:GetParameter" | "ssm:GetParametersByPath" | "ssm:DeleteParameters"
-        | "ssm:GetParameters" | "ssm:AddTagsToResource" => {
+        "ssm:GetParameter"
+        | "ssm:GetParametersByPath"
+        | "ssm:DeleteParameters"
+        | "ssm:GetParameters"
+        | "ssm:AddTagsToResource" => {
             let names: Vec<String> = match op {
                 "ssm:GetParametersByPath" => vec![str_of("Path")],
                 "ssm:DeleteParameters" | "ssm:GetParameters" => req["Names"]
@@ -1052,7 +1110,8 @@ fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
                 b.push(op, parameter_arn(n), ctx);
             }
             if req["WithDecryption"] == true {
-                let mut got: Vec<&Value> = res["Parameters"].as_array().into_iter().flatten().collect();
+                let mut got: Vec<&Value> =
+                    res["Parameters"].as_array().into_iter().flatten().collect();
                 if res["Parameter"].is_object() {
                     got.push(&res["Parameter"]);
                 }
@@ -1207,7 +1266,9 @@ pub fn fills(calls: &[Recorded], reqs: &[IamRequest]) -> Vec<Vec<Fill>> {
     for c in calls {
         let params = query(&c.body);
         if let Some(r) = q(&params, "SpotFleetRequestConfig.IamFleetRole") {
-            roles.entry(c.proxy.as_str()).or_insert_with(|| r.to_owned());
+            roles
+                .entry(c.proxy.as_str())
+                .or_insert_with(|| r.to_owned());
         }
         if c.operation == "ec2:CreateLaunchTemplate" {
             if let Some(p) = TemplateData::from_query(&params).instance_profile {
@@ -1263,7 +1324,10 @@ pub fn denials(calls: &[Recorded]) -> (Vec<IamRequest>, Vec<Denial>) {
     // Group by moto world: resources and their tags are learned within one.
     let mut by_world: BTreeMap<&str, Vec<Recorded>> = BTreeMap::new();
     for c in calls {
-        by_world.entry(c.upstream.as_str()).or_default().push(c.clone());
+        by_world
+            .entry(c.upstream.as_str())
+            .or_default()
+            .push(c.clone());
     }
     let mut all = Vec::new();
     let mut fill_sets = Vec::new();
