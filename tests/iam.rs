@@ -240,7 +240,20 @@ fn a_fleet_request_is_translated_into_every_resource_it_names_with_the_tags_seen
         "<RequestSpotFleetResponse><spotFleetRequestId>sfr-11111111-2222-3333-4444-555555555555</spotFleetRequestId></RequestSpotFleetResponse>",
         "testing",
     );
-    let reqs = iam_requests(&[create, fleet]);
+    let modify = call(
+        "ec2:ModifySpotFleetRequest",
+        &body(&[
+            ("Action", "ModifySpotFleetRequest"),
+            (
+                "SpotFleetRequestId",
+                "sfr-11111111-2222-3333-4444-555555555555",
+            ),
+            ("TargetCapacity", "2"),
+        ]),
+        "<ModifySpotFleetRequestResponse><return>true</return></ModifySpotFleetRequestResponse>",
+        "testing",
+    );
+    let reqs = iam_requests(&[create, fleet, modify]);
     let got: Vec<(String, String)> = reqs
         .iter()
         .map(|r| (r.action.clone(), r.resource.clone()))
@@ -280,6 +293,8 @@ fn a_fleet_request_is_translated_into_every_resource_it_names_with_the_tags_seen
             "iam:PassRole",
             "arn:aws:iam::123456789012:role/bbfleet-runner".into(),
         ),
+        ("ec2:ModifySpotFleetRequest", sfr.clone()),
+        ("ec2:ModifySpotFleetRequest", lt.clone()),
     ] {
         let expected = (expected.0.to_owned(), expected.1);
         assert!(got.contains(&expected), "{expected:?} not in {got:#?}");

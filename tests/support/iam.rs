@@ -358,6 +358,8 @@ struct World {
     keys: BTreeMap<String, String>,
     /// KMS key ARN of each SecureString parameter, by name.
     parameter_keys: BTreeMap<String, String>,
+    /// Launch template ids of each Spot Fleet request, from its RequestSpotFleet.
+    fleet_templates: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -525,8 +527,14 @@ impl World {
             {
                 let tags = q_tags(&params, "SpotFleetRequestConfig.", "spot-fleet-request");
                 self.tags
-                    .entry(id)
+                    .entry(id.clone())
                     .or_insert_with(|| tags.into_iter().collect());
+                let lts = q_list(
+                    &params,
+                    "SpotFleetRequestConfig.LaunchTemplateConfigs.",
+                    ".LaunchTemplateSpecification.LaunchTemplateId",
+                );
+                self.fleet_templates.entry(id).or_default().extend(lts);
             }
         }
         if op == "ec2:CreateTags" {
@@ -572,13 +580,11 @@ impl World {
                     }
                 }
             }
-            "ssm:PutParameter" => {
-                if req["Type"] == "SecureString" {
-                    if let Some(name) = req["Name"].as_str() {
-                        let key = req["KeyId"].as_str().unwrap_or("alias/aws/ssm");
-                        if let Some(k) = self.key(key) {
-                            self.parameter_keys.insert(name.to_owned(), k);
-                        }
+            "ssm:PutParameter" if req["Type"] == "SecureString" => {
+                if let Some(name) = req["Name"].as_str() {
+                    let key = req["KeyId"].as_str().unwrap_or("alias/aws/ssm");
+                    if let Some(k) = self.key(key) {
+                        self.parameter_keys.insert(name.to_owned(), k);
                     }
                 }
             }
@@ -906,13 +912,29 @@ fn fleet_requests(world: &World, c: &Recorded, params: &[(String, String)], b: &
     } else {
         b.tag_fleet(&tags_vec(world, &id));
         b.push(op, arn, resource_context(world, &id));
+        // A capacity-only modify names no template; evaluated on the fleet's own template
+        // too, conservatively (the Service Authorization Reference lists launch-template
+        // for ModifySpotFleetRequest without saying when AWS checks it).
+        for lt in world.fleet_templates.get(&id).into_iter().flatten() {
+            b.push(
+                op,
+                ec2_arn("launch-template", lt),
+                resource_context(world, lt),
+            );
+        }
     }
     let mut profiles = BTreeSet::new();
     let mut images = BTreeSet::new();
     let mut groups = BTreeSet::new();
     let mut subnets = BTreeSet::new();
     for i in 1..=20 {
-        let cfg = format!("{pre}LaunchTemplateConfigs.{i}");
+        // The EC2 query names: SpotFleetRequestConfig.LaunchTemplateConfigs.N (request),
+        // LaunchTemplateConfig.N (modify), as the SDK serializes them.
+        let cfg = if request {
+            format!("{pre}LaunchTemplateConfigs.{i}")
+        } else {
+            format!("LaunchTemplateConfig.{i}")
+        };
         let spec = format!("{cfg}.LaunchTemplateSpecification");
         let lt_id = q(params, &format!("{spec}.LaunchTemplateId"));
         let lt_name = q(params, &format!("{spec}.LaunchTemplateName"));
