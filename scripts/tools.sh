@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the test tools into .venv (idempotent, no root needed): moto's server, the aws
 # CLI and shellcheck, all from PyPI; parliament (the IAM policy linter of
-# scripts/lint-policies.sh) in its own .venv-lint, so its boto3 never moves moto's.
+# scripts/lint-policies.sh) in its own .venv-lint, so its boto3 never moves moto's;
+# the IAM evaluator of tests/iam.rs (npm, pinned by scripts/iam/package-lock.json) in
+# scripts/iam/node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/moto_server ] || [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/shellcheck ]; then
@@ -16,3 +18,8 @@ if [ ! -x .venv-lint/bin/parliament ]; then
     .venv-lint/bin/pip install --quiet --disable-pip-version-check 'parliament==1.6.4'
 fi
 .venv-lint/bin/parliament --version >/dev/null
+if [ ! -f scripts/iam/node_modules/.package-lock.json ] \
+    || ! cmp -s scripts/iam/package-lock.json scripts/iam/node_modules/.bbfleet-installed-lock; then
+    (cd scripts/iam && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.bbfleet-installed-lock)
+fi
+(cd scripts/iam && node -e "require('@cloud-copilot/iam-simulate')")

@@ -19,6 +19,7 @@ use bbfleet::config::Os;
 use bbfleet::userdata::{render, UserdataVars};
 use support::imds::FakeImds;
 use support::moto::{aws_env, moto, PROXY_VARS};
+use support::recorder::Recorder;
 
 /// An AL2023 AMI that exists in moto.
 const AMI: &str = "ami-0d27e0fb3bac4d724";
@@ -142,6 +143,60 @@ fn moto_env(cmd: &mut Command) {
         cmd.env_remove(var);
     }
     cmd.envs(aws_env(&moto().endpoint));
+}
+
+/// The tests are sync; the recording proxy of the hosts runs here.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the proxy's runtime")
+    })
+}
+
+/// The recording proxy every host reaches moto through (one per test process), so each
+/// host's requests are evaluated against instance.json (tests/iam.rs): a host signs with
+/// the access key [`support::iam::instance_access_key`] of its instance.
+fn host_proxy() -> &'static Recorder {
+    static PROXY: std::sync::OnceLock<Recorder> = std::sync::OnceLock::new();
+    PROXY.get_or_init(|| runtime().block_on(Recorder::start(&moto().endpoint)))
+}
+
+/// Tags `instance_id` as an instance of `fleet`, as the launch template's tag
+/// specification does for the fleet's instances (the policies key on that tag). Through
+/// the hosts' proxy, so the IAM evaluation learns the tag, signed as the harness (not
+/// evaluated).
+fn tag_as_fleet_instance(instance_id: &str, fleet: &str) {
+    let endpoint = host_proxy().endpoint.clone();
+    runtime().block_on(async {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                support::iam::HARNESS_ACCESS_KEY,
+                "testing",
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await;
+        aws_sdk_ec2::Client::new(&sdk)
+            .create_tags()
+            .resources(instance_id)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("bbfleet:fleet")
+                    .value(fleet)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("tag the host's instance");
+    });
 }
 
 fn launch_instances(count: usize) -> Vec<String> {
@@ -310,6 +365,7 @@ impl Host {
     /// A host whose script is rendered with the test values, then `tweak`.
     fn with(os: Os, fleet: &str, instance_id: &str, tweak: impl FnOnce(&mut UserdataVars)) -> Host {
         let dir = tempfile::tempdir().expect("temp dir");
+        tag_as_fleet_instance(instance_id, fleet);
         let imds = FakeImds::start(instance_id);
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin).expect("stub dir");
@@ -394,6 +450,10 @@ impl Host {
     fn spawn(&self) -> Child {
         let mut bash = Command::new("bash");
         moto_env(&mut bash);
+        bash.env("AWS_ENDPOINT_URL", &host_proxy().endpoint).env(
+            "AWS_ACCESS_KEY_ID",
+            support::iam::instance_access_key(&self.instance_id),
+        );
         let path = std::env::var("PATH").unwrap_or_default();
         bash.arg(self.path("bootstrap.sh"))
             .env("PATH", format!("{}:{path}", self.path("bin").display()))

@@ -3,6 +3,7 @@
 
 pub mod aws_rules;
 pub mod harness;
+pub mod iam;
 pub mod imds;
 pub mod moto;
 pub mod recorder;

@@ -202,6 +202,8 @@ async fn forward(
         if let Some(c) = shared.calls.get_mut(index) {
             c.status = status.as_u16();
             c.response = String::from_utf8_lossy(&bytes).into_owned();
+            // For the IAM evaluation of tests/iam.rs.
+            super::iam::dump(Arc::as_ptr(&up.shared) as usize, &up.base, c);
         }
     }
     let mut out = Response::builder().status(status);
