@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/tools.sh
-cargo build --quiet --locked -p bbfleet -p bitbucket-fake
-export PATH="$PWD/.venv/bin:$PWD/target/debug:$PATH"
+cargo build --quiet --locked -p bbfleet -p bitbucket-fake --bins --example aws_rules_proxy
+export PATH="$PWD/.venv/bin:$PWD/target/debug:$PWD/target/debug/examples:$PATH"
 unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy
 export NO_PROXY=127.0.0.1,localhost
 
@@ -25,14 +25,22 @@ moto_port=$(free_port)
 pids+=($!)
 bitbucket-fake --port 0 --max-lifetime-secs 1800 --ready-file "$work/fake.url" >"$work/fake.log" 2>&1 &
 pids+=($!)
+# bbfleet reaches moto through the tests' AWS-rules layer, which answers as AWS does where
+# moto does not (README, "What the tests emulate").
+aws_rules_proxy --upstream "http://127.0.0.1:$moto_port" --ready-file "$work/aws.url" \
+    --max-lifetime-secs 1800 >"$work/aws-rules.log" 2>&1 &
+pids+=($!)
 
 for _ in $(seq 1 100); do
-    if [ -s "$work/fake.url" ] && curl -fsS "http://127.0.0.1:$moto_port/moto-api/" >/dev/null 2>&1; then break; fi
+    if [ -s "$work/fake.url" ] && [ -s "$work/aws.url" ] && curl -fsS "http://127.0.0.1:$moto_port/moto-api/" >/dev/null 2>&1; then break; fi
     sleep 0.2
 done
 [ -s "$work/fake.url" ] || { echo "the Bitbucket fake did not start" >&2; cat "$work/fake.log" >&2; exit 1; }
+[ -s "$work/aws.url" ] || { echo "the AWS-rules proxy did not start" >&2; cat "$work/aws-rules.log" >&2; exit 1; }
 
-export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
+export AWS_ENDPOINT_URL
+AWS_ENDPOINT_URL=$(cat "$work/aws.url")
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
     AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true \
     AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export BITBUCKET_API_URL

@@ -102,6 +102,14 @@ struct RawSpot {
     subnets: Vec<String>,
     allocation_strategy: Option<String>,
     fleet_role: String,
+    #[serde(default = "default_stray_grace")]
+    stray_grace_seconds: u64,
+}
+
+/// A fleet-tagged instance that no request lists and whose launch tag names no request
+/// is a stray only after this long: DescribeSpotFleetInstances "might be out of date".
+fn default_stray_grace() -> u64 {
+    600
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +240,8 @@ pub struct SpotConfig {
     pub allocation_strategy: AllocationStrategy,
     /// ARN of the role Spot Fleet uses to launch and tag instances.
     pub fleet_role: String,
+    /// How long after its launch an unlisted, unclaimed-by-request instance is left alone.
+    pub stray_grace_seconds: u64,
 }
 
 /// Spot allocation strategy.
@@ -880,6 +890,7 @@ impl Validator {
             subnets: raw.subnets,
             allocation_strategy: allocation_strategy?,
             fleet_role: raw.fleet_role,
+            stray_grace_seconds: raw.stray_grace_seconds,
         })
     }
 

@@ -321,7 +321,7 @@ impl Executor<'_> {
         let scope = scope(self.config);
         let created = self
             .bitbucket
-            .create_runner(&scope, name, self.config.labels())
+            .create_runner(&scope, name, self.config.labels(), &self.observed.runners)
             .await?;
         let command: SecretString = RunnerCommand {
             image: &self.config.bitbucket.runner_image,

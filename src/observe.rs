@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use crate::aws::ec2::{self, ImageInfo, InstanceInfo, LaunchTemplateState, SubnetInfo};
+use crate::aws::ec2::{
+    self, ImageInfo, InstanceInfo, LaunchTemplateState, SecurityGroupInfo, SubnetInfo,
+};
 use crate::aws::fleet::{FleetApi, FleetState};
 use crate::aws::kms::{self, KeyStatus};
 use crate::aws::ssm::{self, Claim, RunnerParameter};
@@ -32,6 +34,9 @@ pub struct Observed {
     pub key: Option<KeyStatus>,
     /// Configured subnets with their zones (plan/apply only).
     pub subnets: Vec<SubnetInfo>,
+    /// Configured security groups with their VPCs (plan/apply only; none read when none
+    /// are configured).
+    pub security_groups: Vec<SecurityGroupInfo>,
     /// The resolved AMI (plan/apply only).
     pub image: Option<ImageInfo>,
     /// The launch template.
@@ -42,6 +47,8 @@ pub struct Observed {
     pub instances: Vec<InstanceInfo>,
     /// The autoscaler's state parameter, if it exists (not read for apply).
     pub autoscale_state: Option<String>,
+    /// When the reading began: instance ages are judged against it.
+    pub observed_at: jiff::Timestamp,
 }
 
 /// Reading the world failed.
@@ -60,7 +67,8 @@ pub enum ObserveError {
 pub enum Depth {
     /// What exists (destroy, status).
     Existing,
-    /// Also what `apply` needs to compute the desired state: key, subnets, AMI.
+    /// Also what `apply` needs to compute the desired state: key, subnets, security
+    /// groups, AMI.
     ForApply,
 }
 
@@ -81,6 +89,7 @@ pub async fn observe(
     depth: Depth,
 ) -> Result<Observed, ObserveError> {
     let fleet = config.name.as_str();
+    let observed_at = jiff::Timestamp::now();
     let scope = scope(config);
     let bb = async {
         let (workspace, repository, runners) = tokio::try_join!(
@@ -123,19 +132,20 @@ pub async fn observe(
     };
     let aws_desired = async {
         if depth == Depth::Existing {
-            return Ok::<_, ObserveError>((None, Vec::new(), None));
+            return Ok::<_, ObserveError>((None, Vec::new(), Vec::new(), None));
         }
-        let (key, subnets, image) = tokio::try_join!(
+        let (key, subnets, security_groups, image) = tokio::try_join!(
             kms::describe(&aws.kms, &config.kms.key),
             ec2::describe_subnets(&aws.ec2, &config.spot.subnets),
+            ec2::describe_security_groups(&aws.ec2, &config.instance.security_groups),
             resolve_image(config, aws),
         )?;
-        Ok((Some(key), subnets, Some(image)))
+        Ok((Some(key), subnets, security_groups, Some(image)))
     };
     let (
         (workspace, repository, all_runners),
         (parameters, claims, launch_template, fleets, instances, autoscale_state),
-        (key, subnets, image),
+        (key, subnets, security_groups, image),
     ) = tokio::try_join!(bb, aws_existing, aws_desired)?;
     let scope_runner_count = all_runners.len();
     let mut runners: Vec<Runner> = all_runners
@@ -153,11 +163,13 @@ pub async fn observe(
         claims,
         key,
         subnets,
+        security_groups,
         image,
         launch_template,
         fleets,
         instances,
         autoscale_state,
+        observed_at,
     })
 }
 

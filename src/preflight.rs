@@ -118,13 +118,28 @@ fn subnets(observed: &Observed) -> Check {
         .iter()
         .map(|s| format!("{} ({})", s.id, s.az))
         .collect();
+    // The planner refused any other network (one subnet per zone, one VPC, the security
+    // groups in it: plan/zones.rs) before the pre-flight runs.
+    let vpcs: BTreeSet<&str> = observed.subnets.iter().map(|s| s.vpc.as_str()).collect();
+    let vpcs: Vec<&str> = vpcs.into_iter().collect();
+    let groups = if observed.security_groups.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<&str> = observed
+            .security_groups
+            .iter()
+            .map(|g| g.id.as_str())
+            .collect();
+        format!("; security groups {} in the same VPC", ids.join(", "))
+    };
     Check::new(
         "subnets",
         Status::Ok,
         format!(
-            "{} in {} availability zones: {}",
+            "{} in {} availability zones of {}: {}{groups}",
             observed.subnets.len(),
             azs.len(),
+            vpcs.join(", "),
             list.join(", ")
         ),
     )

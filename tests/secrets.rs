@@ -167,32 +167,87 @@ async fn aws_evidence(h: &Harness, evidence: &mut Evidence) {
             }
         }
     }
-    let mut token = None;
-    for _ in 0..50 {
-        let page = ssm
-            .describe_parameters()
-            .set_next_token(token)
-            .max_results(50)
-            .send()
-            .await
-            .unwrap();
-        for p in page.parameters() {
-            let name = p.name().unwrap();
-            evidence.add(format!("DescribeParameters {name}"), format!("{p:?}"));
-            let tags = ssm
-                .list_tags_for_resource()
-                .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
-                .resource_id(name)
-                .send()
-                .await
-                .unwrap();
-            evidence.add(format!("ssm tags of {name}"), format!("{tags:?}"));
-        }
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            break;
+    // The fleet's parameters only, listed by path: the other tests of this binary share
+    // moto and create and delete their own parameters all the while. A region-wide
+    // DescribeParameters listed theirs too, and one deleted between the listing and the
+    // ListTagsForResource that followed answered InvalidResourceId (moto also pages
+    // DescribeParameters by offset into its live table, so a concurrent delete could shift
+    // a parameter of this fleet out of the pages unseen). GetParametersByPath and the
+    // per-name calls below touch only names under the fleet's path, which nothing else
+    // writes and no bbfleet run changes any more; `parameters_written_outside_the_fleet_path`
+    // shows nothing bbfleet wrote lies outside it.
+    let mut pages = ssm
+        .get_parameters_by_path()
+        .path(format!("/bbfleet/{}", h.fleet))
+        .recursive(true)
+        .into_paginator()
+        .send();
+    let mut names = Vec::new();
+    while let Some(page) = pages.next().await {
+        for p in page.expect("the fleet's parameters").parameters() {
+            names.push(p.name().unwrap().to_owned());
         }
     }
+    assert!(!names.is_empty(), "the fleet has parameters");
+    for name in names {
+        // Every version's metadata (description, key, labels), not its value: the runner
+        // commands hold their secrets by design (the positive control below).
+        let mut versions = Vec::new();
+        let mut history = ssm
+            .get_parameter_history()
+            .name(&name)
+            .into_paginator()
+            .send();
+        while let Some(page) = history.next().await {
+            let page = page.unwrap_or_else(|e| panic!("history of {name}: {e:?}"));
+            versions.extend(page.parameters().to_vec());
+        }
+        assert!(!versions.is_empty(), "{name} has versions");
+        for v in versions {
+            evidence.add(
+                format!("parameter {name} version {}", v.version()),
+                format!(
+                    "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                    v.name(),
+                    v.r#type(),
+                    v.key_id(),
+                    v.description(),
+                    v.labels(),
+                    v.tier(),
+                    v.allowed_pattern()
+                ),
+            );
+        }
+        let tags = ssm
+            .list_tags_for_resource()
+            .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+            .resource_id(&name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("tags of {name}: {e:?}"));
+        evidence.add(format!("ssm tags of {name}"), format!("{tags:?}"));
+    }
+}
+
+/// Names of the SSM parameters bbfleet wrote (PutParameter, as the proxy recorded it)
+/// outside `/bbfleet/{fleet}/`: the evidence reads only that path.
+fn parameters_written_outside_the_fleet_path(h: &Harness) -> Vec<String> {
+    let prefix = format!("/bbfleet/{}/", h.fleet);
+    let mut outside = Vec::new();
+    let mut writes = 0;
+    for call in h.recorder.calls() {
+        if call.operation != "ssm:PutParameter" {
+            continue;
+        }
+        writes += 1;
+        let body: serde_json::Value = serde_json::from_str(&call.body).expect("a JSON body");
+        let name = body["Name"].as_str().unwrap_or_default();
+        if !name.starts_with(&prefix) {
+            outside.push(name.to_owned());
+        }
+    }
+    assert!(writes > 0, "the proxy saw bbfleet's PutParameter calls");
+    outside
 }
 
 /// The SecureStrings, decrypted: where the runner secrets must be.
@@ -314,6 +369,11 @@ async fn scenario(fleet: &str, mode: Mode, verbosity: &[&str], extra_env: &[(&st
     .expect_code(0);
 
     // Evidence, before destroy removes it.
+    assert_eq!(
+        parameters_written_outside_the_fleet_path(&h),
+        Vec::<String>::new(),
+        "bbfleet wrote parameters outside its fleet's path"
+    );
     let mut evidence = Evidence::default();
     aws_evidence(&h, &mut evidence).await;
     evidence.add(

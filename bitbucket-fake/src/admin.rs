@@ -205,7 +205,9 @@ pub(crate) enum FaultSpec {
 /// Parses `{"kind": …}`: `rate_limit` (`retry_after`, `count`, `path_contains`),
 /// `server_error` (`status`), `delay` (`ms`), `malformed_json`, `html_error`,
 /// `looping_next`, `client_error` (`status`, `message`), `huge_body` (`bytes`),
-/// `truncated_answer`, `missing_field` (`field`), `wrong_type` (`field`, `value`),
+/// `truncated_answer`, `processed_server_error` (`status`: handled, then answered 5xx),
+/// `processed_drop` (handled, then the connection closed without an answer),
+/// `missing_field` (`field`), `wrong_type` (`field`, `value`),
 /// `oversized_page` (`values`), `next_link` (`url`), `random` (`rate_429`, `rate_500`, `retry_after`), `clear`.
 /// `count` defaults to 1. With `method` (and `skip`), a scripted fault applies only to
 /// requests of that method, after `skip` of them.
@@ -313,6 +315,22 @@ pub(crate) fn parse_fault(body: &Map<String, Value>) -> Result<FaultSpec, String
                 .and_then(|b| usize::try_from(b).ok())
                 .filter(|b| *b <= 1 << 32)
                 .ok_or("'bytes' must be an integer up to 4 GiB")?,
+            count,
+            path_contains,
+        },
+        "processed_server_error" => Fault::ProcessedThenServerError {
+            status: match body.get("status") {
+                None | Some(Value::Null) => 500,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .filter(|s| (500..=599).contains(s))
+                    .ok_or("'status' must be 500..=599")?,
+            },
+            count,
+            path_contains,
+        },
+        "processed_drop" => Fault::ProcessedThenDrop {
             count,
             path_contains,
         },

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State as AxState};
+use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,6 +11,7 @@ use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 
+use crate::conn::KillSwitch;
 use crate::state::{Runner, Schedule, TokenCheck, STATUSES};
 use crate::util::{
     alnum, braced_uuid, decode_segment, find_repo, find_workspace, now, parse_query, query_value,
@@ -176,15 +177,28 @@ pub(crate) async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Res
         }
     };
 
+    // A handled request whose connection is closed without an answer.
+    let drop_switch = resp
+        .extensions()
+        .get::<DropConnection>()
+        .and_then(|_| parts.extensions.get::<ConnectInfo<KillSwitch>>())
+        .map(|ConnectInfo(switch)| switch.clone());
     let rec = RecordedRequest {
         method: parts.method.to_string(),
         path: decoded,
         query,
         auth,
-        status: resp.status().as_u16(),
+        status: if drop_switch.is_some() {
+            0
+        } else {
+            resp.status().as_u16()
+        },
         body: rec_body,
     };
     app.lock().record(rec, !is_oauth && is_write(&parts.method));
+    if let Some(switch) = drop_switch {
+        switch.trip();
+    }
     resp
 }
 
@@ -297,8 +311,24 @@ async fn authorized(
     }
 }
 
-/// Applies a rewriting fault to a handled answer, keeping its status and content type.
+/// Marks an answer the connection must not carry: the client gets no answer at all.
+#[derive(Debug, Clone, Copy)]
+struct DropConnection;
+
+/// Applies a rewriting fault to a handled answer, keeping its status and content type
+/// (but for the faults that replace the answer of a handled request).
 async fn rewrite(fault: &crate::Fault, resp: Response) -> Response {
+    match fault {
+        crate::Fault::ProcessedThenServerError { status, .. } => {
+            return crate::state::server_error_response(*status)
+        }
+        crate::Fault::ProcessedThenDrop { .. } => {
+            let mut resp = resp;
+            resp.extensions_mut().insert(DropConnection);
+            return resp;
+        }
+        _ => {}
+    }
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY * 16).await else {
         return error(

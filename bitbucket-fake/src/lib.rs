@@ -7,6 +7,7 @@
 
 mod admin;
 mod api;
+mod conn;
 mod state;
 mod util;
 
@@ -118,6 +119,7 @@ pub struct RecordedRequest {
     /// Raw query string, if any.
     pub query: Option<String>,
     pub auth: AuthKind,
+    /// The status answered; 0 when the connection was closed without an answer.
     pub status: u16,
     /// The request body as JSON (a JSON string if it was not JSON); `None` when
     /// empty, and always `None` for the OAuth token endpoint.
@@ -179,6 +181,20 @@ pub enum Fault {
         count: usize,
         path_contains: Option<String>,
     },
+    /// The request is handled (a write takes effect), then answered `status` (500..=599)
+    /// with the error envelope instead: Bitbucket did the work and the client cannot know.
+    ProcessedThenServerError {
+        status: u16,
+        count: usize,
+        path_contains: Option<String>,
+    },
+    /// The request is handled (a write takes effect), then the connection is closed
+    /// without a byte of the answer: the client sees a connection lost after sending.
+    /// Recorded with status 0.
+    ProcessedThenDrop {
+        count: usize,
+        path_contains: Option<String>,
+    },
     /// The real answer with `field` (dotted, e.g. `uuid` or `state.status`) removed from
     /// the object, or from each of a page's `values`.
     MissingField {
@@ -222,6 +238,8 @@ impl Fault {
             | Fault::ClientError { count, .. }
             | Fault::HugeBody { count, .. }
             | Fault::TruncatedAnswer { count, .. }
+            | Fault::ProcessedThenServerError { count, .. }
+            | Fault::ProcessedThenDrop { count, .. }
             | Fault::MissingField { count, .. }
             | Fault::WrongType { count, .. }
             | Fault::OversizedPage { count, .. }
@@ -241,6 +259,8 @@ impl Fault {
             | Fault::ClientError { count, .. }
             | Fault::HugeBody { count, .. }
             | Fault::TruncatedAnswer { count, .. }
+            | Fault::ProcessedThenServerError { count, .. }
+            | Fault::ProcessedThenDrop { count, .. }
             | Fault::MissingField { count, .. }
             | Fault::WrongType { count, .. }
             | Fault::OversizedPage { count, .. }
@@ -260,6 +280,8 @@ impl Fault {
             | Fault::ClientError { path_contains, .. }
             | Fault::HugeBody { path_contains, .. }
             | Fault::TruncatedAnswer { path_contains, .. }
+            | Fault::ProcessedThenServerError { path_contains, .. }
+            | Fault::ProcessedThenDrop { path_contains, .. }
             | Fault::MissingField { path_contains, .. }
             | Fault::WrongType { path_contains, .. }
             | Fault::OversizedPage { path_contains, .. } => path_contains.as_deref(),
@@ -273,6 +295,8 @@ impl Fault {
         matches!(
             self,
             Fault::TruncatedAnswer { .. }
+                | Fault::ProcessedThenServerError { .. }
+                | Fault::ProcessedThenDrop { .. }
                 | Fault::MissingField { .. }
                 | Fault::WrongType { .. }
                 | Fault::OversizedPage { .. }
@@ -353,13 +377,14 @@ impl FakeBitbucket {
         });
         let router = axum::Router::new()
             .fallback(api::handle)
-            .with_state(Arc::clone(&app));
+            .with_state(Arc::clone(&app))
+            .into_make_service_with_connect_info::<conn::KillSwitch>();
         let signal = async move {
             // An error means every sender is gone: stop as well.
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
+            let _ = axum::serve(conn::DroppableListener(listener), router)
                 .with_graceful_shutdown(signal)
                 .await;
         });

@@ -295,6 +295,8 @@ fn fault_response(fault: &Fault) -> Response {
         | Fault::NextLink { .. }
         | Fault::OnMethod { .. }
         | Fault::TruncatedAnswer { .. }
+        | Fault::ProcessedThenServerError { .. }
+        | Fault::ProcessedThenDrop { .. }
         | Fault::MissingField { .. }
         | Fault::WrongType { .. }
         | Fault::OversizedPage { .. } => {

@@ -1221,3 +1221,130 @@ async fn bad_answer_faults() {
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
 }
+
+/// Sends one request and returns every byte the server answered before closing.
+async fn send_raw(addr: SocketAddr, method: &str, target: &str, auth: &str, body: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    // A reset instead of a clean close also means "no answer".
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("the server neither answered nor closed the connection");
+    raw
+}
+
+#[tokio::test]
+async fn faults_after_processing_lose_the_answer_of_a_done_write() {
+    let c = Client::new(FakeConfig::default()).await;
+    let list = format!("{WS}/pipelines-config/runners");
+    let on_post = |fault: Fault| Fault::OnMethod {
+        method: "POST".to_owned(),
+        skip: 0,
+        fault: Box::new(fault),
+    };
+
+    // Processed, then 503: the runner exists, its secret was only in the lost answer.
+    c.fake.inject(on_post(Fault::ProcessedThenServerError {
+        status: 503,
+        count: 1,
+        path_contains: Some("pipelines-config/runners".to_owned()),
+    }));
+    assert_eq!(c.get(&list).await.status, 200, "a GET is not touched");
+    let r = c.create(WS, "a").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["type"], "error");
+    let secrets = c.fake.issued_secrets();
+    assert_eq!(secrets.len(), 1, "the create was handled");
+    assert!(
+        !r.text().contains(&secrets[0]),
+        "the secret is not in the 503"
+    );
+    let runners = c.fake.runners("acme", None);
+    assert_eq!(runners.len(), 1);
+    assert_eq!(runners[0]["name"], "a");
+    assert_eq!(c.fake.requests().last().map(|r| r.status), Some(503));
+
+    // Processed, then the connection closes without a byte of the answer.
+    c.fake.inject(on_post(Fault::ProcessedThenDrop {
+        count: 1,
+        path_contains: None,
+    }));
+    let raw = send_raw(
+        c.addr,
+        "POST",
+        &list,
+        &c.auth,
+        r#"{"name": "b", "labels": ["self.hosted", "linux"]}"#,
+    )
+    .await;
+    assert!(
+        raw.is_empty(),
+        "an answer was sent: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    let names: Vec<Value> = c
+        .fake
+        .runners("acme", None)
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [json!("a"), json!("b")],
+        "the dropped create was done"
+    );
+    assert_eq!(c.fake.issued_secrets().len(), 2);
+    let last = c.fake.requests().last().cloned().expect("recorded");
+    assert_eq!((last.method.as_str(), last.status), ("POST", 0));
+
+    // Each fault was used up: the next create is answered, and other connections never
+    // noticed.
+    let r = c.create(WS, "c").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "c");
+    assert_eq!(c.get(&list).await.json()["size"], 3);
+
+    // A path filter keeps the fault to its path: the workspace POST is answered.
+    c.fake.inject(Fault::ProcessedThenServerError {
+        status: 500,
+        count: 1,
+        path_contains: Some("/repositories/".to_owned()),
+    });
+    assert_eq!(c.create(WS, "d").await.status, 200);
+    assert_eq!(c.create(REPO, "e").await.status, 500);
+    assert_eq!(c.fake.runners("acme", Some("app")).len(), 1);
+
+    // Over the admin interface.
+    for (spec, status) in [
+        (r#"{"kind": "processed_drop", "method": "POST"}"#, 200),
+        (r#"{"kind": "processed_server_error", "status": 502}"#, 200),
+        (r#"{"kind": "processed_server_error", "status": 404}"#, 400),
+    ] {
+        let r = send(
+            c.addr,
+            "POST",
+            "/_fake/faults",
+            &[("Content-Type", "application/json")],
+            Some(spec.as_bytes()),
+        )
+        .await;
+        assert_eq!(r.status, status, "{spec}: {}", r.text());
+    }
+    // The 502 applies to anything, so the GET takes it; the drop waits for a POST.
+    assert_eq!(c.get(&list).await.status, 502);
+    let raw = send_raw(
+        c.addr,
+        "POST",
+        &list,
+        &c.auth,
+        r#"{"name": "f", "labels": ["self.hosted", "linux"]}"#,
+    )
+    .await;
+    assert!(raw.is_empty(), "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(c.fake.runners("acme", None).len(), 5);
+}

@@ -29,6 +29,7 @@ pub const CALLED: &[&str] = &[
     "ec2:DescribeInstances",
     "ec2:DescribeLaunchTemplateVersions",
     "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeSecurityGroups",
     "ec2:DescribeSubnets",
     "ec2:TerminateInstances",
     // src/aws/fleet.rs

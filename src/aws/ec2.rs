@@ -103,7 +103,17 @@ pub struct InstanceInfo {
     pub az: String,
     /// `pending`, `running`, ...
     pub state: String,
+    /// The Spot Fleet request that launched it: the `aws:ec2spot:fleet-request-id` tag EC2
+    /// puts on fleet instances (EC2 User Guide, "Tag a Spot Fleet").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_request: Option<String>,
+    /// When it was launched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<jiff::Timestamp>,
 }
+
+/// The tag EC2 puts on every instance a Spot Fleet launches, naming the request.
+pub const FLEET_REQUEST_TAG: &str = "aws:ec2spot:fleet-request-id";
 
 /// Subnets by id; a missing one is a config error naming `spot.subnets`.
 pub async fn describe_subnets(
@@ -152,6 +162,76 @@ async fn missing_subnet(ec2: &aws_sdk_ec2::Client, ids: &[String], message: &str
     }
     AwsError::Invalid(format!(
         "spot.subnets: a configured subnet does not exist in {region}: {message}"
+    ))
+}
+
+/// A security group and the VPC it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityGroupInfo {
+    /// `sg-...`.
+    pub id: String,
+    /// VPC.
+    pub vpc: String,
+}
+
+/// Security groups by id, in the order given; a missing one is a config error naming
+/// `instance.security_groups[i]`. No call when `ids` is empty (the VPC's default group).
+///
+/// EC2 API Reference, DescribeSecurityGroups (`GroupId.N`, `SecurityGroup.VpcId`), and
+/// "Error codes for the Amazon EC2 API": `InvalidGroup.NotFound`, "The specified security
+/// group does not exist".
+pub async fn describe_security_groups(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+) -> Result<Vec<SecurityGroupInfo>, AwsError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = match ec2
+        .describe_security_groups()
+        .set_group_ids(Some(ids.to_vec()))
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if e.code() == Some("InvalidGroup.NotFound") => {
+            return Err(missing_security_group(ec2, ids, e.message().unwrap_or_default()).await)
+        }
+        Err(e) => return Err(AwsError::call("ec2:DescribeSecurityGroups", e)),
+    };
+    let mut groups: Vec<SecurityGroupInfo> = out
+        .security_groups()
+        .iter()
+        .map(|g| SecurityGroupInfo {
+            id: g.group_id().unwrap_or_default().to_owned(),
+            vpc: g.vpc_id().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    groups.sort_by_key(|g| ids.iter().position(|i| *i == g.id));
+    Ok(groups)
+}
+
+/// Which configured security group is missing, as `instance.security_groups[i]`: one read
+/// per group, only on this error path (moto's message names every id it was given).
+async fn missing_security_group(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    message: &str,
+) -> AwsError {
+    let region = ec2
+        .config()
+        .region()
+        .map_or("this region".to_owned(), ToString::to_string);
+    for (i, id) in ids.iter().enumerate() {
+        let one = ec2.describe_security_groups().group_ids(id).send().await;
+        if one.is_err_and(|e| e.code() == Some("InvalidGroup.NotFound")) {
+            return AwsError::Invalid(format!(
+                "instance.security_groups[{i}]: {id} does not exist in {region}"
+            ));
+        }
+    }
+    AwsError::Invalid(format!(
+        "instance.security_groups: a configured security group does not exist in {region}: {message}"
     ))
 }
 
@@ -406,6 +486,15 @@ pub async fn fleet_instances(
                         .and_then(|s| s.name())
                         .map_or("unknown", |n| n.as_str())
                         .to_owned(),
+                    fleet_request: i
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(FLEET_REQUEST_TAG))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned),
+                    launched_at: i
+                        .launch_time()
+                        .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
                 });
             }
         }

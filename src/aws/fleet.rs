@@ -134,12 +134,14 @@ impl SpotFleet {
     }
 }
 
-/// Idempotency token of a request: EC2 allows at most 64 ASCII characters.
-fn client_token(fleet: &str, fingerprint: &str, launch_template_id: &str, version: i64) -> String {
-    let digest = Sha256::digest(format!(
-        "{fleet}\n{fingerprint}\n{launch_template_id}\n{version}"
-    ));
-    format!("bbfleet-{}", hex16(&digest))
+/// Idempotency token of one request: new for every request, the same across the SDK's
+/// retries of it (they resend the serialized input). EC2 returns the first request's
+/// result for a token it has seen, even after that fleet was cancelled ("Ensuring
+/// idempotency in Amazon EC2 API requests"), so a token derived from the configuration
+/// would bring a dead fleet back instead of a new one. At most 64 ASCII characters.
+fn client_token() -> String {
+    let mut rng = fastrand::Rng::new();
+    format!("bbfleet-{:016x}{:016x}", rng.u64(..), rng.u64(..))
 }
 
 fn strategy(s: AllocationStrategy) -> Ec2Strategy {
@@ -204,13 +206,7 @@ fn request_config(
                 .tags(Tag::builder().key(CONFIG_TAG).value(&fingerprint).build())
                 .build(),
         )
-        // A retried request (same template version, same config) is the same fleet.
-        .client_token(client_token(
-            &spec.fleet,
-            &fingerprint,
-            launch_template_id,
-            version,
-        ))
+        .client_token(client_token())
         .build()
 }
 
@@ -392,13 +388,9 @@ impl FleetApi for SpotFleet {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn client_tokens_fit_ec2s_limit_and_follow_their_inputs() {
-        let long = "a".repeat(24);
-        let t = super::client_token(&long, "0123456789abcdef", "lt-0123456789abcdef0", 12345);
+    fn client_tokens_fit_ec2s_limit_and_are_never_reused() {
+        let t = super::client_token();
         assert!(t.len() <= 64 && t.is_ascii(), "{t}");
-        assert_ne!(
-            t,
-            super::client_token(&long, "0123456789abcdef", "lt-0123456789abcdef0", 12346)
-        );
+        assert_ne!(t, super::client_token());
     }
 }

@@ -5,6 +5,14 @@
 //! a bounded number of times. Nothing sleeps a fixed time per call. Every request is
 //! counted against Bitbucket's hourly budget (see [`budget`]): a burst that fits goes at
 //! once, a 429 pauses the whole client, and rate-limit headers correct the count.
+//!
+//! Registering a runner (POST) is not idempotent, and its answer holds the runner's only
+//! secret. A 429 or a refused connection never reached Bitbucket and is retried like any
+//! call; after a 5xx, a timeout or a connection lost once the request was sent, Bitbucket
+//! may have registered the runner, and sending the POST again would add a second one. So
+//! the scope's runners are listed first, a runner of that name registered by the lost
+//! request (nobody has its secret) is deleted, and only then is the POST sent again,
+//! within the same bounded attempts (see [`Bitbucket::create_runner`]).
 
 mod budget;
 mod credentials;
@@ -116,6 +124,19 @@ pub enum BitbucketError {
         attempts: u32,
         /// The last failure.
         last: String,
+    },
+    /// A create may have registered a runner whose answer was lost, and checking for it
+    /// failed: the create is not sent again, so no second runner can appear.
+    #[error("registering runner {name} in {scope} may have succeeded without the answer reaching bbfleet ({lost}), and looking for a runner registered without its secret failed, so it was not registered again: {source}. The next apply deletes such a runner")]
+    Unconfirmed {
+        /// Runner name.
+        name: String,
+        /// The scope.
+        scope: String,
+        /// How the answer was lost.
+        lost: String,
+        /// Why the check failed.
+        source: Box<BitbucketError>,
     },
     /// Not sent: the hourly request budget is used up for longer than a retry waits.
     #[error("Bitbucket {call} was not sent: {message}")]
@@ -234,6 +255,50 @@ impl std::fmt::Debug for Bitbucket {
 enum Body<'a> {
     None,
     Json(&'a serde_json::Value),
+}
+
+/// Whether a request may be sent again when it may have reached Bitbucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// GET, PUT, DELETE: the same request twice has the effect of one (RFC 9110, 9.2.2
+    /// "Idempotent Methods").
+    Safe,
+    /// POST: RFC 9110 9.2.2 says a client should not retry a non-idempotent request
+    /// automatically unless it can detect that the original request was never applied.
+    Unsafe,
+}
+
+/// Why [`Bitbucket::exchange`] returned without a 2xx answer.
+enum Failure {
+    /// A definite failure.
+    Failed(BitbucketError),
+    /// A `Replay::Unsafe` request may have taken effect without its answer arriving;
+    /// `attempts` attempts are used and the back-off before the next one is done.
+    Unanswered {
+        /// Attempts used, the first included.
+        attempts: u32,
+        /// What was lost: the status or the transport error.
+        lost: String,
+    },
+}
+
+impl From<BitbucketError> for Failure {
+    fn from(e: BitbucketError) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+/// A runner registered by a create whose answer was lost: it never connected (nobody has
+/// its secret, so it stays `UNREGISTERED`, BITBUCKET_API.md section 3), runs no step, and
+/// was not there before the create.
+fn is_unanswered_create(r: &Runner, name: &str, existing: &[Runner]) -> bool {
+    let bare = crate::names::bare_uuid(&r.uuid);
+    r.name == name
+        && !r.is_busy()
+        && matches!(r.status(), "UNREGISTERED" | "UNKNOWN")
+        && !existing
+            .iter()
+            .any(|e| crate::names::bare_uuid(&e.uuid) == bare)
 }
 
 impl Bitbucket {
@@ -406,35 +471,95 @@ impl Bitbucket {
     }
 
     /// Registers a runner. The returned secret exists only here: store it at once.
+    ///
+    /// When an attempt may have registered the runner without its answer arriving (a
+    /// 5xx, a timeout, a connection lost after sending), the scope's runners are listed and
+    /// every runner named `name` that such an attempt registered is deleted before the
+    /// next attempt, so at most one runner of the name is left, the one returned. Runners
+    /// in `existing` (the caller's listing from before), busy or connected runners are
+    /// never taken for one. Names need not be unique at Bitbucket (BITBUCKET_API.md
+    /// section 2.4), which is why the name alone cannot prevent a duplicate.
     pub async fn create_runner(
         &self,
         scope: &Scope,
         name: &str,
         labels: &[String],
+        existing: &[Runner],
     ) -> Result<CreatedRunner, BitbucketError> {
         let url = self.url(&Self::runners_segments(scope));
+        let call = format!("POST {}", url.path());
         let body = serde_json::json!({ "name": name, "labels": labels });
-        let result = self
-            .json::<model::CreatedRaw>(
-                Method::POST,
-                url,
-                Body::Json(&body),
-                &scope.to_string(),
-                "POST runner",
-            )
-            .await;
-        match result {
-            Ok(raw) => raw.into_created(),
-            Err(BitbucketError::BadRequest { message, .. })
-                if message.to_ascii_lowercase().contains("limit") =>
-            {
-                Err(BitbucketError::RunnerLimit {
-                    scope: scope.to_string(),
-                    message,
-                })
+        let unconfirmed = |lost: &str, source: BitbucketError| BitbucketError::Unconfirmed {
+            name: name.to_owned(),
+            scope: scope.to_string(),
+            lost: lost.to_owned(),
+            source: Box::new(source),
+        };
+        let mut used = 0;
+        // Bounded: every pass uses at least one more of `max_attempts` attempts.
+        loop {
+            let sent = self
+                .exchange(
+                    Method::POST,
+                    url.clone(),
+                    Body::Json(&body),
+                    &scope.to_string(),
+                    "POST runner",
+                    used,
+                    Replay::Unsafe,
+                )
+                .await;
+            match sent {
+                Ok(bytes) => {
+                    return Self::parse::<model::CreatedRaw>(&call, false, &bytes)?.into_created()
+                }
+                Err(Failure::Failed(BitbucketError::BadRequest { message, .. }))
+                    if message.to_ascii_lowercase().contains("limit") =>
+                {
+                    return Err(BitbucketError::RunnerLimit {
+                        scope: scope.to_string(),
+                        message,
+                    })
+                }
+                Err(Failure::Failed(e)) => return Err(e),
+                Err(Failure::Unanswered { attempts, lost }) => {
+                    // Also after the last attempt: no runner without its secret is left.
+                    self.delete_unanswered(scope, name, existing)
+                        .await
+                        .map_err(|e| unconfirmed(&lost, e))?;
+                    if attempts >= self.retry.max_attempts {
+                        return Err(BitbucketError::Exhausted {
+                            call,
+                            attempts,
+                            last: lost,
+                        });
+                    }
+                    used = attempts;
+                }
             }
-            Err(e) => Err(e),
         }
+    }
+
+    /// Deletes the runners named `name` that a create registered without its answer
+    /// arriving (see [`is_unanswered_create`]); returns how many.
+    async fn delete_unanswered(
+        &self,
+        scope: &Scope,
+        name: &str,
+        existing: &[Runner],
+    ) -> Result<usize, BitbucketError> {
+        let runners = self.list_runners(scope).await?;
+        let mut deleted = 0;
+        for r in runners
+            .iter()
+            .filter(|r| is_unanswered_create(r, name, existing))
+        {
+            if self.delete_runner(scope, &r.uuid).await? {
+                deleted += 1;
+                tracing::warn!(runner = %r.uuid, %name, "Bitbucket registered a runner but its answer was lost (nobody has its secret): deleted it before registering again");
+            }
+        }
+        Ok(deleted)
     }
 
     /// Changes a runner's name and labels.
@@ -493,7 +618,17 @@ impl Bitbucket {
         // Answers to writes may hold a runner's OAuth secret: never quote them.
         let quotable = method == Method::GET;
         let bytes = self.send(method, url, body, what, op).await?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        Self::parse(&call, quotable, &bytes)
+    }
+
+    /// Reads an answer as `T`, naming the field that does not fit; the body is quoted in
+    /// the error only when `quotable`.
+    fn parse<T: DeserializeOwned>(
+        call: &str,
+        quotable: bool,
+        bytes: &[u8],
+    ) -> Result<T, BitbucketError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -501,13 +636,16 @@ impl Bitbucket {
                 // A field of the right JSON, but missing or of the wrong type: name it.
                 (p, true) if p != "." => format!("{p}: {inner}"),
                 (_, true) => inner.to_string(),
-                _ if quotable => format!("not JSON: {inner} (body starts: {})", excerpt(&bytes)),
+                _ if quotable => format!("not JSON: {inner} (body starts: {})", excerpt(bytes)),
                 _ => format!(
                     "not JSON: {inner} (body of {} bytes not quoted: it may hold a secret)",
                     bytes.len()
                 ),
             };
-            BitbucketError::InvalidResponse { call, message }
+            BitbucketError::InvalidResponse {
+                call: call.to_owned(),
+                message,
+            }
         })
     }
 
@@ -614,7 +752,7 @@ impl Bitbucket {
         })
     }
 
-    /// Sends with retries; returns the body of a 2xx answer.
+    /// Sends an idempotent request with retries; returns the body of a 2xx answer.
     async fn send(
         &self,
         method: Method,
@@ -624,6 +762,37 @@ impl Bitbucket {
         op: &str,
     ) -> Result<Vec<u8>, BitbucketError> {
         let call = format!("{method} {}", url.path());
+        match self
+            .exchange(method, url, body, what, op, 0, Replay::Safe)
+            .await
+        {
+            Ok(bytes) => Ok(bytes),
+            Err(Failure::Failed(e)) => Err(e),
+            // Not returned for `Replay::Safe`; kept as a plain failure all the same.
+            Err(Failure::Unanswered { attempts, lost }) => Err(BitbucketError::Exhausted {
+                call,
+                attempts,
+                last: lost,
+            }),
+        }
+    }
+
+    /// Sends with retries, `used` of the attempts already spent; returns the body of a
+    /// 2xx answer. With `Replay::Unsafe`, a failure that may have reached Bitbucket (5xx,
+    /// timeout, connection lost after connecting) is not retried but returned as
+    /// `Failure::Unanswered`, after its back-off; 429s and refused connections are retried.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        method: Method,
+        url: Url,
+        body: Body<'_>,
+        what: &str,
+        op: &str,
+        used: u32,
+        replay: Replay,
+    ) -> Result<Vec<u8>, Failure> {
+        let call = format!("{method} {}", url.path());
         let kind = if method == Method::GET {
             CallKind::Read
         } else {
@@ -631,7 +800,7 @@ impl Bitbucket {
         };
         let mut last = String::new();
         let mut renewed_token = false;
-        let mut attempt = 0;
+        let mut attempt = used;
         while attempt < self.retry.max_attempts {
             attempt += 1;
             let mut req = self
@@ -643,19 +812,29 @@ impl Bitbucket {
             }
             let req = self.auth(req).await?;
             if let Err(over) = self.budget.acquire().await {
-                return Err(BitbucketError::OverBudget {
+                return Err(Failure::Failed(BitbucketError::OverBudget {
                     call,
                     message: over.to_string(),
-                });
+                }));
             }
             self.stats.record("bitbucket", op, kind);
             let started = Instant::now();
             let response = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    // A connect error (refused, DNS, connect timeout) sent nothing; anything
+                    // later (a timeout, a connection closed before the answer) may have
+                    // been processed.
+                    let sent = !e.is_connect();
                     last = e.without_url().to_string();
                     tracing::debug!(%call, attempt, error = %last, "Bitbucket request failed; retrying");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    if replay == Replay::Unsafe && sent {
+                        return Err(Failure::Unanswered {
+                            attempts: attempt,
+                            lost: last,
+                        });
+                    }
                     continue;
                 }
             };
@@ -669,7 +848,12 @@ impl Bitbucket {
                 .and_then(parse_retry_after);
             let bytes = match read_limited(response).await {
                 Ok(b) => b,
-                Err(message) => return Err(BitbucketError::InvalidResponse { call, message }),
+                Err(message) => {
+                    return Err(Failure::Failed(BitbucketError::InvalidResponse {
+                        call,
+                        message,
+                    }))
+                }
             };
             if status.is_success() {
                 return Ok(bytes);
@@ -679,14 +863,14 @@ impl Bitbucket {
                 StatusCode::TOO_MANY_REQUESTS => {
                     let wait = match retry_after {
                         Some(d) if d > self.retry.max_retry_after => {
-                            return Err(BitbucketError::Exhausted {
+                            return Err(Failure::Failed(BitbucketError::Exhausted {
                                 call,
                                 attempts: attempt,
                                 last: format!(
                                     "rate limited; Bitbucket asks to wait {} s",
                                     d.as_secs()
                                 ),
-                            })
+                            }))
                         }
                         Some(d) => d,
                         None => self.retry.backoff(attempt),
@@ -703,6 +887,13 @@ impl Bitbucket {
                         .min(self.retry.max_retry_after);
                     tracing::debug!(%call, attempt, status = s.as_u16(), "server error; retrying");
                     tokio::time::sleep(wait).await;
+                    // Bitbucket may have done the work before failing to answer.
+                    if replay == Replay::Unsafe {
+                        return Err(Failure::Unanswered {
+                            attempts: attempt,
+                            lost: last,
+                        });
+                    }
                 }
                 StatusCode::UNAUTHORIZED
                     if matches!(self.credentials, Credentials::OAuth { .. }) && !renewed_token =>
@@ -713,29 +904,36 @@ impl Bitbucket {
                     *self.token.lock().await = None;
                 }
                 StatusCode::BAD_REQUEST => {
-                    return Err(BitbucketError::BadRequest { call, message })
+                    return Err(BitbucketError::BadRequest { call, message }.into())
                 }
                 StatusCode::UNAUTHORIZED => {
                     return Err(BitbucketError::Unauthorized {
                         kind: self.credentials.kind(),
                         call,
                         message,
-                    })
+                    }
+                    .into())
                 }
-                StatusCode::FORBIDDEN => return Err(BitbucketError::Forbidden { call, message }),
+                StatusCode::FORBIDDEN => {
+                    return Err(BitbucketError::Forbidden { call, message }.into())
+                }
                 StatusCode::NOT_FOUND => {
                     return Err(BitbucketError::NotFound {
                         what: what.to_owned(),
                         call,
-                    })
+                    }
+                    .into())
                 }
-                StatusCode::CONFLICT => return Err(BitbucketError::Conflict { call, message }),
+                StatusCode::CONFLICT => {
+                    return Err(BitbucketError::Conflict { call, message }.into())
+                }
                 s => {
                     return Err(BitbucketError::Unexpected {
                         call,
                         status: s.as_u16(),
                         message,
-                    })
+                    }
+                    .into())
                 }
             }
         }
@@ -743,7 +941,8 @@ impl Bitbucket {
             call,
             attempts: attempt,
             last,
-        })
+        }
+        .into())
     }
 }
 
@@ -988,5 +1187,208 @@ mod tests {
         let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [429, 200]);
         fake.shutdown();
+    }
+
+    fn labels() -> Vec<String> {
+        vec!["self.hosted".to_owned(), "linux".to_owned()]
+    }
+
+    /// (method, status) of every request the fake recorded.
+    fn calls(fake: &bitbucket_fake::FakeBitbucket) -> Vec<(String, u16)> {
+        fake.requests()
+            .into_iter()
+            .map(|r| (r.method, r.status))
+            .collect()
+    }
+
+    fn on_post(fault: bitbucket_fake::Fault) -> bitbucket_fake::Fault {
+        bitbucket_fake::Fault::OnMethod {
+            method: "POST".to_owned(),
+            skip: 0,
+            fault: Box::new(fault),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_that_may_have_reached_bitbucket_is_checked_before_it_is_sent_again() {
+        use bitbucket_fake::Fault;
+        let owned = |c: &[(&str, u16)]| -> Vec<(String, u16)> {
+            c.iter().map(|(m, s)| ((*m).to_owned(), *s)).collect()
+        };
+        let cases = [
+            (
+                "processed, then 500",
+                Fault::ProcessedThenServerError {
+                    status: 500,
+                    count: 1,
+                    path_contains: None,
+                },
+                owned(&[("POST", 500), ("GET", 200), ("DELETE", 204), ("POST", 200)]),
+            ),
+            (
+                "processed, then the connection dropped",
+                Fault::ProcessedThenDrop {
+                    count: 1,
+                    path_contains: None,
+                },
+                owned(&[("POST", 0), ("GET", 200), ("DELETE", 204), ("POST", 200)]),
+            ),
+            (
+                "500 before processing",
+                Fault::ServerError {
+                    status: 500,
+                    count: 1,
+                    path_contains: None,
+                },
+                owned(&[("POST", 500), ("GET", 200), ("POST", 200)]),
+            ),
+            (
+                "429: never processed, retried without a listing",
+                Fault::RateLimit {
+                    retry_after: None,
+                    count: 1,
+                    path_contains: None,
+                },
+                owned(&[("POST", 429), ("POST", 200)]),
+            ),
+        ];
+        for (case, fault, expected) in cases {
+            let fake = fake(None).await;
+            let bb = client(&fake, Duration::from_secs(1));
+            fake.inject(on_post(fault));
+            let created = bb
+                .create_runner(&acme(), "bbfleet-x-1", &labels(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(calls(&fake), expected, "{case}");
+            let runners = fake.runners("acme", None);
+            assert_eq!(runners.len(), 1, "{case}: {runners:#?}");
+            assert_eq!(runners[0]["uuid"], created.runner.uuid.as_str(), "{case}");
+            fake.shutdown();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_runner_the_lost_create_registered_is_deleted() {
+        let fake = fake(None).await;
+        let bb = client(&fake, Duration::from_secs(1));
+        let scope = acme();
+        let name = "bbfleet-x-1";
+        // Same name: one known before, one busy, one online; another name.
+        let mut keep = Vec::new();
+        for n in [name, name, name, "bbfleet-x-2"] {
+            keep.push(bb.create_runner(&scope, n, &labels(), &[]).await.unwrap());
+        }
+        assert!(fake.set_busy(&keep[1].runner.uuid, true));
+        assert!(fake.set_status(&keep[2].runner.uuid, "ONLINE"));
+        let existing = vec![keep[0].runner.clone()];
+        fake.inject(on_post(bitbucket_fake::Fault::ProcessedThenServerError {
+            status: 502,
+            count: 1,
+            path_contains: None,
+        }));
+        let created = bb
+            .create_runner(&scope, name, &labels(), &existing)
+            .await
+            .unwrap();
+        let left: Vec<String> = fake
+            .runners("acme", None)
+            .iter()
+            .map(|r| r["uuid"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let mut wanted: Vec<String> = keep.iter().map(|c| c.runner.uuid.clone()).collect();
+        wanted.push(created.runner.uuid.clone());
+        assert_eq!(left, wanted, "only the lost runner was deleted");
+        fake.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_creates_are_bounded_and_leave_no_runner() {
+        let fake = fake(None).await;
+        let bb = client(&fake, Duration::from_secs(1));
+        fake.inject(on_post(bitbucket_fake::Fault::ProcessedThenServerError {
+            status: 500,
+            count: 1000,
+            path_contains: None,
+        }));
+        let err = bb
+            .create_runner(&acme(), "bbfleet-x-1", &labels(), &[])
+            .await
+            .unwrap_err();
+        let max = RetryPolicy::default().max_attempts as usize;
+        assert!(
+            matches!(err, BitbucketError::Exhausted { attempts, .. } if attempts as usize == max),
+            "{err}"
+        );
+        let posts = calls(&fake).iter().filter(|(m, _)| m == "POST").count();
+        let deletes = calls(&fake).iter().filter(|(m, _)| m == "DELETE").count();
+        assert_eq!((posts, deletes), (max, max));
+        assert!(
+            fake.runners("acme", None).is_empty(),
+            "the last lost runner was deleted too"
+        );
+        fake.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_is_not_sent_again_while_the_runners_cannot_be_listed() {
+        let fake = fake(None).await;
+        let bb = client(&fake, Duration::from_secs(1));
+        fake.inject(on_post(bitbucket_fake::Fault::ServerError {
+            status: 503,
+            count: 1,
+            path_contains: None,
+        }));
+        fake.inject(bitbucket_fake::Fault::OnMethod {
+            method: "GET".to_owned(),
+            skip: 0,
+            fault: Box::new(bitbucket_fake::Fault::ServerError {
+                status: 500,
+                count: 1000,
+                path_contains: None,
+            }),
+        });
+        let err = bb
+            .create_runner(&acme(), "bbfleet-x-1", &labels(), &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BitbucketError::Unconfirmed { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("registering runner bbfleet-x-1 in workspace acme may have succeeded")
+                && text.contains("still failed after 6 attempts"),
+            "{text}"
+        );
+        let posts = calls(&fake).iter().filter(|(m, _)| m == "POST").count();
+        assert_eq!(posts, 1, "sent once");
+        fake.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_is_retried_without_a_listing() {
+        // A port nobody listens on: every attempt is refused before anything is sent.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let bb = Bitbucket::new(
+            &format!("http://127.0.0.1:{port}/2.0"),
+            Credentials::AccessToken("fake-access-token".to_owned().into()),
+            RetryPolicy {
+                base: Duration::from_millis(10),
+                ..RetryPolicy::default()
+            },
+            CallStats::default(),
+        )
+        .unwrap();
+        let err = bb
+            .create_runner(&acme(), "bbfleet-x-1", &labels(), &[])
+            .await
+            .unwrap_err();
+        // A listing would have been refused too, giving `Unconfirmed`.
+        assert!(
+            matches!(err, BitbucketError::Exhausted { ref call, attempts: 6, .. } if call.starts_with("POST ")),
+            "{err}"
+        );
     }
 }

@@ -241,6 +241,44 @@ pub enum PlanError {
     /// The subnets do not give the fleet enough zones.
     #[error("{0}")]
     Zones(String),
+    /// Two subnets in one availability zone: a Spot Fleet takes one subnet per zone.
+    #[error("spot.subnets[{index}]: {subnet} is in {az} like spot.subnets[{first}]; a fleet takes one subnet per availability zone")]
+    SubnetSameZone {
+        /// Index of the later subnet in `spot.subnets`.
+        index: usize,
+        /// Its id.
+        subnet: String,
+        /// The zone both are in.
+        az: String,
+        /// Index of the earlier subnet in that zone.
+        first: usize,
+    },
+    /// A subnet in another VPC than the first subnet's.
+    #[error("spot.subnets[{index}]: {subnet} is in {vpc} but spot.subnets[{first}] is in {first_vpc}; a fleet's subnets must all be in one VPC")]
+    SubnetOtherVpc {
+        /// Index in `spot.subnets`.
+        index: usize,
+        /// Its id.
+        subnet: String,
+        /// Its VPC.
+        vpc: String,
+        /// Index of the first subnet.
+        first: usize,
+        /// The first subnet's VPC.
+        first_vpc: String,
+    },
+    /// A security group of another VPC than the subnets'.
+    #[error("instance.security_groups[{index}]: {group} is in {vpc} but the subnets are in {subnets_vpc}; the instances can only use security groups of their subnets' VPC")]
+    SecurityGroupOtherVpc {
+        /// Index in `instance.security_groups`.
+        index: usize,
+        /// Its id.
+        group: String,
+        /// Its VPC.
+        vpc: String,
+        /// The subnets' VPC.
+        subnets_vpc: String,
+    },
 }
 
 /// Options that change what the planner may do.
@@ -291,7 +329,9 @@ pub fn plan_apply(
         },
     };
 
-    // 2. Zones: a diversified fleet needs two.
+    // 2. Zones: one subnet per zone, all in one VPC with the security groups, and a
+    // diversified fleet needs two zones.
+    zones::check_network(config, observed)?;
     let zones: BTreeSet<&str> = observed.subnets.iter().map(|s| s.az.as_str()).collect();
     if zones.len() < 2 {
         return Err(PlanError::Zones(format!(
@@ -594,7 +634,13 @@ pub fn plan_apply(
             .iter()
             .any(|i| i.id == id && matches!(i.state.as_str(), "pending" | "running"))
     };
-    let mut strays = stray_instances(observed, keep.copied(), target, &cancelled_now, &ended);
+    let mut strays = stray_instances(
+        observed,
+        keep.copied(),
+        (target, config.spot.stray_grace_seconds),
+        &cancelled_now,
+        &ended,
+    );
     if !options.force {
         // A running stray that hosts a busy runner is running a pipeline step: it waits,
         // like busy surplus runners do. (A stopped one runs nothing: its claim is released
@@ -744,14 +790,17 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
 }
 
 /// Fleet-tagged instances that no live request owns, besides those this plan already
-/// ends (`already`, and the instances of requests it cancels). Instances of cancelled
-/// requests are leftovers. An instance no request lists is a leftover unless the kept
-/// request lists fewer instances than its target: a request launches only then, and a
-/// just-launched instance may not be listed under it yet.
+/// ends (`already`, and the instances of requests it cancels). An instance belongs to the
+/// kept request if the request lists it or if its `aws:ec2spot:fleet-request-id` launch
+/// tag names it: DescribeSpotFleetInstances "might be out of date", the tag is set at
+/// launch. An instance listed by, or tagged with, another request is a leftover. One that
+/// neither a listing nor its tag explains is a leftover once it is older than the grace,
+/// and while the kept request lists fewer instances than its target it may be that
+/// request's launch in flight, so it waits.
 fn stray_instances(
     observed: &Observed,
     keep: Option<&FleetState>,
-    target: u32,
+    (target, grace_seconds): (u32, u64),
     cancelled_now: &[&String],
     already: &[String],
 ) -> Vec<String> {
@@ -763,20 +812,25 @@ fn stray_instances(
         (listed.clone().count() as i64) < i64::from(k.target)
             && listed.filter(|i| !already.contains(i)).count() < target as usize
     });
-    let listed_by_dead = |id: &String| {
-        observed
-            .fleets
-            .iter()
-            .any(|f| !f.is_live() && f.instance_ids.contains(id))
+    let owned = |i: &InstanceInfo| {
+        keep.is_some_and(|k| {
+            k.instance_ids.contains(&i.id) || i.fleet_request.as_deref() == Some(k.id.as_str())
+        })
+    };
+    let listed_by_other = |id: &String| observed.fleets.iter().any(|f| f.instance_ids.contains(id));
+    let grace = jiff::SignedDuration::from_secs(i64::try_from(grace_seconds).unwrap_or(i64::MAX));
+    // Without a launch time (never on EC2's answers) an instance counts as old.
+    let young = |i: &InstanceInfo| {
+        i.launched_at
+            .is_some_and(|t| observed.observed_at.duration_since(t) < grace)
     };
     observed
         .instances
         .iter()
-        .map(|i: &InstanceInfo| &i.id)
-        .filter(|id| !keep.is_some_and(|k| k.instance_ids.contains(id)))
-        .filter(|id| !cancelled_now.contains(id) && !already.contains(id))
-        .filter(|id| listed_by_dead(id) || !launching)
-        .cloned()
+        .filter(|i| !owned(i))
+        .filter(|i| !cancelled_now.contains(&&i.id) && !already.contains(&i.id))
+        .filter(|i| i.fleet_request.is_some() || listed_by_other(&i.id) || !(launching || young(i)))
+        .map(|i| i.id.clone())
         .collect()
 }
 
@@ -857,6 +911,8 @@ pub fn desired(
         fleet,
     })
 }
+
+mod zones;
 
 #[cfg(test)]
 mod proptests;

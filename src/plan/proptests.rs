@@ -249,6 +249,8 @@ fn build(config: &Config, w: &World) -> Observed {
             instance_type: "m6i.large".into(),
             az: "us-east-1a".into(),
             state: INSTANCE_STATES[*s].into(),
+            fleet_request: None,
+            launched_at: None,
         })
         .collect();
     o.fleets = w

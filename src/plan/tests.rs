@@ -87,6 +87,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
                 vpc: "v".into(),
             },
         ],
+        security_groups: Vec::new(),
         image: None,
         launch_template: Some(LaunchTemplateState {
             id: "lt-1".into(),
@@ -107,9 +108,12 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
                 instance_type: "m6i.large".into(),
                 az: "us-east-1a".into(),
                 state: "running".into(),
+                fleet_request: None,
+                launched_at: None,
             })
             .collect(),
         autoscale_state: None,
+        observed_at: jiff::Timestamp::UNIX_EPOCH,
     }
 }
 
@@ -379,6 +383,8 @@ fn instance(id: &str, state: &str) -> InstanceInfo {
         instance_type: "m6i.large".into(),
         az: "us-east-1a".into(),
         state: state.into(),
+        fleet_request: None,
+        launched_at: None,
     }
 }
 
@@ -543,6 +549,46 @@ fn unlisted_instances_wait_while_the_request_is_launching() {
     );
     // Stray instances are never scale-down terminations.
     assert!(!kinds(&p).contains(&"terminate_instances".to_owned()));
+}
+
+#[test]
+fn the_launch_tag_and_the_grace_decide_for_instances_no_listing_shows() {
+    let c = config();
+    // Fulfilled at 3, but the listing lags: i-3 is not listed.
+    let fulfilled = || {
+        let mut o = converged(&c, 3);
+        o.fleets[0].instance_ids.retain(|i| i != "i-3");
+        o.fleets[0].target = 2;
+        o.runners.pop();
+        o.parameters.pop();
+        o.scope_runner_count = 2;
+        o.claims.pop();
+        o.observed_at = "2026-12-01T12:00:00Z".parse().unwrap();
+        o
+    };
+    let strays = |o: &Observed| {
+        plan(&c, 2, o)
+            .actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::TerminateStrayInstances { ids } => Some(ids),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    // Its launch tag names the kept request: the fleet's own, whatever the listing says.
+    let mut o = fulfilled();
+    o.instances[2].fleet_request = Some(o.fleets[0].id.clone());
+    assert_eq!(strays(&o), Vec::<String>::new());
+    // Tagged with a request that is not the kept one: a leftover.
+    o.instances[2].fleet_request = Some("sfr-gone".into());
+    assert_eq!(strays(&o), ["i-3"]);
+    // No tag (launched by hand from the template): left alone for the grace (600 s).
+    o.instances[2].fleet_request = None;
+    o.instances[2].launched_at = Some("2026-12-01T11:51:00Z".parse().unwrap());
+    assert_eq!(strays(&o), Vec::<String>::new());
+    o.instances[2].launched_at = Some("2026-12-01T11:49:59Z".parse().unwrap());
+    assert_eq!(strays(&o), ["i-3"]);
 }
 
 #[test]

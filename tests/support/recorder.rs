@@ -91,7 +91,11 @@ pub fn throttling_response(operation: &str) -> Answer {
             "Request limit exceeded.",
         )
     } else {
-        json_error(StatusCode::BAD_REQUEST, "ThrottlingException", "Rate exceeded")
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "ThrottlingException",
+            "Rate exceeded",
+        )
     }
 }
 
