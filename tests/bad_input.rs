@@ -286,6 +286,10 @@ async fn bad_config_files() {
             .config(format!("{b}\n[kms]\nkey = \"alias/aws/ssm\"\n")),
         Case::new("bad_region", &["region: \"mars-1\" is not an AWS region name"])
             .config(edit(b, "region = \"us-east-1\"", "region = \"mars-1\"")),
+        Case::new("region_with_shell", &["region: \"us-east-1'; touch pwned; '\" is not an AWS region name"])
+            .config(edit(b, "region = \"us-east-1\"", "region = \"us-east-1'; touch pwned; '\"")),
+        Case::new("region_capitals", &["region: \"US-EAST-1\" is not an AWS region name"])
+            .config(edit(b, "region = \"us-east-1\"", "region = \"US-EAST-1\"")),
         Case::new("api_url_http_not_loopback", &["bitbucket.api_url: \"http://bitbucket.example.com/2.0\"", "must be https"])
             .config(edit(b, &format!("api_url = \"{}\"", h.fake.base_url()), "api_url = \"http://bitbucket.example.com/2.0\"")),
         Case::new("bad_fleet_role", &["spot.fleet_role: \"my-role\" is not an IAM role ARN"])
@@ -367,6 +371,34 @@ async fn bad_environments_and_arguments() {
             &["did not accept the access token", "401"],
         )
         .env(&[("BITBUCKET_ACCESS_TOKEN", "canary-token-5")]),
+        // No `region` in the config: the SDK's chain finds AWS_REGION, which is checked
+        // before any call, the error naming the variable.
+        Case::new(
+            "aws_region_env_with_shell",
+            &["AWS_REGION: \"eu-west-1'; touch pwned; '\" is not an AWS region name"],
+        )
+        .config(edit(&h.config(2, None), "region = \"us-east-1\"\n", ""))
+        .env(&[
+            ("BITBUCKET_ACCESS_TOKEN", "canary-token-6"),
+            ("AWS_REGION", "eu-west-1'; touch pwned; '"),
+        ])
+        .offline(),
+        Case::new(
+            "aws_region_env_render_userdata",
+            &["AWS_REGION: \"eu-west-1\\n\" is not an AWS region name"],
+        )
+        .config(edit(&h.config(2, None), "region = \"us-east-1\"\n", ""))
+        .env(&[("AWS_REGION", "eu-west-1\n")])
+        .args(&["--config", "{config}", "render-userdata"])
+        .offline(),
+        Case::new(
+            "aws_region_env_validate",
+            &["AWS_REGION: \"$(id)\" is not an AWS region name"],
+        )
+        .config(edit(&h.config(2, None), "region = \"us-east-1\"\n", ""))
+        .env(&[("AWS_REGION", "$(id)")])
+        .args(&["--config", "{config}", "validate"])
+        .offline(),
         Case::new("capacity_above_max", &["--capacity", "50", "20"]).args(&[
             "--config",
             "{config}",

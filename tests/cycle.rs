@@ -224,12 +224,27 @@ async fn full_cycle_with_capacity_three() {
     let data = lt.launch_template_versions()[0]
         .launch_template_data()
         .unwrap();
-    let userdata = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(data.user_data().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    // As EC2 counts it: base64-decoded; gzip, within bbfleet's 12 KB (EC2 allows 16 KB).
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(data.user_data().unwrap())
+        .unwrap();
+    assert!(
+        raw.len() <= 12_288,
+        "launch template user data is {} bytes",
+        raw.len()
+    );
+    assert_eq!(
+        raw[..2],
+        [0x1f, 0x8b],
+        "launch template user data is not gzip"
+    );
+    let mut userdata = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&raw[..]), &mut userdata)
+        .expect("launch template user data: gzip of UTF-8");
+    // Exactly the script `render-userdata` prints for the same config.
+    let rendered = h.run(&["--config", cfg, "render-userdata"], &[]).await;
+    rendered.expect_code(0);
+    assert_eq!(userdata, rendered.stdout, "launch template user data");
     assert!(userdata.starts_with("#!/bin/bash"));
     assert!(
         userdata.contains("nohup"),

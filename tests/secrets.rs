@@ -100,6 +100,18 @@ impl Evidence {
     }
 }
 
+/// User data unpacked when gzip (as bbfleet's launch templates hold it), so the search
+/// sees the script, not compressed bytes a secret would hide in.
+fn gunzip_user_data(bytes: &[u8]) -> Vec<u8> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return bytes.to_vec();
+    }
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut plain)
+        .expect("gzip user data");
+    plain
+}
+
 async fn aws_evidence(h: &Harness, evidence: &mut Evidence) {
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
     let ssm = aws_sdk_ssm::Client::new(&h.sdk);
@@ -117,7 +129,7 @@ async fn aws_evidence(h: &Harness, evidence: &mut Evidence) {
         let userdata = b64.decode(data.user_data().unwrap()).unwrap();
         evidence.add(
             format!("launch template version {:?} userdata", v.version_number()),
-            String::from_utf8(userdata).unwrap(),
+            String::from_utf8(gunzip_user_data(&userdata)).unwrap(),
         );
         evidence.add(
             format!("launch template version {:?}", v.version_number()),
@@ -148,7 +160,9 @@ async fn aws_evidence(h: &Harness, evidence: &mut Evidence) {
                 .await
                 .unwrap();
             if let Some(v) = attr.user_data().and_then(|u| u.value()) {
-                let text = String::from_utf8_lossy(&b64.decode(v).unwrap_or_default()).into_owned();
+                let text =
+                    String::from_utf8_lossy(&gunzip_user_data(&b64.decode(v).unwrap_or_default()))
+                        .into_owned();
                 evidence.add(format!("instance {id} userdata"), text);
             }
         }

@@ -1264,3 +1264,231 @@ fn the_fake_imds_speaks_imdsv2_and_stops_when_dropped() {
         "the fake IMDS still listens after drop"
     );
 }
+
+// ---- the launch template's size, and values that try to break out of the script ----
+
+/// The longest config the validation allows, for `os`: the longest fleet name (24
+/// characters, mixed so gzip gains least), the longest region name, the most swap, and
+/// every optional knob at its largest.
+fn longest_config(os: &str) -> String {
+    let labels: Vec<String> = (0..10)
+        .map(|i| format!("\"label.{i}.{}\"", "x".repeat(40)))
+        .collect();
+    format!(
+        r#"name = "a0b1c2d3e4f5g6h7i8j9k-l1"
+region = "{region}"
+
+[bitbucket]
+workspace = "{slug}"
+repository = "{slug}"
+labels = [{labels}]
+runner_image = "registry.example.com/{slug}/bitbucket-pipelines-runner:1"
+
+[capacity]
+default = 100
+max = 100
+[[capacity.schedule]]
+days = "mon-fri"
+hours = "07:00-19:00"
+timezone = "America/Argentina/ComodRivadavia"
+capacity = 100
+[capacity.autoscale]
+min = 100
+max = 100
+cooldown_seconds = 9223372036854775807
+
+[spot]
+instance_types = ["m6i.large", "m6a.large", "c6i.xlarge"]
+subnets = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1", "subnet-0123456789abcdef2"]
+allocation_strategy = "price-capacity-optimized"
+fleet_role = "arn:aws-us-gov:iam::123456789012:role/{iam}"
+
+[instance]
+os = "{os}"
+ami = "ssm:/{iam}"
+instance_profile = "{iam}"
+security_groups = ["sg-0123456789abcdef0", "sg-0123456789abcdef1", "sg-0123456789abcdef2", "sg-0123456789abcdef3", "sg-0123456789abcdef4"]
+root_volume_gb = 16384
+swap_gb = 64
+
+[kms]
+key = "alias/{iam}"
+"#,
+        region = bbfleet::config::LONGEST_REGION,
+        slug = "s".repeat(128),
+        labels = labels.join(", "),
+        iam = "r".repeat(128),
+    )
+}
+
+#[test]
+fn the_longest_legal_config_fits_into_a_launch_template() {
+    for (os, name) in [(Os::Al2023, "al2023"), (Os::Ubuntu, "ubuntu")] {
+        let config = bbfleet::config::Config::parse(&longest_config(name), "longest.toml")
+            .unwrap_or_else(|e| panic!("{name}: the longest config is not legal: {e}"));
+        assert_eq!(config.name.len(), 24);
+        assert_eq!(config.instance.os, os);
+        assert_eq!(config.instance.swap_gb, 64);
+        let region = config.region.clone().expect("region");
+        let vars = UserdataVars::from_config(&config, &region);
+        let script = render(os, &vars).expect("render");
+        assert!(script.contains(&format!("readonly REGION='{region}'")));
+        assert!(script.contains("readonly SWAP_GB=64"));
+        let encoded =
+            bbfleet::userdata::check_fits(os, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!(
+            "{name}: script {} bytes, launch template user data {} bytes (gzip), {} in base64",
+            script.len(),
+            encoded.len(),
+            encoded.base64().len()
+        );
+        assert!(
+            encoded.len() <= bbfleet::userdata::LAUNCH_TEMPLATE_MAX_BYTES,
+            "{name}: {} bytes",
+            encoded.len()
+        );
+        assert_eq!(bbfleet::userdata::LAUNCH_TEMPLATE_MAX_BYTES, 12_288);
+        bbfleet::userdata::check_config_fits(&config, &region).expect("fits");
+    }
+}
+
+/// One value per shell trick: quotes of both kinds, command substitution, backticks,
+/// newlines, `;`, `&&`, a glob and a variable. Each would create `marker` if run.
+fn hostile(marker: &Path) -> String {
+    let m = marker.display();
+    format!(
+        "it's \"q\" $(touch {m}) `touch {m}` '; touch {m}; ' \"; touch {m}; \" \n\
+         touch {m}\n; touch {m} && touch {m} | touch {m} ${{HOME}} $HOME * \\ \\' end"
+    )
+}
+
+/// The string values of `vars`, in the order the probe prints them.
+const STRING_VARS: [&str; 7] = [
+    "FLEET",
+    "REGION",
+    "SSM_PREFIX",
+    "IMDS",
+    "STATE_DIR",
+    "RUNNER_LOG",
+    "AGENT_LOG",
+];
+
+#[test]
+fn hostile_values_are_rendered_as_values_and_never_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("injected");
+    let evil = hostile(&marker);
+    let vars = UserdataVars {
+        fleet: format!("fleet {evil}"),
+        region: format!("region {evil}"),
+        ssm_prefix: format!("/bbfleet/{evil}"),
+        imds_endpoint: format!("http://127.0.0.1:9/{evil}"),
+        runner_log: format!("{}/runner {evil}.log", dir.path().display()),
+        state_dir: format!("{}/state {evil}", dir.path().display()),
+        agent_log: format!("{}/agent {evil}.log", dir.path().display()),
+        ..UserdataVars::new("ci", "eu-west-1", 0)
+    };
+    let expected = [
+        &vars.fleet,
+        &vars.region,
+        &vars.ssm_prefix,
+        &vars.imds_endpoint,
+        &vars.state_dir,
+        &vars.runner_log,
+        &vars.agent_log,
+    ];
+    for (os, name) in [(Os::Al2023, "al2023"), (Os::Ubuntu, "ubuntu")] {
+        let script = render(os, &vars).unwrap_or_else(|e| panic!("render {name}: {e}"));
+        let path = dir.path().join(format!("{name}.sh"));
+        fs::write(&path, &script).expect("write script");
+        let syntax = Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("bash -n");
+        assert!(
+            syntax.status.success(),
+            "{name}: bash -n: {}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
+        // The value assignments: the script up to the end of the rendered values, then
+        // each string value printed NUL-terminated.
+        let end = "\n# ---- end of the rendered values ----\n";
+        let cut = script
+            .find(end)
+            .unwrap_or_else(|| panic!("{name}: no end-of-values line"));
+        let probe_vars: Vec<String> = STRING_VARS.iter().map(|v| format!("\"${v}\"")).collect();
+        let probe = format!(
+            "{}\nprintf '%s\\0' {}\n",
+            &script[..cut],
+            probe_vars.join(" ")
+        );
+        let probe_path = dir.path().join(format!("{name}-values.sh"));
+        fs::write(&probe_path, probe).expect("write probe");
+        let out = Command::new("bash")
+            .arg(&probe_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the value assignments");
+        assert!(
+            out.status.success(),
+            "{name}: the value assignments failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8(out.stdout).expect("utf-8 values");
+        let got: Vec<&str> = printed
+            .strip_suffix('\0')
+            .expect("NUL-terminated")
+            .split('\0')
+            .collect();
+        for ((var, want), got) in STRING_VARS.iter().zip(expected).zip(&got) {
+            assert_eq!(got, want, "{name}: ${var} is not the value verbatim");
+        }
+        assert_eq!(got.len(), STRING_VARS.len());
+        assert!(!marker.exists(), "{name}: an injected command ran");
+    }
+}
+
+#[test]
+fn hostile_paths_reach_the_whole_script_verbatim_and_nothing_is_injected() {
+    let fleet = "hostile";
+    let uuid = "1b1c0c8a-0000-4000-8000-0000000000aa";
+    put_runner(fleet, uuid);
+    let instance_id = launch_instances(1).remove(0);
+    let witness = tempfile::tempdir().expect("temp dir");
+    let marker = witness.path().join("injected");
+    let evil = hostile(&marker);
+    let mut used = None;
+    let host = Host::with(Os::Al2023, fleet, &instance_id, |vars| {
+        vars.state_dir = format!("{} {evil}", vars.state_dir);
+        vars.runner_log = format!("{} {evil}", vars.runner_log);
+        vars.agent_log = format!("{} {evil}", vars.agent_log);
+        used = Some(vars.clone());
+    });
+    let vars = used.expect("the tweak ran");
+    let run = host.run();
+    assert_ok(&host, &run);
+    // The runner started from the hostile state directory, with its files where the
+    // values say, byte for byte.
+    let got = host.docker_argv();
+    let env_file = format!("{}/runner.env", vars.state_dir);
+    assert!(
+        got.windows(2)
+            .any(|w| w[0] == "--env-file" && w[1] == env_file),
+        "docker argv {got:?} lacks --env-file {env_file:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(format!("{}/runner-uuid", vars.state_dir))
+            .expect("runner-uuid in the hostile state dir")
+            .trim(),
+        uuid
+    );
+    wait_for("the agent log at the hostile path", AGENT_TIMEOUT, || {
+        Path::new(&vars.agent_log).exists()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(Path::new(&vars.runner_log).exists(), "runner log");
+    host.kill_agent();
+    assert!(!marker.exists(), "an injected command ran");
+}
