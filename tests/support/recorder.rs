@@ -2,7 +2,7 @@
 //! and is recorded (operation and body), so tests count write calls on the wire.
 //!
 //! It can also play a throttling AWS: with [`Recorder::throttle_every`] every n-th request
-//! is answered, instead of being forwarded, with the service's own throttling error (SSM
+//! of each service is answered, instead of being forwarded, with the service's own throttling error (SSM
 //! and KMS: HTTP 400 `ThrottlingException` JSON; EC2: HTTP 503 `RequestLimitExceeded`
 //! XML), deterministically. moto itself never throttles (AWS_NOTES.md B4).
 
@@ -55,8 +55,10 @@ pub struct Shared {
     calls: Vec<AwsCall>,
     /// Answer every n-th request with a throttling error (0: never).
     throttle_every: u64,
-    /// Requests counted towards `throttle_every` since it was set.
-    counted: u64,
+    /// Requests of each service (`ec2`, `ssm`, `kms`) counted towards `throttle_every`
+    /// since it was set: per service, so each one meets its throttling error however the
+    /// concurrent calls interleave.
+    counted: std::collections::HashMap<String, u64>,
     /// One-shot hooks by operation (`kms:CreateKey`).
     hooks: Vec<(String, Hook)>,
     /// The AWS-rules layer's state and settings.
@@ -173,8 +175,16 @@ async fn forward(
     let (index, hooks): (usize, Vec<Hook>) = {
         let mut shared = up.shared.lock().unwrap();
         if shared.throttle_every > 0 {
-            shared.counted += 1;
-            call.throttled = shared.counted % shared.throttle_every == 0;
+            let service = call
+                .operation
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let n = shared.counted.entry(service).or_default();
+            *n += 1;
+            let n = *n;
+            call.throttled = n % shared.throttle_every == 0;
         }
         let (run, keep) = std::mem::take(&mut shared.hooks)
             .into_iter()
@@ -282,12 +292,12 @@ impl Recorder {
         }
     }
 
-    /// From now on, answers every `n`-th request (counting from here) with the service's
-    /// throttling error instead of forwarding it; 0 stops throttling.
+    /// From now on, answers every `n`-th request of each service (counting from here) with
+    /// the service's throttling error instead of forwarding it; 0 stops throttling.
     pub fn throttle_every(&self, n: u64) {
         let mut shared = self.shared.lock().unwrap();
         shared.throttle_every = n;
-        shared.counted = 0;
+        shared.counted.clear();
     }
 
     /// Changes the AWS-rules layer's settings (`rules.ssm_rate`, ...).
