@@ -17,13 +17,19 @@ use support::aws_rules::{FLEET_REQUEST_TAG, SSM_STANDARD_TPS, USER_DATA_LIMIT};
 use support::harness::Harness;
 use support::world::{convergence_problems, fleet_requests};
 
-/// SDK config through the proxy (and so the rules layer), one attempt per call.
+/// SDK config through the proxy (and so the rules layer), one attempt per call. It signs
+/// as the test harness: these calls are the test's, not bbfleet's, so the IAM evaluation
+/// learns from them but does not judge them by bbfleet's policies.
 async fn through_layer(h: &Harness) -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(&h.recorder.endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
+            support::iam::HARNESS_ACCESS_KEY,
+            "testing",
+            None,
+            None,
+            "test",
         ))
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .load()
