@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     FleetLaunchTemplateSpecification, FleetType, LaunchTemplateConfig, LaunchTemplateOverrides,
@@ -15,25 +14,14 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 use support::aws_rules::{FLEET_REQUEST_TAG, SSM_STANDARD_TPS, USER_DATA_LIMIT};
 use support::harness::Harness;
-use support::world::{convergence_problems, fleet_requests};
+use support::moto::harness_sdk;
+use support::world::{
+    cancel_fleet, convergence_problems, create_subnet, create_vpc, fleet_requests, vpc_of,
+};
 
-/// SDK config through the proxy (and so the rules layer), one attempt per call. It signs
-/// as the test harness: these calls are the test's, not bbfleet's, so the IAM evaluation
-/// learns from them but does not judge them by bbfleet's policies.
+/// SDK config through the proxy (and so the rules layer), signed as the harness.
 async fn through_layer(h: &Harness) -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(&h.recorder.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            support::iam::HARNESS_ACCESS_KEY,
-            "testing",
-            None,
-            None,
-            "test",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await
+    harness_sdk(&h.recorder.endpoint).await
 }
 
 fn user_data(bytes: usize) -> String {
@@ -234,12 +222,7 @@ async fn a_client_token_returns_the_first_answer_even_after_a_cancel() {
         first, again,
         "same token, same parameters: the first answer"
     );
-    ec2.cancel_spot_fleet_requests()
-        .spot_fleet_request_ids(&first)
-        .terminate_instances(true)
-        .send()
-        .await
-        .unwrap();
+    cancel_fleet(&ec2, &first).await;
     let after_cancel = request_fleet(&ec2, fleet_config(&lt, &[subnet], "r-token-1", 1))
         .await
         .unwrap();
@@ -271,12 +254,7 @@ async fn a_client_token_returns_the_first_answer_even_after_a_cancel() {
         }
     };
     assert_eq!(run("r-token-run").await, run("r-token-run").await);
-    ec2.cancel_spot_fleet_requests()
-        .spot_fleet_request_ids(&other)
-        .terminate_instances(true)
-        .send()
-        .await
-        .unwrap();
+    cancel_fleet(&ec2, &other).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,53 +306,10 @@ async fn a_fleet_over_two_subnets_of_one_zone_or_two_vpcs_is_refused() {
     let ec2 = aws_sdk_ec2::Client::new(&through_layer(&h).await);
     let lt = launch_template(&ec2, "r-subnets").await;
     // A second subnet in us-east-1a of the default VPC, and a subnet of another VPC.
-    let default_vpc = ec2
-        .describe_subnets()
-        .subnet_ids(&h.subnets[0].0)
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .vpc_id()
-        .unwrap()
-        .to_owned();
-    let twin = ec2
-        .create_subnet()
-        .vpc_id(&default_vpc)
-        .cidr_block("172.31.200.0/24")
-        .availability_zone("us-east-1a")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .unwrap()
-        .subnet_id()
-        .unwrap()
-        .to_owned();
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.77.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_owned();
-    let foreign = ec2
-        .create_subnet()
-        .vpc_id(&vpc)
-        .cidr_block("10.77.1.0/24")
-        .availability_zone("us-east-1b")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .unwrap()
-        .subnet_id()
-        .unwrap()
-        .to_owned();
+    let default_vpc = vpc_of(&ec2, &h.subnets[0].0).await;
+    let twin = create_subnet(&ec2, &default_vpc, "172.31.200.0/24", "us-east-1a").await;
+    let vpc = create_vpc(&ec2, "10.77.0.0/16").await;
+    let foreign = create_subnet(&ec2, &vpc, "10.77.1.0/24", "us-east-1b").await;
     let a = h.subnets[0].0.as_str();
     let same_zone = request_fleet(&ec2, fleet_config(&lt, &[a, &twin], "r-subnets-1", 1))
         .await
@@ -395,12 +330,7 @@ async fn a_fleet_over_two_subnets_of_one_zone_or_two_vpcs_is_refused() {
     let ok = request_fleet(&ec2, fleet_config(&lt, &[a, b], "r-subnets-3", 1))
         .await
         .unwrap();
-    ec2.cancel_spot_fleet_requests()
-        .spot_fleet_request_ids(ok)
-        .terminate_instances(true)
-        .send()
-        .await
-        .unwrap();
+    cancel_fleet(&ec2, &ok).await;
     for s in [twin, foreign] {
         ec2.delete_subnet().subnet_id(s).send().await.unwrap();
     }
@@ -489,12 +419,7 @@ async fn fleet_instances_carry_their_request_tag_and_are_listed_late_when_asked(
         .await
         .unwrap();
     assert_eq!(listed.active_instances().len(), 2);
-    ec2.cancel_spot_fleet_requests()
-        .spot_fleet_request_ids(&id)
-        .terminate_instances(true)
-        .send()
-        .await
-        .unwrap();
+    cancel_fleet(&ec2, &id).await;
 }
 
 // ---- the defects, fixed ----
@@ -510,13 +435,7 @@ async fn a_fleet_cancelled_out_of_band_is_replaced() {
         panic!("{fleets:?}")
     };
     // Someone cancels it (console, another tool), terminating its instances.
-    aws_sdk_ec2::Client::new(&h.sdk)
-        .cancel_spot_fleet_requests()
-        .spot_fleet_request_ids(first)
-        .terminate_instances(true)
-        .send()
-        .await
-        .unwrap();
+    cancel_fleet(&aws_sdk_ec2::Client::new(&h.sdk), first).await;
     let run = h.apply(cfg, &[]).await;
     assert!(
         run.stdout.contains("no fleet request yet"),

@@ -7,6 +7,7 @@
 mod support;
 
 use support::harness::{Harness, Run};
+use support::world::{create_subnet, create_vpc, vpc_of};
 
 /// `base` with `from` replaced by `to` (which must occur).
 fn edit(base: &str, from: &str, to: &str) -> String {
@@ -88,56 +89,13 @@ async fn networks_a_fleet_cannot_use_are_refused_before_any_write() {
     let h = Harness::new("subnets").await;
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
     let (s1a, s1b) = (h.subnets[0].0.as_str(), h.subnets[1].0.as_str());
-    let default_vpc = ec2
-        .describe_subnets()
-        .subnet_ids(s1a)
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .vpc_id()
-        .unwrap()
-        .to_owned();
+    let default_vpc = vpc_of(&ec2, s1a).await;
 
     // A second subnet in us-east-1a of the default VPC (outside moto's default /20s).
-    let second_1a = ec2
-        .create_subnet()
-        .vpc_id(&default_vpc)
-        .cidr_block("172.31.240.0/24")
-        .availability_zone("us-east-1a")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .unwrap()
-        .subnet_id()
-        .unwrap()
-        .to_owned();
+    let second_1a = create_subnet(&ec2, &default_vpc, "172.31.240.0/24", "us-east-1a").await;
     // Another VPC, with a subnet in us-east-1c and a security group.
-    let other_vpc = ec2
-        .create_vpc()
-        .cidr_block("10.77.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_owned();
-    let other_1c = ec2
-        .create_subnet()
-        .vpc_id(&other_vpc)
-        .cidr_block("10.77.1.0/24")
-        .availability_zone("us-east-1c")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .unwrap()
-        .subnet_id()
-        .unwrap()
-        .to_owned();
+    let other_vpc = create_vpc(&ec2, "10.77.0.0/16").await;
+    let other_1c = create_subnet(&ec2, &other_vpc, "10.77.1.0/24", "us-east-1c").await;
     let group = |vpc: String, name: &'static str| {
         let ec2 = ec2.clone();
         async move {

@@ -172,18 +172,7 @@ fn host_proxy() -> &'static Recorder {
 fn tag_as_fleet_instance(instance_id: &str, fleet: &str) {
     let endpoint = host_proxy().endpoint.clone();
     runtime().block_on(async {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                support::iam::HARNESS_ACCESS_KEY,
-                "testing",
-                None,
-                None,
-                "test",
-            ))
-            .load()
-            .await;
+        let sdk = support::moto::harness_sdk(&endpoint).await;
         aws_sdk_ec2::Client::new(&sdk)
             .create_tags()
             .resources(instance_id)

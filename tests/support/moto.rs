@@ -130,3 +130,22 @@ pub const PROXY_VARS: [&str; 6] = [
     "https_proxy",
     "all_proxy",
 ];
+
+/// SDK config for a test's own calls through a recording proxy at `endpoint`, one attempt
+/// per call. It signs as the harness: the IAM evaluation learns from these calls (tags,
+/// ids) but does not judge them by bbfleet's policies (tests/support/iam.rs).
+pub async fn harness_sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            super::iam::HARNESS_ACCESS_KEY,
+            "testing",
+            None,
+            None,
+            "test",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await
+}

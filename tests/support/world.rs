@@ -299,3 +299,54 @@ pub async fn unaliased_fleet_keys(h: &Harness, fleet: &str) -> Vec<String> {
     }
     out
 }
+
+/// The VPC of a subnet.
+pub async fn vpc_of(ec2: &aws_sdk_ec2::Client, subnet: &str) -> String {
+    ec2.describe_subnets()
+        .subnet_ids(subnet)
+        .send()
+        .await
+        .expect("describe a subnet")
+        .subnets()[0]
+        .vpc_id()
+        .expect("a subnet's VPC")
+        .to_owned()
+}
+
+/// A new VPC; returns its id.
+pub async fn create_vpc(ec2: &aws_sdk_ec2::Client, cidr: &str) -> String {
+    ec2.create_vpc()
+        .cidr_block(cidr)
+        .send()
+        .await
+        .expect("create a VPC")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("the new VPC's id")
+        .to_owned()
+}
+
+/// A new subnet of `vpc` in `az`; returns its id.
+pub async fn create_subnet(ec2: &aws_sdk_ec2::Client, vpc: &str, cidr: &str, az: &str) -> String {
+    ec2.create_subnet()
+        .vpc_id(vpc)
+        .cidr_block(cidr)
+        .availability_zone(az)
+        .send()
+        .await
+        .expect("create a subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("the new subnet's id")
+        .to_owned()
+}
+
+/// Cancels a spot fleet request with its instances.
+pub async fn cancel_fleet(ec2: &aws_sdk_ec2::Client, id: &str) {
+    ec2.cancel_spot_fleet_requests()
+        .spot_fleet_request_ids(id)
+        .terminate_instances(true)
+        .send()
+        .await
+        .expect("cancel a spot fleet request");
+}
