@@ -15,7 +15,7 @@ mod recorder;
 /// The demo keeps no IAM evidence: the proxy's dump hook (tests/support/iam.rs in the
 /// tests) does nothing here.
 mod iam {
-    pub fn dump(_proxy: usize, _upstream: &str, _call: &crate::recorder::AwsCall) {}
+    pub fn dump(_proxy: u64, _upstream: &str, _call: &crate::recorder::AwsCall) {}
 }
 
 use std::time::Duration;

@@ -34,7 +34,7 @@ static DUMP: Mutex<()> = Mutex::new(());
 
 /// Appends one completed call of proxy `proxy` (in front of moto at `upstream`) to this
 /// process's dump file, as one JSON line.
-pub fn dump(proxy: usize, upstream: &str, call: &AwsCall) {
+pub fn dump(proxy: u64, upstream: &str, call: &AwsCall) {
     let dir = dump_dir();
     let exe = std::env::current_exe().ok();
     let name = exe

@@ -63,6 +63,12 @@ pub struct Shared {
     hooks: Vec<(String, Hook)>,
     /// The AWS-rules layer's state and settings.
     pub rules: super::aws_rules::Rules,
+    /// Calls forgotten by [`Recorder::clear`]: positions count from the first call ever.
+    cleared: usize,
+    /// This proxy's number in the process: its calls form one transcript in the IAM dumps.
+    /// (Not its address: a dropped proxy's memory is reused by the next one, which would
+    /// merge two tests' transcripts.)
+    id: u64,
 }
 
 /// The proxy.
@@ -192,7 +198,7 @@ async fn forward(
         shared.hooks = keep;
         shared.calls.push(call.clone());
         (
-            shared.calls.len() - 1,
+            shared.cleared + shared.calls.len() - 1,
             run.into_iter().map(|(_, h)| h).collect(),
         )
     };
@@ -208,12 +214,17 @@ async fn forward(
         super::aws_rules::after(&up, &call, answer).await
     };
     {
+        call.status = status.as_u16();
+        call.response = String::from_utf8_lossy(&bytes).into_owned();
         let mut shared = up.shared.lock().unwrap();
-        if let Some(c) = shared.calls.get_mut(index) {
-            c.status = status.as_u16();
-            c.response = String::from_utf8_lossy(&bytes).into_owned();
-            // For the IAM evaluation of tests/iam.rs.
-            super::iam::dump(Arc::as_ptr(&up.shared) as usize, &up.base, c);
+        // For the IAM evaluation of tests/iam.rs (also when a test cleared the list meanwhile).
+        super::iam::dump(shared.id, &up.base, &call);
+        let cleared = shared.cleared;
+        if let Some(c) = index
+            .checked_sub(cleared)
+            .and_then(|i| shared.calls.get_mut(i))
+        {
+            *c = call;
         }
     }
     let mut out = Response::builder().status(status);
@@ -268,7 +279,11 @@ impl Recorder {
     /// Starts a proxy to `upstream` on a free loopback port, on the current runtime;
     /// it stops when the last clone is dropped.
     pub async fn start(upstream: &str) -> Recorder {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let shared = Arc::new(Mutex::new(Shared {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..Shared::default()
+        }));
         let state = Upstream {
             base: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -331,6 +346,8 @@ impl Recorder {
 
     /// Forgets the calls so far.
     pub fn clear(&self) {
-        self.shared.lock().unwrap().calls.clear();
+        let mut shared = self.shared.lock().unwrap();
+        shared.cleared += shared.calls.len();
+        shared.calls.clear();
     }
 }
