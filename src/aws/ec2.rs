@@ -128,7 +128,12 @@ pub async fn describe_subnets(
     {
         Ok(out) => out,
         Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => {
-            return Err(missing_subnet(ec2, ids, e.message().unwrap_or_default()).await)
+            let exists = |id: String| async move {
+                let one = ec2.describe_subnets().subnet_ids(id).send().await;
+                !one.is_err_and(|e| e.code() == Some("InvalidSubnetID.NotFound"))
+            };
+            let message = e.message().unwrap_or_default();
+            return Err(missing_id(ec2, ("spot.subnets", "subnet"), ids, message, exists).await);
         }
         Err(e) => return Err(AwsError::call("ec2:DescribeSubnets", e)),
     };
@@ -145,23 +150,31 @@ pub async fn describe_subnets(
     Ok(subnets)
 }
 
-/// Which configured subnet is missing, as `spot.subnets[i]`: one read per subnet, only
-/// on this error path (AWS's message may list several ids, and moto's names any).
-async fn missing_subnet(ec2: &aws_sdk_ec2::Client, ids: &[String], message: &str) -> AwsError {
+/// Which configured id is missing, as `{field}[i]`: `exists` reads one id (`false` for
+/// not found). One read per id, only on this error path (AWS's message may list several
+/// ids, and moto's names any). `what` is the kind of resource, for the fallback message.
+async fn missing_id<F, Fut>(
+    ec2: &aws_sdk_ec2::Client,
+    (field, what): (&str, &str),
+    ids: &[String],
+    message: &str,
+    exists: F,
+) -> AwsError
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let region = ec2
         .config()
         .region()
         .map_or("this region".to_owned(), ToString::to_string);
     for (i, id) in ids.iter().enumerate() {
-        let one = ec2.describe_subnets().subnet_ids(id).send().await;
-        if one.is_err_and(|e| e.code() == Some("InvalidSubnetID.NotFound")) {
-            return AwsError::Invalid(format!(
-                "spot.subnets[{i}]: {id} does not exist in {region}"
-            ));
+        if !exists(id.clone()).await {
+            return AwsError::Invalid(format!("{field}[{i}]: {id} does not exist in {region}"));
         }
     }
     AwsError::Invalid(format!(
-        "spot.subnets: a configured subnet does not exist in {region}: {message}"
+        "{field}: a configured {what} does not exist in {region}: {message}"
     ))
 }
 
@@ -195,7 +208,13 @@ pub async fn describe_security_groups(
     {
         Ok(out) => out,
         Err(e) if e.code() == Some("InvalidGroup.NotFound") => {
-            return Err(missing_security_group(ec2, ids, e.message().unwrap_or_default()).await)
+            let exists = |id: String| async move {
+                let one = ec2.describe_security_groups().group_ids(id).send().await;
+                !one.is_err_and(|e| e.code() == Some("InvalidGroup.NotFound"))
+            };
+            let message = e.message().unwrap_or_default();
+            let field = ("instance.security_groups", "security group");
+            return Err(missing_id(ec2, field, ids, message, exists).await);
         }
         Err(e) => return Err(AwsError::call("ec2:DescribeSecurityGroups", e)),
     };
@@ -209,30 +228,6 @@ pub async fn describe_security_groups(
         .collect();
     groups.sort_by_key(|g| ids.iter().position(|i| *i == g.id));
     Ok(groups)
-}
-
-/// Which configured security group is missing, as `instance.security_groups[i]`: one read
-/// per group, only on this error path (moto's message names every id it was given).
-async fn missing_security_group(
-    ec2: &aws_sdk_ec2::Client,
-    ids: &[String],
-    message: &str,
-) -> AwsError {
-    let region = ec2
-        .config()
-        .region()
-        .map_or("this region".to_owned(), ToString::to_string);
-    for (i, id) in ids.iter().enumerate() {
-        let one = ec2.describe_security_groups().group_ids(id).send().await;
-        if one.is_err_and(|e| e.code() == Some("InvalidGroup.NotFound")) {
-            return AwsError::Invalid(format!(
-                "instance.security_groups[{i}]: {id} does not exist in {region}"
-            ));
-        }
-    }
-    AwsError::Invalid(format!(
-        "instance.security_groups: a configured security group does not exist in {region}: {message}"
-    ))
 }
 
 /// The AMI, or an error naming `instance.ami`.
