@@ -637,7 +637,8 @@ pub fn plan_apply(
     let mut strays = stray_instances(
         observed,
         keep.copied(),
-        (target, config.spot.stray_grace_seconds),
+        target,
+        config.spot.stray_grace_seconds,
         &cancelled_now,
         &ended,
     );
@@ -800,7 +801,8 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
 fn stray_instances(
     observed: &Observed,
     keep: Option<&FleetState>,
-    (target, grace_seconds): (u32, u64),
+    target: u32,
+    grace_seconds: u64,
     cancelled_now: &[&String],
     already: &[String],
 ) -> Vec<String> {
