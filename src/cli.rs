@@ -396,7 +396,7 @@ async fn connect(config: &Config, stats: &CallStats) -> Result<Remote, CliError>
 fn region_offline(config: &Config) -> Result<String, CliError> {
     let (source, region) = match &config.region {
         Some(r) => ("region", r.clone()),
-        None => ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        None => crate::aws::REGION_ENV_VARS
             .into_iter()
             .find_map(|var| std::env::var(var).ok().map(|r| (var, r)))
             .ok_or(CliError::Aws(AwsError::NoRegion))?,

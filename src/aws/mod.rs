@@ -321,6 +321,10 @@ impl Aws {
     }
 }
 
+/// The environment variables the SDK reads a region from, in its order (aws-config's
+/// `EnvironmentVariableRegionProvider`).
+pub const REGION_ENV_VARS: [&str; 2] = ["AWS_REGION", "AWS_DEFAULT_REGION"];
+
 /// Where the SDK found `region`: the config's `region`, else its chain, which reads
 /// `AWS_REGION`, then `AWS_DEFAULT_REGION`, then the profile, then instance metadata
 /// (aws-config's `EnvironmentVariableRegionProvider` and default region chain).
@@ -332,7 +336,7 @@ pub fn region_source(
     if configured {
         return "region".to_owned();
     }
-    for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+    for var in REGION_ENV_VARS {
         if env(var).is_some_and(|v| v == region) {
             return var.to_owned();
         }
