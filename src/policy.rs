@@ -103,54 +103,29 @@ fn uuid(flag: &str, value: &str) -> Result<String, PolicyError> {
     })
 }
 
+/// Characters an ARN (or a region) may bring into a policy document.
+fn arn_safe(c: char) -> bool {
+    c.is_ascii_alphanumeric() || ":/-_+=,.@*".contains(c)
+}
+
 /// The placeholder values for `config` in `region`.
 pub fn values(
     config: &Config,
     region: &str,
     o: &Overrides,
 ) -> Result<BTreeMap<&'static str, String>, PolicyError> {
-    let arn_safe = |c: char| c.is_ascii_alphanumeric() || ":/-_+=,.@*".contains(c);
     let mut v = BTreeMap::new();
     v.insert("REGION", checked("region", region, arn_safe)?);
     v.insert("FLEET", config.name.clone());
-    let account = match &o.account_id {
-        Some(a) => Some(a.clone()),
-        None => config
-            .spot
-            .fleet_role
-            .strip_prefix("arn:aws:iam::")
-            .and_then(|r| r.split(':').next())
-            .map(str::to_owned),
-    };
-    if let Some(a) = account {
-        let a = checked("--account-id", &a, |c| c.is_ascii_digit())?;
-        if a.len() != 12 {
-            return Err(PolicyError::Invalid(format!(
-                "--account-id: {a:?} is not a 12-digit account id"
-            )));
-        }
+    if let Some(a) = account_id(config, o)? {
         v.insert("ACCOUNT_ID", a);
     }
     v.insert(
         "FLEET_ROLE_ARN",
         checked("spot.fleet_role", &config.spot.fleet_role, arn_safe)?,
     );
-    let key = match &o.kms_key_arn {
-        Some(k) => Some(k.clone()),
-        None if config.kms.key.starts_with("arn:") && config.kms.key.contains(":key/") => {
-            Some(config.kms.key.clone())
-        }
-        None => v
-            .get("ACCOUNT_ID")
-            .map(|a| format!("arn:aws:kms:{region}:{a}:key/*")),
-    };
-    if let Some(k) = key {
-        if !k.starts_with("arn:aws") {
-            return Err(PolicyError::Invalid(format!(
-                "--kms-key-arn: {k:?} is not a key ARN"
-            )));
-        }
-        v.insert("KMS_KEY_ARN", checked("--kms-key-arn", &k, arn_safe)?);
+    if let Some(k) = kms_key_arn(config, region, o, v.get("ACCOUNT_ID"))? {
+        v.insert("KMS_KEY_ARN", k);
     }
     let role = o.instance_role.clone().unwrap_or_else(|| {
         let p = &config.instance.instance_profile;
@@ -175,6 +150,54 @@ pub fn values(
         v.insert("REPOSITORY_UUID", uuid("--repository-uuid", u)?);
     }
     Ok(v)
+}
+
+/// `--account-id`, else the account of `spot.fleet_role` (when it has one).
+fn account_id(config: &Config, o: &Overrides) -> Result<Option<String>, PolicyError> {
+    let account = match &o.account_id {
+        Some(a) => Some(a.clone()),
+        None => config
+            .spot
+            .fleet_role
+            .strip_prefix("arn:aws:iam::")
+            .and_then(|r| r.split(':').next())
+            .map(str::to_owned),
+    };
+    let Some(a) = account else {
+        return Ok(None);
+    };
+    let a = checked("--account-id", &a, |c| c.is_ascii_digit())?;
+    if a.len() != 12 {
+        return Err(PolicyError::Invalid(format!(
+            "--account-id: {a:?} is not a 12-digit account id"
+        )));
+    }
+    Ok(Some(a))
+}
+
+/// `--kms-key-arn`, else `kms.key` when it is a key ARN, else every key of `account`.
+fn kms_key_arn(
+    config: &Config,
+    region: &str,
+    o: &Overrides,
+    account: Option<&String>,
+) -> Result<Option<String>, PolicyError> {
+    let key = match &o.kms_key_arn {
+        Some(k) => Some(k.clone()),
+        None if config.kms.key.starts_with("arn:") && config.kms.key.contains(":key/") => {
+            Some(config.kms.key.clone())
+        }
+        None => account.map(|a| format!("arn:aws:kms:{region}:{a}:key/*")),
+    };
+    let Some(k) = key else {
+        return Ok(None);
+    };
+    if !k.starts_with("arn:aws") {
+        return Err(PolicyError::Invalid(format!(
+            "--kms-key-arn: {k:?} is not a key ARN"
+        )));
+    }
+    checked("--kms-key-arn", &k, arn_safe).map(Some)
 }
 
 /// Replaces every `${NAME}` placeholder (IAM's own `${ec2:...}` variables stay).

@@ -1,3 +1,4 @@
+use super::checks::{arch_of_family, REGION_PREFIXES, REGION_WORD_MAX};
 use super::*;
 
 pub(crate) const GOOD: &str = r#"

@@ -1,0 +1,124 @@
+//! The config as written: the TOML shape serde reads, before validation.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) name: String,
+    pub(super) region: Option<String>,
+    pub(super) bitbucket: RawBitbucket,
+    pub(super) capacity: RawCapacity,
+    pub(super) spot: RawSpot,
+    pub(super) instance: RawInstance,
+    #[serde(default)]
+    pub(super) kms: RawKms,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBitbucket {
+    pub(super) workspace: String,
+    pub(super) repository: Option<String>,
+    #[serde(default)]
+    pub(super) labels: Vec<String>,
+    pub(super) runner_image: Option<String>,
+    pub(super) api_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCapacity {
+    pub(super) default: u32,
+    pub(super) max: u32,
+    #[serde(default)]
+    pub(super) schedule: Vec<RawWindow>,
+    pub(super) autoscale: Option<RawAutoscale>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWindow {
+    pub(super) days: String,
+    pub(super) hours: String,
+    pub(super) timezone: String,
+    pub(super) capacity: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAutoscale {
+    pub(super) min: u32,
+    pub(super) max: Option<u32>,
+    #[serde(default = "default_up_threshold")]
+    pub(super) scale_up_threshold: f64,
+    #[serde(default = "default_down_threshold")]
+    pub(super) scale_down_threshold: f64,
+    #[serde(default = "default_up_multiplier")]
+    pub(super) scale_up_multiplier: f64,
+    #[serde(default = "default_down_multiplier")]
+    pub(super) scale_down_multiplier: f64,
+    #[serde(default = "default_cooldown")]
+    pub(super) cooldown_seconds: u64,
+}
+
+fn default_up_threshold() -> f64 {
+    0.8
+}
+fn default_down_threshold() -> f64 {
+    0.2
+}
+fn default_up_multiplier() -> f64 {
+    1.5
+}
+fn default_down_multiplier() -> f64 {
+    0.5
+}
+fn default_cooldown() -> u64 {
+    300
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpot {
+    pub(super) instance_types: Vec<String>,
+    pub(super) subnets: Vec<String>,
+    pub(super) allocation_strategy: Option<String>,
+    pub(super) fleet_role: String,
+    #[serde(default = "default_stray_grace")]
+    pub(super) stray_grace_seconds: u64,
+}
+
+/// A fleet-tagged instance that no request lists and whose launch tag names no request
+/// is a stray only after this long: DescribeSpotFleetInstances "might be out of date".
+fn default_stray_grace() -> u64 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInstance {
+    #[serde(default = "default_os")]
+    pub(super) os: String,
+    pub(super) ami: Option<String>,
+    pub(super) instance_profile: String,
+    #[serde(default)]
+    pub(super) security_groups: Vec<String>,
+    #[serde(default = "default_root_volume")]
+    pub(super) root_volume_gb: u32,
+    #[serde(default)]
+    pub(super) swap_gb: u32,
+}
+
+fn default_os() -> String {
+    "al2023".to_owned()
+}
+fn default_root_volume() -> u32 {
+    50
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKms {
+    pub(super) key: Option<String>,
+}

@@ -1,0 +1,466 @@
+//! Validation: the raw config, section by section, into a `Config`; every problem is
+//! collected as a `FieldError` that names its field.
+
+use std::collections::BTreeSet;
+
+use super::checks::{
+    arch_of_family, check_api_url, check_kms_key, check_region, default_ami_parameter, is_aws_id,
+    is_fleet_name, is_instance_profile, is_instance_type, is_role_arn, is_slug_or_uuid, parse_ami,
+};
+use super::raw::{
+    RawAutoscale, RawBitbucket, RawCapacity, RawConfig, RawInstance, RawKms, RawSpot, RawWindow,
+};
+use super::schedule::{parse_days, parse_hours, parse_timezone, ScheduleWindow};
+use super::{
+    family, AllocationStrategy, AmiRef, Arch, AutoscaleConfig, BitbucketConfig, CapacityConfig,
+    Config, FieldError, InstanceConfig, KmsConfig, Os, SpotConfig, BITBUCKET_RUNNER_LIMIT,
+    DEFAULT_RUNNER_IMAGE, MAX_POOLS,
+};
+use crate::names;
+
+/// Validates `raw`: the config, or every problem found.
+pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut v = Validator::default();
+    match v.config(raw) {
+        Some(c) if v.errors.is_empty() => Ok(c),
+        _ => Err(v.errors),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn check(&mut self, ok: bool, field: impl Into<String>, message: impl Into<String>) {
+        if !ok {
+            self.err(field, message);
+        }
+    }
+
+    /// Records the message of a failed value check.
+    fn check_value(&mut self, field: &str, checked: Result<(), String>) {
+        if let Err(message) = checked {
+            self.err(field, message);
+        }
+    }
+
+    /// Each of `items` (field `{field}[i]`) must be `valid` (else `invalid` says what it
+    /// is not) and listed once.
+    fn each_once(
+        &mut self,
+        field: &str,
+        items: &[String],
+        valid: impl Fn(&str) -> bool,
+        invalid: impl Fn(&str) -> String,
+    ) {
+        let mut seen = BTreeSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            if !valid(item) {
+                self.err(field, invalid(item));
+            } else if !seen.insert(item.as_str()) {
+                self.err(field, format!("{item:?} is listed twice"));
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        self.check(
+            is_fleet_name(&raw.name),
+            "name",
+            format!(
+                "{:?} is not a valid fleet name: use 1-24 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
+                raw.name
+            ),
+        );
+        if let Some(region) = &raw.region {
+            self.check_value("region", check_region(region));
+        }
+        let instance_types = self.instance_types(&raw.spot.instance_types);
+        let arch = self.arch(&instance_types);
+        let bitbucket = self.bitbucket(raw.bitbucket, arch);
+        let capacity = self.capacity(raw.capacity);
+        let spot = self.spot(raw.spot, instance_types);
+        let instance = self.instance(raw.instance, arch);
+        let kms = self.kms(raw.kms, &raw.name);
+        Some(Config {
+            name: raw.name,
+            region: raw.region,
+            bitbucket,
+            capacity: capacity?,
+            spot: spot?,
+            instance: instance?,
+            kms,
+        })
+    }
+
+    fn bitbucket(&mut self, raw: RawBitbucket, arch: Arch) -> BitbucketConfig {
+        self.check(
+            is_slug_or_uuid(&raw.workspace),
+            "bitbucket.workspace",
+            format!("{:?} is not a workspace slug or {{uuid}}", raw.workspace),
+        );
+        if let Some(repo) = &raw.repository {
+            self.check(
+                is_slug_or_uuid(repo),
+                "bitbucket.repository",
+                format!("{repo:?} is not a repository slug or {{uuid}}"),
+            );
+        }
+        let labels = self.labels(&raw.labels, arch);
+        let runner_image = self.runner_image(raw.runner_image);
+        if let Some(url) = &raw.api_url {
+            self.check_value("bitbucket.api_url", check_api_url(url));
+        }
+        BitbucketConfig {
+            workspace: raw.workspace,
+            repository: raw.repository,
+            labels,
+            runner_image,
+            api_url: raw.api_url,
+        }
+    }
+
+    /// The runner labels: `self.hosted` and the platform label first, then the custom ones.
+    fn labels(&mut self, raw: &[String], arch: Arch) -> Vec<String> {
+        let platform = arch.platform_label();
+        let mut labels = vec!["self.hosted".to_owned(), platform.to_owned()];
+        let mut custom = 0;
+        for (i, label) in raw.iter().enumerate() {
+            let field = format!("bitbucket.labels[{i}]");
+            if label.is_empty()
+                || !label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
+            {
+                self.err(
+                    field,
+                    format!("{label:?}: labels may hold only lowercase letters, digits and dots"),
+                );
+                continue;
+            }
+            let other_platform = ["linux", "linux.arm64", "linux.shell", "windows", "macos"];
+            if label != platform && other_platform.contains(&label.as_str()) {
+                self.err(
+                    field,
+                    format!("{label:?} is another platform's label; these instances are {arch:?} Linux Docker runners, labelled {platform:?}"),
+                );
+                continue;
+            }
+            if labels.contains(label) {
+                // The mandatory labels may be written out; a custom one twice is a typo.
+                if labels[..2].contains(label) {
+                    continue;
+                }
+                self.err(field, format!("{label:?} is listed twice"));
+                continue;
+            }
+            custom += 1;
+            labels.push(label.clone());
+        }
+        self.check(
+            custom <= 10,
+            "bitbucket.labels",
+            format!("{custom} custom labels; Bitbucket allows at most 10 besides self.hosted and the platform label"),
+        );
+        labels
+    }
+
+    fn runner_image(&mut self, raw: Option<String>) -> String {
+        let runner_image = raw.unwrap_or_else(|| DEFAULT_RUNNER_IMAGE.to_owned());
+        self.check(
+            !runner_image.is_empty()
+                && runner_image
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'\'' && b != b'"'),
+            "bitbucket.runner_image",
+            format!("{runner_image:?} is not a container image reference"),
+        );
+        runner_image
+    }
+
+    fn capacity(&mut self, raw: RawCapacity) -> Option<CapacityConfig> {
+        let max = raw.max;
+        self.check(
+            (1..=BITBUCKET_RUNNER_LIMIT).contains(&max),
+            "capacity.max",
+            format!("{max} is out of range: 1 to {BITBUCKET_RUNNER_LIMIT} (Bitbucket allows 100 runners per workspace or repository)"),
+        );
+        self.check(
+            raw.default <= max,
+            "capacity.default",
+            format!("{} is above capacity.max ({max})", raw.default),
+        );
+        let mut schedule = Vec::new();
+        for (i, w) in raw.schedule.into_iter().enumerate() {
+            if let Some(window) = self.window(i, w, max) {
+                schedule.push(window);
+            }
+        }
+        let autoscale = raw.autoscale.map(|a| self.autoscale(a, max));
+        Some(CapacityConfig {
+            default: raw.default,
+            max,
+            schedule,
+            autoscale,
+        })
+    }
+
+    fn autoscale(&mut self, a: RawAutoscale, max: u32) -> AutoscaleConfig {
+        let amax = a.max.unwrap_or(max);
+        self.check(
+            amax <= max,
+            "capacity.autoscale.max",
+            format!("{amax} is above capacity.max ({max})"),
+        );
+        self.check(
+            a.min <= amax,
+            "capacity.autoscale.min",
+            format!("{} is above the autoscale max ({amax})", a.min),
+        );
+        for (name, value) in [
+            ("scale_up_threshold", a.scale_up_threshold),
+            ("scale_down_threshold", a.scale_down_threshold),
+        ] {
+            self.check(
+                (0.0..=1.0).contains(&value),
+                format!("capacity.autoscale.{name}"),
+                format!("{value} is not a ratio between 0 and 1"),
+            );
+        }
+        self.check(
+            a.scale_down_threshold < a.scale_up_threshold,
+            "capacity.autoscale.scale_down_threshold",
+            "must be below scale_up_threshold",
+        );
+        self.check(
+            a.scale_up_multiplier > 1.0 && a.scale_up_multiplier <= 10.0,
+            "capacity.autoscale.scale_up_multiplier",
+            format!(
+                "{} is out of range: above 1, at most 10",
+                a.scale_up_multiplier
+            ),
+        );
+        self.check(
+            a.scale_down_multiplier > 0.0 && a.scale_down_multiplier < 1.0,
+            "capacity.autoscale.scale_down_multiplier",
+            format!(
+                "{} is out of range: above 0, below 1",
+                a.scale_down_multiplier
+            ),
+        );
+        AutoscaleConfig {
+            min: a.min,
+            max: amax,
+            scale_up_threshold: a.scale_up_threshold,
+            scale_down_threshold: a.scale_down_threshold,
+            scale_up_multiplier: a.scale_up_multiplier,
+            scale_down_multiplier: a.scale_down_multiplier,
+            cooldown_seconds: a.cooldown_seconds,
+        }
+    }
+
+    fn window(&mut self, i: usize, w: RawWindow, max: u32) -> Option<ScheduleWindow> {
+        let field = |k: &str| format!("capacity.schedule[{i}].{k}");
+        let day_set = parse_days(&w.days)
+            .map_err(|m| self.err(field("days"), m))
+            .ok();
+        let hours = parse_hours(&w.hours)
+            .map_err(|m| self.err(field("hours"), m))
+            .ok();
+        let tz = parse_timezone(&w.timezone)
+            .map_err(|m| self.err(field("timezone"), m))
+            .ok();
+        self.check(
+            w.capacity <= max,
+            field("capacity"),
+            format!("{} is above capacity.max ({max})", w.capacity),
+        );
+        let hours = hours?;
+        Some(ScheduleWindow::new(w, day_set?, hours, tz?))
+    }
+
+    fn instance_types(&mut self, types: &[String]) -> Vec<String> {
+        self.each_once("spot.instance_types", types, is_instance_type, |t| {
+            format!("{t:?} is not an EC2 instance type (e.g. m6i.large)")
+        });
+        let families: BTreeSet<&str> = types.iter().map(|t| family(t)).collect();
+        self.check(
+            families.len() >= 2,
+            "spot.instance_types",
+            format!(
+                "the fleet spans {} instance famil{} ({}); list types from at least 2 families so one family's spot shortage cannot empty the fleet",
+                families.len(),
+                if families.len() == 1 { "y" } else { "ies" },
+                families.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+        );
+        types.to_vec()
+    }
+
+    fn arch(&mut self, types: &[String]) -> Arch {
+        let arches: BTreeSet<_> = types
+            .iter()
+            .map(|t| arch_of_family(family(t)) as u8)
+            .collect();
+        if arches.len() > 1 {
+            self.err(
+                "spot.instance_types",
+                "mixes x86_64 and arm64 (Graviton) types; one launch template has one AMI, so use one architecture",
+            );
+        }
+        types
+            .first()
+            .map_or(Arch::X86_64, |t| arch_of_family(family(t)))
+    }
+
+    fn spot(&mut self, raw: RawSpot, instance_types: Vec<String>) -> Option<SpotConfig> {
+        self.each_once(
+            "spot.subnets",
+            &raw.subnets,
+            |s| is_aws_id(s, "subnet-"),
+            |s| format!("{s:?} is not a subnet id (subnet-0123abcd...)"),
+        );
+        self.check(
+            raw.subnets.len() >= 2,
+            "spot.subnets",
+            format!(
+                "{} subnet(s); list subnets in at least 2 availability zones so one zone's spot shortage cannot empty the fleet",
+                raw.subnets.len()
+            ),
+        );
+        let pools = instance_types.len() * raw.subnets.len();
+        self.check(
+            pools <= MAX_POOLS,
+            "spot",
+            format!("{pools} capacity pools (instance types x subnets); Spot Fleet allows at most {MAX_POOLS}"),
+        );
+        let allocation_strategy = self.allocation_strategy(raw.allocation_strategy.as_deref());
+        self.check(
+            is_role_arn(&raw.fleet_role),
+            "spot.fleet_role",
+            format!(
+                "{:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
+                raw.fleet_role
+            ),
+        );
+        Some(SpotConfig {
+            instance_types,
+            subnets: raw.subnets,
+            allocation_strategy: allocation_strategy?,
+            fleet_role: raw.fleet_role,
+            stray_grace_seconds: raw.stray_grace_seconds,
+        })
+    }
+
+    fn allocation_strategy(&mut self, raw: Option<&str>) -> Option<AllocationStrategy> {
+        let Some(s) = raw else {
+            return Some(AllocationStrategy::Diversified);
+        };
+        let found = AllocationStrategy::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, v)| *v);
+        if found.is_none() {
+            self.err(
+                "spot.allocation_strategy",
+                format!(
+                    "{s:?} is not one of {}",
+                    AllocationStrategy::ALL
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    fn instance(&mut self, raw: RawInstance, arch: Arch) -> Option<InstanceConfig> {
+        let os = self.os(&raw.os);
+        let ami = self.ami(raw.ami, os, arch);
+        self.check(
+            is_instance_profile(&raw.instance_profile),
+            "instance.instance_profile",
+            format!(
+                "{:?} is not an instance profile name or ARN",
+                raw.instance_profile
+            ),
+        );
+        self.each_once(
+            "instance.security_groups",
+            &raw.security_groups,
+            |sg| is_aws_id(sg, "sg-"),
+            |sg| format!("{sg:?} is not a security group id (sg-0123abcd...)"),
+        );
+        self.check(
+            (8..=16384).contains(&raw.root_volume_gb),
+            "instance.root_volume_gb",
+            format!("{} is out of range: 8 to 16384", raw.root_volume_gb),
+        );
+        self.check(
+            raw.swap_gb <= 64 && raw.swap_gb < raw.root_volume_gb / 2,
+            "instance.swap_gb",
+            format!(
+                "{} is out of range: 0 to 64 and less than half of root_volume_gb",
+                raw.swap_gb
+            ),
+        );
+        Some(InstanceConfig {
+            os: os?,
+            arch,
+            ami: ami?,
+            instance_profile: raw.instance_profile,
+            security_groups: raw.security_groups,
+            root_volume_gb: raw.root_volume_gb,
+            swap_gb: raw.swap_gb,
+        })
+    }
+
+    fn os(&mut self, raw: &str) -> Option<Os> {
+        match raw {
+            "al2023" => Some(Os::Al2023),
+            "ubuntu" => Some(Os::Ubuntu),
+            other => {
+                self.err(
+                    "instance.os",
+                    format!("{other:?} is not one of al2023, ubuntu"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The configured AMI, else the OS's default SSM parameter for `arch`.
+    fn ami(&mut self, raw: Option<String>, os: Option<Os>, arch: Arch) -> Option<AmiRef> {
+        match raw {
+            Some(a) => {
+                let parsed = parse_ami(&a);
+                if parsed.is_none() {
+                    self.err(
+                        "instance.ami",
+                        format!("{a:?} is neither an AMI id (ami-...) nor an SSM parameter (ssm:/path or resolve:ssm:/path)"),
+                    );
+                }
+                parsed
+            }
+            None => os.map(|os| AmiRef::Ssm(default_ami_parameter(os, arch))),
+        }
+    }
+
+    fn kms(&mut self, raw: RawKms, fleet: &str) -> KmsConfig {
+        let key = raw.key.unwrap_or_else(|| names::default_key_alias(fleet));
+        self.check_value("kms.key", check_kms_key(&key));
+        KmsConfig { key }
+    }
+}
