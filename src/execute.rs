@@ -13,7 +13,7 @@ use crate::aws::{ec2, kms, ssm, Aws, AwsError};
 use crate::bitbucket::{Bitbucket, BitbucketError};
 use crate::config::Config;
 use crate::observe::{scope, Observed};
-use crate::plan::{Action, Desired, Plan};
+use crate::plan::{Action, Batch, Desired, Plan};
 use crate::runner_command::RunnerCommand;
 
 /// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound):
@@ -75,21 +75,6 @@ struct State {
     launch_template: Option<(String, i64)>,
 }
 
-fn same_batch(a: &Action, b: &Action) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
-        && matches!(
-            a,
-            Action::CreateRunner { .. }
-                | Action::DeleteRunner { .. }
-                | Action::DeleteOrphanRunner { .. }
-                | Action::DeleteParameter { .. }
-                | Action::DeleteOrphanParameter { .. }
-                | Action::ReleaseClaim { .. }
-                | Action::RekeyParameter { .. }
-                | Action::UpdateRunner { .. }
-        )
-}
-
 fn label(a: &Action) -> String {
     let (kind, name, _) = a.describe();
     format!("{} {name}", kind.replace('_', " "))
@@ -104,7 +89,7 @@ impl Executor<'_> {
     ) -> Result<usize, ExecuteError> {
         let state = Mutex::new(State {
             key_arn: match &self.observed.key {
-                Some(kms::KeyStatus::Usable { arn }) => Some(arn.clone()),
+                Some(crate::world::KeyStatus::Usable { arn }) => Some(arn.clone()),
                 _ => None,
             },
             launch_template: self
@@ -118,15 +103,13 @@ impl Executor<'_> {
         let mut i = 0;
         while i < total {
             let mut j = i + 1;
-            while j < total && same_batch(&plan.actions[i], &plan.actions[j]) {
+            while j < total && plan.actions[i].batches_with(&plan.actions[j]) {
                 j += 1;
             }
             let batch = &plan.actions[i..j];
             let stop = AtomicBool::new(false);
             let results: Vec<(usize, Result<String, ActionError>)> =
-                if let Action::DeleteParameter { .. } | Action::DeleteOrphanParameter { .. } =
-                    batch[0]
-                {
+                if batch[0].traits().batch == Batch::DeleteParameters {
                     // One call per ten names rather than one per parameter.
                     let names: Vec<String> = batch
                         .iter()

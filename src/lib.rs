@@ -17,3 +17,4 @@ pub mod runner_command;
 pub mod stats;
 pub mod status;
 pub mod userdata;
+pub mod world;

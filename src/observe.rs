@@ -1,55 +1,16 @@
 //! Reads the world (Bitbucket, SSM, KMS, EC2) into one `Observed` value. Read-only.
 
-use serde::Serialize;
-
-use crate::aws::ec2::{
-    self, ImageInfo, InstanceInfo, LaunchTemplateState, SecurityGroupInfo, SubnetInfo,
-};
-use crate::aws::fleet::{FleetApi, FleetState};
-use crate::aws::kms::{self, KeyStatus};
-use crate::aws::ssm::{self, Claim, RunnerParameter};
+use crate::aws::ec2::{self, ImageInfo};
+use crate::aws::fleet::FleetApi;
+use crate::aws::kms;
+use crate::aws::ssm;
 use crate::aws::{Aws, AwsError};
-use crate::bitbucket::{Bitbucket, BitbucketError, Runner, Scope};
+use crate::bitbucket::{Bitbucket, BitbucketError, Scope};
 use crate::config::{AmiRef, Config};
 use crate::names;
+use crate::world::Runner;
 
-/// Everything bbfleet found of the fleet.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Observed {
-    /// `workspace acme` or `repository acme/app`.
-    pub scope_name: String,
-    /// Workspace `{uuid}` (the runner's ACCOUNT_UUID).
-    pub account_uuid: String,
-    /// Repository `{uuid}`, for repository runners.
-    pub repository_uuid: Option<String>,
-    /// All runners in the scope, the fleet's and others'.
-    pub scope_runner_count: usize,
-    /// The fleet's runners (named `bbfleet-{fleet}-{n}`).
-    pub runners: Vec<Runner>,
-    /// Stored runner commands.
-    pub parameters: Vec<RunnerParameter>,
-    /// Claim generations.
-    pub claims: Vec<Claim>,
-    /// The configured key (`None` when not looked at).
-    pub key: Option<KeyStatus>,
-    /// Configured subnets with their zones (plan/apply only).
-    pub subnets: Vec<SubnetInfo>,
-    /// Configured security groups with their VPCs (plan/apply only; none read when none
-    /// are configured).
-    pub security_groups: Vec<SecurityGroupInfo>,
-    /// The resolved AMI (plan/apply only).
-    pub image: Option<ImageInfo>,
-    /// The launch template.
-    pub launch_template: Option<LaunchTemplateState>,
-    /// Fleet requests tagged with the fleet.
-    pub fleets: Vec<FleetState>,
-    /// Instances tagged with the fleet, not terminated.
-    pub instances: Vec<InstanceInfo>,
-    /// The autoscaler's state parameter, if it exists (not read for apply).
-    pub autoscale_state: Option<String>,
-    /// When the reading began: instance ages are judged against it.
-    pub observed_at: jiff::Timestamp,
-}
+pub use crate::world::Observed;
 
 /// Reading the world failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +110,9 @@ pub async fn observe(
     ) = tokio::try_join!(bb, aws_existing, aws_desired)?;
     let scope_runner_count = all_runners.len();
     let mut runners: Vec<Runner> = all_runners
-        .into_iter()
+        .iter()
         .filter(|r| names::runner_slot(fleet, &r.name).is_some())
+        .map(Runner::from)
         .collect();
     runners.sort_by_key(|r| names::runner_slot(fleet, &r.name));
     Ok(Observed {

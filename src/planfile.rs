@@ -2,17 +2,17 @@
 //! were made from; `apply FILE` runs them only if a fresh look at the world gives the same
 //! fingerprint. The file holds names, ids and the rendered userdata, never a secret.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::aws::ec2::hex;
 use crate::config::{Capacity, Config};
-use crate::observe::Observed;
 use crate::plan::{self, Action, Desired, Plan, PlanOptions};
+use crate::world::{hex, Observed};
+
+pub use crate::world::WorldFingerprint;
 
 /// The `format` field of every plan file.
 pub const FORMAT: &str = "bbfleet-plan";
@@ -52,16 +52,6 @@ pub struct SavedPlan {
     pub observed: WorldFingerprint,
     /// sha256 of the document with this field empty: catches edits and truncation.
     pub checksum: String,
-}
-
-/// A digest of the parts of the world a plan depends on, part by part.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorldFingerprint {
-    /// sha256 over all parts.
-    pub sha256: String,
-    /// sha256 of each part's canonical (sorted) projection, by part name.
-    pub parts: BTreeMap<String, String>,
 }
 
 /// A plan file cannot be written, read or used.
@@ -150,140 +140,9 @@ fn sha256_json<T: Serialize + ?Sized>(value: &T) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
-    v.sort();
-    v
-}
-
-/// Part names as users read them, in the order they are reported.
-const PARTS: [(&str, &str); 10] = [
-    (
-        "scope",
-        "the Bitbucket scope (workspace, repository, runner count)",
-    ),
-    ("runners", "runners"),
-    ("parameters", "stored runner commands"),
-    ("claims", "claims"),
-    ("key", "the KMS key"),
-    ("subnets", "subnets"),
-    ("image", "the AMI"),
-    ("launch_template", "the launch template"),
-    ("fleets", "fleet requests"),
-    ("instances", "instances"),
-];
-
-/// The fingerprint of what a plan depends on. Every list is sorted, so observing an
-/// unchanged world again gives the same digest whatever order the APIs answered in.
+/// The fingerprint of what a plan depends on (see [`WorldFingerprint::of`]).
 pub fn world_fingerprint(observed: &Observed) -> WorldFingerprint {
-    use serde_json::json;
-    let o = observed;
-    let runners = sorted(
-        o.runners
-            .iter()
-            .map(|r| {
-                (
-                    r.uuid.clone(),
-                    r.name.clone(),
-                    sorted(r.labels.clone()),
-                    r.status().to_owned(),
-                    r.is_busy(),
-                )
-            })
-            .collect(),
-    );
-    let parameters = sorted(
-        o.parameters
-            .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    p.runner_uuid.clone(),
-                    p.kind.clone(),
-                    p.key_id.clone(),
-                )
-            })
-            .collect(),
-    );
-    let claims = sorted(
-        o.claims
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    c.runner_uuid.clone(),
-                    c.generation,
-                    c.value.clone(),
-                )
-            })
-            .collect(),
-    );
-    let subnets = sorted(
-        o.subnets
-            .iter()
-            .map(|s| (s.id.clone(), s.az.clone(), s.vpc.clone()))
-            .collect(),
-    );
-    let fleets = sorted(
-        o.fleets
-            .iter()
-            .map(|f| {
-                (
-                    f.id.clone(),
-                    f.state.clone(),
-                    f.target,
-                    f.fingerprint.clone(),
-                    sorted(f.instance_ids.clone()),
-                )
-            })
-            .collect(),
-    );
-    let instances = sorted(
-        o.instances
-            .iter()
-            .map(|i| (i.id.clone(), i.state.clone()))
-            .collect(),
-    );
-    let values = [
-        json!([
-            o.scope_name,
-            o.account_uuid,
-            o.repository_uuid,
-            o.scope_runner_count
-        ]),
-        json!(runners),
-        json!(parameters),
-        json!(claims),
-        json!(o.key),
-        json!(subnets),
-        json!(o.image),
-        json!(o.launch_template),
-        json!(fleets),
-        json!(instances),
-    ];
-    let parts: BTreeMap<String, String> = PARTS
-        .iter()
-        .zip(values.iter())
-        .map(|((name, _), v)| ((*name).to_owned(), sha256_json(v)))
-        .collect();
-    WorldFingerprint {
-        sha256: sha256_json(&parts),
-        parts,
-    }
-}
-
-impl WorldFingerprint {
-    /// The parts that differ from `now`, named for people.
-    pub fn changed(&self, now: &WorldFingerprint) -> Vec<String> {
-        let mut changed: Vec<String> = PARTS
-            .iter()
-            .filter(|(name, _)| self.parts.get(*name) != now.parts.get(*name))
-            .map(|(_, label)| (*label).to_owned())
-            .collect();
-        if changed.is_empty() && self.sha256 != now.sha256 {
-            changed.push("the world".to_owned());
-        }
-        changed
-    }
+    WorldFingerprint::of(observed)
 }
 
 impl SavedPlan {
@@ -476,14 +335,16 @@ impl SavedPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::fleet::FleetState;
-    use crate::bitbucket::Runner;
+    use crate::world::{FleetPhase, FleetState, Runner, RunnerStatus};
 
     fn runner(uuid: &str, name: &str, labels: &[&str]) -> Runner {
-        serde_json::from_value(serde_json::json!({
-            "uuid": uuid, "name": name, "labels": labels, "state": {"status": "ONLINE"}
-        }))
-        .unwrap()
+        Runner {
+            uuid: uuid.into(),
+            name: name.into(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            status: RunnerStatus::Online,
+            busy: false,
+        }
     }
 
     fn world() -> Observed {
@@ -497,7 +358,7 @@ mod tests {
             ],
             fleets: vec![FleetState {
                 id: "sfr-1".into(),
-                state: "active".into(),
+                state: FleetPhase::Active,
                 target: 2,
                 fingerprint: Some("f".into()),
                 instance_ids: vec!["i-2".into(), "i-1".into()],
@@ -508,7 +369,7 @@ mod tests {
 
     /// A fresh account: the key exists, nothing else of the fleet.
     fn fresh() -> (Config, Observed) {
-        use crate::aws::ec2::{ImageInfo, SubnetInfo};
+        use crate::world::{ImageInfo, SubnetInfo};
         let config = Config::parse(crate::config::tests::GOOD, "t").unwrap();
         let subnet = |id: &str, az: &str| SubnetInfo {
             id: id.into(),
@@ -518,7 +379,7 @@ mod tests {
         let observed = Observed {
             scope_name: "workspace acme".into(),
             account_uuid: "{a}".into(),
-            key: Some(crate::aws::kms::KeyStatus::Usable { arn: "k".into() }),
+            key: Some(crate::world::KeyStatus::Usable { arn: "k".into() }),
             subnets: vec![
                 subnet("subnet-0123abcd", "us-east-1a"),
                 subnet("subnet-0123abce", "us-east-1b"),
@@ -625,7 +486,7 @@ mod tests {
         assert_eq!(world_fingerprint(&a), world_fingerprint(&b));
 
         let mut c = world();
-        c.runners[1].state.step = Some(serde_json::json!({"uuid": "{s}"}));
+        c.runners[1].busy = true;
         c.fleets[0].target = 3;
         let (fa, fc) = (world_fingerprint(&a), world_fingerprint(&c));
         assert_ne!(fa.sha256, fc.sha256);

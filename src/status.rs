@@ -5,8 +5,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::names::bare_uuid;
-use crate::observe::Observed;
 use crate::plan::newest_claims;
+use crate::world::{Observed, RunnerLoad};
 
 /// One runner's row.
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +44,7 @@ pub struct StatusView {
     /// Runners.
     pub runners: Vec<RunnerRow>,
     /// Instances.
-    pub instances: Vec<crate::aws::ec2::InstanceInfo>,
+    pub instances: Vec<crate::world::InstanceInfo>,
     /// The live fleet request (the first, if several).
     pub fleet_request: Option<FleetRow>,
     /// Parameters with no runner.
@@ -65,21 +65,17 @@ impl StatusView {
                 RunnerRow {
                     uuid: r.uuid.clone(),
                     name: r.name.clone(),
-                    status: r.status().to_owned(),
-                    busy: r.is_busy(),
+                    status: r.status.to_string(),
+                    busy: r.busy,
                     claimed_by: claims
                         .get(uuid.as_str())
-                        .filter(|c| c.value != "free")
-                        .map(|c| c.value.clone()),
+                        .and_then(|c| c.holder.instance())
+                        .map(str::to_owned),
                     parameter: observed.parameters.iter().any(|p| p.runner_uuid == uuid),
                 }
             })
             .collect();
-        let online = runners.iter().filter(|r| r.status == "ONLINE").count();
-        let busy = runners
-            .iter()
-            .filter(|r| r.status == "ONLINE" && r.busy)
-            .count();
+        let load = RunnerLoad::of(&observed.runners);
         StatusView {
             fleet: fleet.to_owned(),
             orphan_parameters: observed
@@ -96,10 +92,10 @@ impl StatusView {
                 .find(|f| f.is_live())
                 .map(|f| FleetRow {
                     id: f.id.clone(),
-                    state: f.state.clone(),
+                    state: f.state.to_string(),
                     target: f.target,
                 }),
-            busy_ratio: (online > 0).then(|| busy as f64 / online as f64),
+            busy_ratio: load.busy_ratio(),
         }
     }
 }

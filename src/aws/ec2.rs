@@ -8,8 +8,6 @@ use aws_sdk_ec2::types::{
     LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
     TagSpecification, VolumeType,
 };
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::AwsError;
 use crate::names::FLEET_TAG;
@@ -17,100 +15,10 @@ use crate::names::FLEET_TAG;
 /// Prefix of the launch template version description that carries its fingerprint.
 const FINGERPRINT_PREFIX: &str = "bbfleet:sha256=";
 
-/// A subnet and where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SubnetInfo {
-    /// `subnet-...`.
-    pub id: String,
-    /// Availability zone name.
-    pub az: String,
-    /// VPC.
-    pub vpc: String,
-}
-
-/// An AMI's facts the launch template needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageInfo {
-    /// `ami-...`.
-    pub id: String,
-    /// Root device name (`/dev/xvda` on AL2023, `/dev/sda1` on Ubuntu).
-    pub root_device: String,
-    /// `x86_64` or `arm64`.
-    pub architecture: String,
-}
-
-/// What bbfleet wants the launch template's newest version to be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct LaunchTemplateSpec {
-    /// `bbfleet-{fleet}`.
-    pub name: String,
-    /// Fleet name (tags).
-    pub fleet: String,
-    /// AMI.
-    pub image_id: String,
-    /// Root device of the AMI.
-    pub root_device: String,
-    /// Root volume size.
-    pub root_volume_gb: u32,
-    /// Instance profile name or ARN.
-    pub instance_profile: String,
-    /// Security groups.
-    pub security_groups: Vec<String>,
-    /// Userdata script, plain text (holds no secret).
-    pub userdata: String,
-}
-
-impl LaunchTemplateSpec {
-    /// A short, stable digest of everything in the spec.
-    pub fn fingerprint(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        hex16(&Sha256::digest(json))
-    }
-}
-
-/// First 16 hex digits of a digest.
-pub fn hex16(digest: &[u8]) -> String {
-    hex(&digest[..digest.len().min(8)])
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The launch template as found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LaunchTemplateState {
-    /// `lt-...`.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Newest version number.
-    pub latest_version: i64,
-    /// Fingerprint of the newest version, if bbfleet wrote it.
-    pub fingerprint: Option<String>,
-}
-
-/// An instance of the fleet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceInfo {
-    /// `i-...`.
-    pub id: String,
-    /// Instance type.
-    #[serde(rename = "type")]
-    pub instance_type: String,
-    /// Availability zone.
-    pub az: String,
-    /// `pending`, `running`, ...
-    pub state: String,
-    /// The Spot Fleet request that launched it: the `aws:ec2spot:fleet-request-id` tag EC2
-    /// puts on fleet instances (EC2 User Guide, "Tag a Spot Fleet").
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fleet_request: Option<String>,
-    /// When it was launched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub launched_at: Option<jiff::Timestamp>,
-}
+pub use crate::world::{
+    hex, hex16, ImageInfo, InstanceInfo, InstanceState, LaunchTemplateSpec, LaunchTemplateState,
+    SecurityGroupInfo, SubnetInfo,
+};
 
 /// The tag EC2 puts on every instance a Spot Fleet launches, naming the request.
 pub const FLEET_REQUEST_TAG: &str = "aws:ec2spot:fleet-request-id";
@@ -176,15 +84,6 @@ where
     AwsError::Invalid(format!(
         "{field}: a configured {what} does not exist in {region}: {message}"
     ))
-}
-
-/// A security group and the VPC it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SecurityGroupInfo {
-    /// `sg-...`.
-    pub id: String,
-    /// VPC.
-    pub vpc: String,
 }
 
 /// Security groups by id, in the order given; a missing one is a config error naming
@@ -476,11 +375,9 @@ pub async fn fleet_instances(
                         .and_then(|p| p.availability_zone())
                         .unwrap_or_default()
                         .to_owned(),
-                    state: i
-                        .state()
-                        .and_then(|s| s.name())
-                        .map_or("unknown", |n| n.as_str())
-                        .to_owned(),
+                    state: InstanceState::from_api(
+                        i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()),
+                    ),
                     fleet_request: i
                         .tags()
                         .iter()

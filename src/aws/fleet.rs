@@ -2,6 +2,9 @@
 //! EC2 Fleet (`CreateFleet`, type `maintain`) can be added as a second implementation
 //! without touching the planner.
 
+use super::AwsError;
+use crate::config::AllocationStrategy;
+use crate::names::{CONFIG_TAG, FLEET_TAG};
 use aws_sdk_ec2::types::{
     AllocationStrategy as Ec2Strategy, ExcessCapacityTerminationPolicy,
     FleetLaunchTemplateSpecification, FleetType, InstanceInterruptionBehavior,
@@ -9,61 +12,8 @@ use aws_sdk_ec2::types::{
     SpotCapacityRebalance, SpotFleetRequestConfigData, SpotMaintenanceStrategies, Tag,
     TagSpecification,
 };
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use super::ec2::hex16;
-use super::AwsError;
-use crate::config::AllocationStrategy;
-use crate::names::{CONFIG_TAG, FLEET_TAG};
-
-/// A fleet request found by its `bbfleet:fleet` tag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FleetState {
-    /// Request id (`sfr-...`).
-    pub id: String,
-    /// `submitted`, `active`, `modifying`, `cancelled_running`, ...
-    pub state: String,
-    /// Target capacity.
-    pub target: i32,
-    /// `bbfleet:config` tag: the configuration it was requested with.
-    pub fingerprint: Option<String>,
-    /// Its running instances.
-    pub instance_ids: Vec<String>,
-}
-
-impl FleetState {
-    /// Still launching and replacing instances.
-    pub fn is_live(&self) -> bool {
-        matches!(self.state.as_str(), "submitted" | "active" | "modifying")
-    }
-}
-
-/// What to request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct FleetSpec {
-    /// Fleet name.
-    pub fleet: String,
-    /// Spot fleet role ARN.
-    pub role: String,
-    /// Allocation strategy.
-    pub strategy: AllocationStrategy,
-    /// Instance types.
-    pub instance_types: Vec<String>,
-    /// Subnets.
-    pub subnets: Vec<String>,
-    /// Fingerprint of the launch template contents.
-    pub launch_template_fingerprint: String,
-}
-
-impl FleetSpec {
-    /// Digest of everything that needs a new request when it changes.
-    pub fn fingerprint(&self) -> String {
-        hex16(&Sha256::digest(
-            serde_json::to_vec(self).unwrap_or_default(),
-        ))
-    }
-}
+pub use crate::world::{FleetPhase, FleetSpec, FleetState};
 
 /// The operations bbfleet needs from a fleet API.
 #[async_trait::async_trait]
@@ -270,17 +220,15 @@ impl FleetApi for SpotFleet {
     async fn list(&self, fleet: &str, with_instances: bool) -> Result<Vec<FleetState>, AwsError> {
         // No server-side tag filter exists: list all and match the tag here.
         let mut found = Vec::new();
-        let mut token = None;
-        for _ in 0..100 {
-            let out = self
-                .ec2
-                .describe_spot_fleet_requests()
-                .max_results(1000)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequests", e))?;
-            for r in out.spot_fleet_request_configs() {
+        let mut pages = self
+            .ec2
+            .describe_spot_fleet_requests()
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequests", e))?;
+            for r in page.spot_fleet_request_configs() {
                 let tag = |k: &str| {
                     r.tags()
                         .iter()
@@ -288,17 +236,15 @@ impl FleetApi for SpotFleet {
                         .and_then(|t| t.value())
                         .map(str::to_owned)
                 };
-                if tag(FLEET_TAG).as_deref() != Some(fleet) {
-                    continue;
-                }
-                let state = r
-                    .spot_fleet_request_state()
-                    .map_or("unknown", |s| s.as_str())
-                    .to_owned();
-                if matches!(
-                    state.as_str(),
-                    "cancelled" | "cancelled_terminating" | "failed"
-                ) {
+                let state = spot_fleet_phase(r.spot_fleet_request_state());
+                if tag(FLEET_TAG).as_deref() != Some(fleet)
+                    || matches!(
+                        state,
+                        FleetPhase::Cancelled
+                            | FleetPhase::CancelledTerminating
+                            | FleetPhase::Failed
+                    )
+                {
                     continue;
                 }
                 found.push(FleetState {
@@ -310,13 +256,6 @@ impl FleetApi for SpotFleet {
                     fingerprint: tag(CONFIG_TAG),
                     instance_ids: Vec::new(),
                 });
-            }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
             }
         }
         if with_instances {
@@ -392,5 +331,22 @@ mod tests {
         let t = super::client_token();
         assert!(t.len() <= 64 && t.is_ascii(), "{t}");
         assert_ne!(t, super::client_token());
+    }
+}
+
+/// A Spot Fleet request's state as the world's fleet phase (`BatchState` in the EC2 API
+/// Reference: submitted, active, cancelled, failed, cancelled_running,
+/// cancelled_terminating, modifying).
+fn spot_fleet_phase(state: Option<&aws_sdk_ec2::types::BatchState>) -> FleetPhase {
+    use aws_sdk_ec2::types::BatchState;
+    match state {
+        Some(BatchState::Submitted) => FleetPhase::Submitted,
+        Some(BatchState::Active) => FleetPhase::Active,
+        Some(BatchState::Modifying) => FleetPhase::Modifying,
+        Some(BatchState::CancelledRunning) => FleetPhase::CancelledRunning,
+        Some(BatchState::CancelledTerminatingInstances) => FleetPhase::CancelledTerminating,
+        Some(BatchState::Cancelled) => FleetPhase::Cancelled,
+        Some(BatchState::Failed) => FleetPhase::Failed,
+        _ => FleetPhase::Unknown,
     }
 }

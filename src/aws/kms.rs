@@ -1,28 +1,11 @@
 //! The customer-managed KMS key that encrypts runner commands.
 
 use aws_sdk_kms::types::{KeyManagerType, KeySpec, KeyState, KeyUsageType, Tag};
-use serde::Serialize;
 
 use super::AwsError;
 use crate::names::FLEET_TAG;
 
-/// What the configured key reference points at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum KeyStatus {
-    /// A customer-managed, enabled, symmetric encryption key.
-    Usable {
-        /// Key ARN.
-        arn: String,
-    },
-    /// Nothing under that name.
-    Absent,
-    /// Exists but must not be used; why.
-    Unusable {
-        /// The reason, for the user.
-        reason: String,
-    },
-}
+pub use crate::world::KeyStatus;
 
 /// Looks the key up and checks it is customer managed, enabled and symmetric.
 pub async fn describe(kms: &aws_sdk_kms::Client, key: &str) -> Result<KeyStatus, AwsError> {

@@ -2,37 +2,12 @@
 
 use aws_sdk_ssm::types::{ParameterStringFilter, ParameterTier, ParameterType, Tag};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
 
 use super::AwsError;
 use crate::names::{self, FLEET_TAG};
 use crate::runner_command::MAX_PARAMETER_BYTES;
 
-/// A stored runner command (metadata only, never the value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RunnerParameter {
-    /// Full name.
-    pub name: String,
-    /// Runner UUID, bare and lower case (the last path segment).
-    pub runner_uuid: String,
-    /// `SecureString`, `String`, ...
-    pub kind: String,
-    /// KMS key as SSM reports it.
-    pub key_id: Option<String>,
-}
-
-/// One claim generation: `{claims}/{runner}/{generation}` = instance id or `free`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Claim {
-    /// Full name.
-    pub name: String,
-    /// Runner UUID, bare.
-    pub runner_uuid: String,
-    /// Generation number.
-    pub generation: u64,
-    /// Instance id, or `free`.
-    pub value: String,
-}
+pub use crate::world::{Claim, ClaimHolder, RunnerParameter};
 
 /// The fleet's runner parameters (one level under `/bbfleet/{fleet}/runners`).
 pub async fn list_runner_parameters(
@@ -135,7 +110,7 @@ pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<C
             runner_uuid: uuid.to_owned(),
             generation,
             name: p.name,
-            value: p.value,
+            holder: ClaimHolder::parse(&p.value),
         });
     }
     out.sort_by(|a, b| (&a.runner_uuid, a.generation).cmp(&(&b.runner_uuid, b.generation)));

@@ -24,7 +24,7 @@ struct Page<T> {
 /// A runner registered by a create whose answer was lost: it never connected (nobody has
 /// its secret, so Bitbucket still reports it `UNREGISTERED`, the status of a runner that
 /// has never connected), runs no step, and was not there before the create.
-fn is_unanswered_create(r: &Runner, name: &str, existing: &[Runner]) -> bool {
+fn is_unanswered_create(r: &Runner, name: &str, existing: &[crate::world::Runner]) -> bool {
     let bare = crate::names::bare_uuid(&r.uuid);
     r.name == name
         && !r.is_busy()
@@ -162,7 +162,7 @@ impl Bitbucket {
         scope: &Scope,
         name: &str,
         labels: &[String],
-        existing: &[Runner],
+        existing: &[crate::world::Runner],
     ) -> Result<CreatedRunner, BitbucketError> {
         let body = serde_json::json!({ "name": name, "labels": labels });
         let what = scope.to_string();
@@ -205,7 +205,7 @@ impl Bitbucket {
         &self,
         scope: &Scope,
         name: &str,
-        existing: &[Runner],
+        existing: &[crate::world::Runner],
     ) -> Result<usize, BitbucketError> {
         let runners = self.list_runners(scope).await?;
         let mut deleted = 0;

@@ -49,6 +49,18 @@ impl Runner {
     }
 }
 
+impl From<&Runner> for crate::world::Runner {
+    fn from(r: &Runner) -> Self {
+        crate::world::Runner {
+            uuid: r.uuid.clone(),
+            name: r.name.clone(),
+            labels: r.labels.clone(),
+            status: crate::world::RunnerStatus::from_api(r.state.status.as_deref()),
+            busy: r.is_busy(),
+        }
+    }
+}
+
 /// A runner just registered, with the only copy of its OAuth secret.
 #[derive(Debug)]
 pub struct CreatedRunner {

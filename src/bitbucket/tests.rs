@@ -243,7 +243,15 @@ async fn only_a_runner_the_lost_create_registered_is_deleted() {
         path_contains: None,
     }));
     let created = bb
-        .create_runner(&scope, name, &labels(), &existing)
+        .create_runner(
+            &scope,
+            name,
+            &labels(),
+            &existing
+                .iter()
+                .map(Into::into)
+                .collect::<Vec<crate::world::Runner>>(),
+        )
         .await
         .unwrap();
     let left: Vec<String> = fake

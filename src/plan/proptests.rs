@@ -1,4 +1,4 @@
-//! Planner properties over random worlds (DESIGN.md "property tests"):
+//! Planner properties over random worlds (docs/design.md, "Safety guarantees"):
 //!
 //! (a) the plan is a function of the world: the same world gives the same plan, also when
 //!     the observed lists come in another order (the planner sorts them itself, so it does
@@ -17,11 +17,15 @@
 use proptest::prelude::*;
 
 use super::tests::{config, desired_for, ARN};
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::*;
-use crate::aws::ec2::{LaunchTemplateState, SubnetInfo};
-use crate::aws::fleet::FleetState;
-use crate::aws::ssm::{Claim, RunnerParameter};
-use crate::bitbucket::{Runner, RunnerState};
+use crate::config::Config;
+use crate::names::{self, bare_uuid};
+use crate::world::{
+    Claim, ClaimHolder, FleetPhase, FleetState, InstanceInfo, InstanceState, KeyStatus,
+    LaunchTemplateState, Observed, Runner, RunnerParameter, RunnerStatus, SubnetInfo,
+};
 
 const STATUSES: [&str; 5] = ["ONLINE", "OFFLINE", "UNREGISTERED", "DISABLED", "UNHEALTHY"];
 const INSTANCE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
@@ -167,7 +171,7 @@ fn claim(uuid: &str, generation: u64, value: &str) -> Claim {
         name: crate::aws::ssm::claim_name("ci", uuid, generation),
         runner_uuid: bare_uuid(uuid),
         generation,
-        value: value.into(),
+        holder: ClaimHolder::parse(value),
     }
 }
 
@@ -210,11 +214,8 @@ fn build(config: &Config, w: &World) -> Observed {
             uuid: uuid.clone(),
             name: names::runner_name("ci", r.slot),
             labels,
-            state: RunnerState {
-                status: Some(STATUSES[r.status].into()),
-                step: r.busy.then(|| serde_json::json!({"type": "PIPELINE_STEP"})),
-                ..Default::default()
-            },
+            status: RunnerStatus::from_api(Some(STATUSES[r.status])),
+            busy: r.busy,
         });
         if r.param > 0 {
             o.parameters.push(parameter(&uuid, r.param < 3));
@@ -248,7 +249,7 @@ fn build(config: &Config, w: &World) -> Observed {
             id: instance_id(k),
             instance_type: "m6i.large".into(),
             az: "us-east-1a".into(),
-            state: INSTANCE_STATES[*s].into(),
+            state: InstanceState::from_api(INSTANCE_STATES[*s]),
             fleet_request: None,
             launched_at: None,
         })
@@ -264,11 +265,10 @@ fn build(config: &Config, w: &World) -> Observed {
             FleetState {
                 id: format!("sfr-{n}"),
                 state: if f.live {
-                    "active"
+                    FleetPhase::Active
                 } else {
-                    "cancelled_running"
-                }
-                .into(),
+                    FleetPhase::CancelledRunning
+                },
                 target: f.target,
                 fingerprint: Some(if f.matching {
                     d.fleet.fingerprint()
@@ -352,10 +352,8 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                     uuid: uuid.clone(),
                     name: name.clone(),
                     labels: config.labels().to_vec(),
-                    state: RunnerState {
-                        status: Some("UNREGISTERED".into()),
-                        ..Default::default()
-                    },
+                    status: RunnerStatus::Unregistered,
+                    busy: false,
                 });
                 let mut p = parameter(&uuid, true);
                 p.key_id = Some(arn);
@@ -377,7 +375,7 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 ..
             } => w.fleets.push(FleetState {
                 id: "sfr-new".into(),
-                state: "active".into(),
+                state: FleetPhase::Active,
                 target: *target as i32,
                 fingerprint: Some(fingerprint.clone()),
                 instance_ids: Vec::new(),
@@ -396,7 +394,7 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                     .collect();
                 terminate(&mut w, &ids);
                 for f in w.fleets.iter_mut().filter(|f| &f.id == id) {
-                    f.state = "cancelled_terminating".into();
+                    f.state = FleetPhase::CancelledTerminating;
                 }
             }
             Action::TerminateInstances { ids, .. } | Action::TerminateStrayInstances { ids } => {
@@ -534,9 +532,9 @@ proptest! {
                 continue;
             }
             let alive = after.instances.iter().any(|i| {
-                i.id == newest.value && matches!(i.state.as_str(), "pending" | "running")
+                Some(i.id.as_str()) == newest.holder.instance() && i.is_up()
             });
-            prop_assert!(newest.value == "free" || alive, "{:?}", newest);
+            prop_assert!(newest.holder == ClaimHolder::Free || alive, "{:?}", newest);
         }
     }
 
@@ -549,15 +547,15 @@ proptest! {
         let Some(p) = runs(&c, &d, &o, false) else {
             return Err(TestCaseError::reject("the planner refused this world"));
         };
-        let busy: Vec<&Runner> = o.runners.iter().filter(|r| r.is_busy()).collect();
+        let busy: Vec<&Runner> = o.runners.iter().filter(|r| r.busy).collect();
         let claims = newest_claims(&o);
         let busy_hosts: Vec<&str> = busy
             .iter()
             .filter_map(|r| claims.get(bare_uuid(&r.uuid).as_str()))
-            .map(|c| c.value.as_str())
+            .map(|c| c.holder.as_str())
             .filter(|id| {
                 o.instances.iter().any(|i| {
-                    &i.id == id && matches!(i.state.as_str(), "pending" | "running")
+                    &i.id == id && i.is_up()
                 })
             })
             .collect();
@@ -610,7 +608,7 @@ proptest! {
                         return Err(TestCaseError::fail(format!("release without a claim: {a:?}")));
                     };
                     prop_assert_eq!(*generation, current.generation + 1);
-                    prop_assert_eq!(&current.value, instance);
+                    prop_assert_eq!(current.holder.as_str(), instance.as_str());
                     // After every action that ends its instance.
                     for later in &p.actions[k..] {
                         let ends = match later {

@@ -61,30 +61,29 @@ fn list(ids: &[String]) -> String {
 impl Action {
     /// Kind, name and reason of the action, for people.
     pub fn describe(&self) -> (&'static str, String, String) {
+        let (name, reason) = self.name_and_reason();
+        (self.traits().kind, name, reason)
+    }
+
+    fn name_and_reason(&self) -> (String, String) {
         match self {
-            Action::CreateKey { alias } => (
-                "kms_key",
-                alias.clone(),
+            Action::CreateKey { alias } => (alias.clone(),
                 "no key under this alias: a customer managed key is created".into(),
             ),
-            Action::RekeyParameter { name, from_key } => (
-                "parameter",
-                name.clone(),
+            Action::RekeyParameter { name, from_key } => (name.clone(),
                 format!(
                     "re-encrypt under the fleet key (now {})",
                     from_key.as_deref().unwrap_or("not a SecureString")
                 ),
             ),
             Action::DeleteRunner { uuid, name, reason } => {
-                ("runner", format!("{name} {uuid}"), reason.clone())
+                (format!("{name} {uuid}"), reason.clone())
             }
             Action::DeleteOrphanRunner {
                 uuid,
                 name,
                 instance,
-            } => (
-                "orphan_runner",
-                format!("{name} {uuid}"),
+            } => (format!("{name} {uuid}"),
                 format!(
                     "drift: its command is not stored (the secret is lost); deleted, and a new runner replaces it{}",
                     instance
@@ -93,70 +92,48 @@ impl Action {
                         .unwrap_or_default()
                 ),
             ),
-            Action::DeleteOrphanParameter { name, runner_uuid } => (
-                "orphan_parameter",
-                name.clone(),
+            Action::DeleteOrphanParameter { name, runner_uuid } => (name.clone(),
                 format!("drift: no runner of the fleet has uuid {runner_uuid}"),
             ),
-            Action::DeleteParameter { name, reason } => ("parameter", name.clone(), reason.clone()),
-            Action::UpdateRunner { name, from, .. } => (
-                "runner",
-                name.clone(),
+            Action::DeleteParameter { name, reason } => (name.clone(), reason.clone()),
+            Action::UpdateRunner { name, from, .. } => (name.clone(),
                 format!("labels were {}", from.join(",")),
             ),
-            Action::CreateRunner { name } => (
-                "runner",
-                name.clone(),
+            Action::CreateRunner { name } => (name.clone(),
                 "register, then store its command as a SecureString".into(),
             ),
-            Action::CreateLaunchTemplate { name, fingerprint } => (
-                "launch_template",
-                name.clone(),
+            Action::CreateLaunchTemplate { name, fingerprint } => (name.clone(),
                 format!("contents {fingerprint}"),
             ),
-            Action::CreateLaunchTemplateVersion { name, fingerprint } => (
-                "launch_template",
-                name.clone(),
+            Action::CreateLaunchTemplateVersion { name, fingerprint } => (name.clone(),
                 format!("new version {fingerprint}: AMI, userdata or instance settings changed"),
             ),
-            Action::RequestFleet { target, reason, .. } => (
-                "spot_fleet",
-                "new request".into(),
+            Action::RequestFleet { target, reason, .. } => ("new request".into(),
                 format!("target {target}: {reason}"),
             ),
-            Action::SetFleetTarget { id, from, to } => (
-                "spot_fleet",
-                id.clone(),
+            Action::SetFleetTarget { id, from, to } => (id.clone(),
                 format!("target capacity {from} -> {to}"),
             ),
-            Action::CancelFleet { id, reason } => ("spot_fleet", id.clone(), reason.clone()),
-            Action::TerminateInstances { ids, reason } => ("instances", list(ids), reason.clone()),
-            Action::DeleteClaims { names, reason } => (
-                "claims",
-                format!("{} claim parameter(s)", names.len()),
+            Action::CancelFleet { id, reason } => (id.clone(), reason.clone()),
+            Action::TerminateInstances { ids, reason } => (list(ids), reason.clone()),
+            Action::DeleteClaims { names, reason } => (format!("{} claim parameter(s)", names.len()),
                 reason.clone(),
             ),
             Action::ReleaseClaim {
                 runner,
                 generation,
                 instance,
-            } => (
-                "claim",
-                format!("{runner} generation {generation}"),
+            } => (format!("{runner} generation {generation}"),
                 format!("drift: claimed by {instance}, which is not running; released (written free)"),
             ),
-            Action::PruneClaims { names } => (
-                "old_claims",
-                format!("{} claim parameter(s)", names.len()),
+            Action::PruneClaims { names } => (format!("{} claim parameter(s)", names.len()),
                 "superseded generations of kept runners (the newest of each is kept)".into(),
             ),
-            Action::TerminateStrayInstances { ids } => (
-                "stray_instances",
-                list(ids),
+            Action::TerminateStrayInstances { ids } => (list(ids),
                 "drift: tagged with the fleet but not part of its live fleet request".into(),
             ),
             Action::DeleteLaunchTemplate { name } => {
-                ("launch_template", name.clone(), "destroy".into())
+                (name.clone(), "destroy".into())
             }
         }
     }

@@ -1,8 +1,10 @@
 use super::*;
-use crate::aws::ec2::{ImageInfo, LaunchTemplateState, SubnetInfo};
-use crate::aws::fleet::FleetState;
-use crate::aws::ssm::{Claim, RunnerParameter};
-use crate::bitbucket::{Runner, RunnerState};
+use crate::config::{Capacity, Config};
+use crate::names::bare_uuid;
+use crate::world::{
+    Claim, ClaimHolder, FleetPhase, FleetState, ImageInfo, InstanceInfo, InstanceState, KeyStatus,
+    LaunchTemplateState, Observed, Runner, RunnerParameter, RunnerStatus, SubnetInfo,
+};
 
 pub(super) const ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/k1";
 
@@ -35,11 +37,8 @@ fn runner(n: u32, status: &str, busy: bool) -> Runner {
         uuid: uuid(n),
         name: format!("bbfleet-ci-{n}"),
         labels: vec!["self.hosted".into(), "linux".into(), "spot".into()],
-        state: RunnerState {
-            status: Some(status.into()),
-            step: busy.then(|| serde_json::json!({"type": "PIPELINE_STEP"})),
-            ..Default::default()
-        },
+        status: RunnerStatus::from_api(Some(status)),
+        busy,
     }
 }
 
@@ -59,7 +58,7 @@ fn claim(n: u32, instance: &str) -> Claim {
         name: format!("/bbfleet/ci/claims/{bare}/1"),
         runner_uuid: bare,
         generation: 1,
-        value: instance.into(),
+        holder: ClaimHolder::parse(instance),
     }
 }
 
@@ -97,7 +96,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
         }),
         fleets: vec![FleetState {
             id: "sfr-1".into(),
-            state: "active".into(),
+            state: FleetPhase::Active,
             target: n as i32,
             fingerprint: Some(d.fleet.fingerprint()),
             instance_ids: (1..=n).map(|i| format!("i-{i}")).collect(),
@@ -107,7 +106,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
                 id: format!("i-{i}"),
                 instance_type: "m6i.large".into(),
                 az: "us-east-1a".into(),
-                state: "running".into(),
+                state: InstanceState::Running,
                 fleet_request: None,
                 launched_at: None,
             })
@@ -306,13 +305,13 @@ fn unusable_keys_and_runner_limits_stop_the_plan() {
     });
     assert!(matches!(
         plan_apply(&c, &desired_for(&c, 2), &o, PlanOptions::default()),
-        Err(PlanError::Key(_))
+        Err(PlanError::KeyUnusable { .. })
     ));
     let mut o = converged(&c, 2);
     o.scope_runner_count = 99;
     assert!(matches!(
         plan_apply(&c, &desired_for(&c, 4), &o, PlanOptions::default()),
-        Err(PlanError::RunnerLimit(_))
+        Err(PlanError::RunnerLimit { .. })
     ));
 }
 
@@ -373,7 +372,7 @@ fn claim_gen(n: u32, generation: u64, value: &str) -> Claim {
         name: format!("/bbfleet/ci/claims/{bare}/{generation}"),
         runner_uuid: bare,
         generation,
-        value: value.into(),
+        holder: ClaimHolder::parse(value),
     }
 }
 
@@ -382,7 +381,7 @@ fn instance(id: &str, state: &str) -> InstanceInfo {
         id: id.into(),
         instance_type: "m6i.large".into(),
         az: "us-east-1a".into(),
-        state: state.into(),
+        state: InstanceState::from_api(state),
         fleet_request: None,
         launched_at: None,
     }
@@ -450,7 +449,7 @@ fn each_drift_kind_is_its_own_line_with_a_reason() {
 fn claims_of_stopped_terminated_or_absent_instances_are_released_once() {
     let c = config();
     let mut o = converged(&c, 3);
-    o.instances[0].state = "stopped".into(); // i-1
+    o.instances[0].state = InstanceState::Stopped; // i-1
     o.claims[1] = claim_gen(2, 4, "i-gone"); // not among the fleet's instances at all
     o.claims.insert(1, claim_gen(2, 3, "i-older"));
     o.claims[3] = claim_gen(3, 1, "free"); // released already
@@ -494,7 +493,7 @@ fn claims_of_stopped_terminated_or_absent_instances_are_released_once() {
 fn pending_and_running_claimants_keep_their_claims_and_only_old_generations_go() {
     let c = config();
     let mut o = converged(&c, 2);
-    o.instances[0].state = "pending".into();
+    o.instances[0].state = InstanceState::Pending;
     o.claims.insert(0, claim_gen(1, 0, "i-old"));
     let p = plan(&c, 2, &o);
     assert_eq!(kinds(&p), ["prune_claims"]);
@@ -512,7 +511,7 @@ fn claims_of_instances_this_plan_terminates_are_released_after_them() {
     let mut o = converged(&c, 2);
     // No live request any more: both instances are strays, and their runners' claims
     // would name dead instances on the next plan unless released now.
-    o.fleets[0].state = "cancelled_running".into();
+    o.fleets[0].state = FleetPhase::CancelledRunning;
     let p = plan(&c, 2, &o);
     let k = kinds(&p);
     let stray = k
@@ -532,7 +531,7 @@ fn unlisted_instances_wait_while_the_request_is_launching() {
     let mut o = converged(&c, 3);
     o.fleets[0].instance_ids.pop();
     o.instances[2].id = "i-new".into();
-    o.claims[2].value = "i-new".into();
+    o.claims[2].holder = ClaimHolder::parse("i-new");
     assert!(plan(&c, 3, &o).is_empty(), "{:?}", plan(&c, 3, &o).actions);
     // Fulfilled: the same instance is a stray.
     o.fleets[0].target = 2;
@@ -658,7 +657,7 @@ fn running_strays_of_busy_runners_wait_but_stopped_ones_go_with_their_claim() {
     o.fleets.clear(); // no live request: both instances are strays
     o.runners[0] = runner(1, "ONLINE", true);
     o.runners[1] = runner(2, "ONLINE", true);
-    o.instances[1].state = "stopped".into(); // i-2
+    o.instances[1].state = InstanceState::Stopped; // i-2
     let p = plan(&c, 2, &o);
     let Some(Action::TerminateStrayInstances { ids }) = p
         .actions

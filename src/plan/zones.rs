@@ -1,8 +1,8 @@
 //! The zones phase's network rules: the subnets and security groups a Spot Fleet can use.
 //!
 //! - One subnet per availability zone: "One fleet can't span Regions or use two subnets of
-//!   the same AZ" (AWS_NOTES.md A1, from the EC2 API Reference, SpotFleetRequestConfigData
-//!   and LaunchTemplateOverrides: a pool is an instance type in one subnet, i.e. one AZ).
+//!   the same AZ" (EC2 API Reference, SpotFleetRequestConfigData and
+//!   LaunchTemplateOverrides: a pool is an instance type in one subnet, i.e. one AZ).
 //! - All subnets in one VPC: one launch template serves every subnet, and its security
 //!   groups belong to one VPC (EC2 API Reference, CreateSecurityGroup: a group is created
 //!   for a VPC, `VpcId`), so the launches in a subnet of another VPC fail.
@@ -13,23 +13,28 @@
 //! Checked from DescribeSubnets and DescribeSecurityGroups (see `observe`) before any
 //! write; errors name `spot.subnets[i]` / `instance.security_groups[i]` in config order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::PlanError;
-use crate::aws::ec2::{SecurityGroupInfo, SubnetInfo};
 use crate::config::Config;
+use crate::world::{Observed, SecurityGroupInfo, SubnetInfo};
 
-/// The first rule the configured network breaks, in config order.
-pub(super) fn check_network(
-    config: &Config,
-    observed: &crate::observe::Observed,
-) -> Result<(), PlanError> {
+/// Phase 2: the first rule the configured network breaks, in config order; then a
+/// diversified fleet needs two zones.
+pub(super) fn plan(config: &Config, observed: &Observed) -> Result<(), PlanError> {
     check(
         &config.spot.subnets,
         &observed.subnets,
         &config.instance.security_groups,
         &observed.security_groups,
-    )
+    )?;
+    let zones: BTreeSet<&str> = observed.subnets.iter().map(|s| s.az.as_str()).collect();
+    if zones.len() < 2 {
+        return Err(PlanError::TooFewZones {
+            zones: zones.into_iter().map(str::to_owned).collect(),
+        });
+    }
+    Ok(())
 }
 
 /// `subnet_ids` and `group_ids` are the configured lists (their indices name the field);

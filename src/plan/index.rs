@@ -1,0 +1,86 @@
+//! The index of the observed world the phases share: runners and stored commands by
+//! runner, the newest claim of each runner, and who claims what.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::names::bare_uuid;
+use crate::world::{Claim, Observed, Runner, RunnerParameter};
+
+/// The observed world, indexed.
+pub(super) struct Index<'a> {
+    /// The (canonical) world.
+    pub observed: &'a Observed,
+    /// The fleet's runners by bare uuid.
+    pub runners: BTreeMap<String, &'a Runner>,
+    /// Stored commands by bare runner uuid.
+    pub params: BTreeMap<&'a str, &'a RunnerParameter>,
+    /// The newest claim generation of each runner.
+    pub claims: BTreeMap<&'a str, &'a Claim>,
+    /// Instances that exist (any state but terminated).
+    instances: BTreeSet<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    /// Indexes `observed`.
+    pub fn new(observed: &'a Observed) -> Index<'a> {
+        Index {
+            observed,
+            runners: observed
+                .runners
+                .iter()
+                .map(|r| (bare_uuid(&r.uuid), r))
+                .collect(),
+            params: observed
+                .parameters
+                .iter()
+                .map(|p| (p.runner_uuid.as_str(), p))
+                .collect(),
+            claims: newest_claims(observed),
+            instances: observed.instances.iter().map(|i| i.id.as_str()).collect(),
+        }
+    }
+
+    /// Whether the instance exists.
+    pub fn exists(&self, id: &str) -> bool {
+        self.instances.contains(id)
+    }
+
+    /// The existing instance the runner's newest claim names.
+    pub fn claimed_by(&self, runner: &Runner) -> Option<String> {
+        self.claimant(&bare_uuid(&runner.uuid))
+    }
+
+    /// [`Index::claimed_by`] by bare uuid.
+    pub fn claimant(&self, uuid: &str) -> Option<String> {
+        self.claims
+            .get(uuid)
+            .and_then(|c| c.holder.instance())
+            .filter(|i| self.exists(i))
+            .map(str::to_owned)
+    }
+
+    /// Pending or running: it may be running a runner.
+    pub fn is_up(&self, id: &str) -> bool {
+        self.observed
+            .instances
+            .iter()
+            .any(|i| i.id == id && i.is_up())
+    }
+
+    /// Its command is stored.
+    pub fn has_command(&self, runner: &Runner) -> bool {
+        self.params.contains_key(bare_uuid(&runner.uuid).as_str())
+    }
+}
+
+/// The newest claim generation of each runner.
+pub fn newest_claims(observed: &Observed) -> BTreeMap<&str, &Claim> {
+    let mut newest: BTreeMap<&str, &Claim> = BTreeMap::new();
+    for c in &observed.claims {
+        let slot = newest.entry(c.runner_uuid.as_str()).or_insert(c);
+        if c.generation > slot.generation {
+            *slot = c;
+        }
+    }
+    newest
+}

@@ -1,0 +1,252 @@
+//! Phase 3, the runners: stored commands move to the key, orphans of either side go,
+//! labels follow the config, and the count follows the capacity (busy runners stay).
+
+use std::collections::BTreeSet;
+
+use super::index::Index;
+use super::key::{on_key, Key};
+use super::{Action, PlanError, PlanOptions};
+use crate::config::{Config, BITBUCKET_RUNNER_LIMIT};
+use crate::names::{self, bare_uuid};
+use crate::world::{Runner, RunnerStatus};
+
+/// The runners phase's hand-off.
+pub(super) struct Runners<'a> {
+    /// Parameter drift, orphan runners, label updates and creates, in order.
+    pub actions: Vec<Action>,
+    /// What the user should know.
+    pub warnings: Vec<String>,
+    /// Runners with a stored command, by slot.
+    pub healthy: Vec<&'a Runner>,
+    /// Runners without a stored command that are busy: they wait (unless --force).
+    pub busy_orphans: Vec<&'a Runner>,
+    /// Runners removed by scale-down (the scale-down phase deletes them).
+    pub victims: Vec<&'a Runner>,
+    /// Runners this plan registers.
+    pub creates: usize,
+    /// Orphan runners deleted by this plan (bare uuids).
+    pub orphans_deleted: BTreeSet<String>,
+    /// The instances of deleted orphans, terminated with them.
+    pub orphan_instances: Vec<String>,
+}
+
+impl Runners<'_> {
+    /// Runners after the plan: the fleet's target (a busy orphan still occupies its instance).
+    pub fn target(&self) -> u32 {
+        (self.healthy.len() + self.creates - self.victims.len() + self.busy_orphans.len()) as u32
+    }
+
+    /// Whether the plan removes the runner (bare uuid): an orphan or a victim.
+    pub fn removes(&self, uuid: &str) -> bool {
+        self.orphans_deleted.contains(uuid)
+            || self.victims.iter().any(|v| bare_uuid(&v.uuid) == uuid)
+    }
+
+    /// Healthy runners the plan keeps, by slot.
+    pub fn kept(&self) -> impl Iterator<Item = &&Runner> {
+        self.healthy
+            .iter()
+            .filter(|r| !self.victims.iter().any(|v| v.uuid == r.uuid))
+    }
+}
+
+/// Plans the runners and their stored commands for `desired` runners.
+pub(super) fn plan<'a>(
+    config: &Config,
+    world: &Index<'a>,
+    key: &Key,
+    desired: u32,
+    options: PlanOptions,
+) -> Result<Runners<'a>, PlanError> {
+    let fleet = &config.name;
+    let mut out = Runners {
+        actions: parameters(config, world, key.arn.as_deref()),
+        warnings: Vec::new(),
+        healthy: Vec::new(),
+        busy_orphans: Vec::new(),
+        victims: Vec::new(),
+        creates: 0,
+        orphans_deleted: BTreeSet::new(),
+        orphan_instances: Vec::new(),
+    };
+    orphans(world, options, &mut out);
+    out.healthy = world
+        .runners
+        .values()
+        .copied()
+        .filter(|r| world.has_command(r))
+        .collect();
+    out.healthy
+        .sort_by_key(|r| names::runner_slot(fleet, &r.name));
+    for r in &out.healthy {
+        if !same_labels(&r.labels, config.labels()) {
+            out.actions.push(Action::UpdateRunner {
+                uuid: r.uuid.clone(),
+                name: r.name.clone(),
+                from: r.labels.clone(),
+            });
+        }
+    }
+    let desired = desired as usize;
+    if desired > out.healthy.len() {
+        creates(fleet, desired, &mut out);
+    } else if desired < out.healthy.len() {
+        victims(fleet, world, desired, options, &mut out);
+    }
+    check_limit(world, &out)?;
+    Ok(out)
+}
+
+/// Stored commands of no runner go; the others move to the fleet key.
+fn parameters(config: &Config, world: &Index, key_arn: Option<&str>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for p in &world.observed.parameters {
+        if !world.runners.contains_key(&p.runner_uuid) {
+            actions.push(Action::DeleteOrphanParameter {
+                name: p.name.clone(),
+                runner_uuid: p.runner_uuid.clone(),
+            });
+            continue;
+        }
+        // Without an ARN the key is created by this plan: every existing command moves to it.
+        let current = key_arn.is_some_and(|arn| {
+            p.is_secure()
+                && p.key_id
+                    .as_deref()
+                    .is_some_and(|k| on_key(k, arn, &config.kms.key))
+        });
+        if !current {
+            actions.push(Action::RekeyParameter {
+                name: p.name.clone(),
+                from_key: p.key_id.clone(),
+            });
+        }
+    }
+    actions
+}
+
+/// Runners whose command is not stored: their secret is lost, so no instance of ours can
+/// start them again; but one that read it earlier may be running a step on it, and
+/// deleting the runner would kill that step. Busy orphans wait like busy surplus runners
+/// (or --force).
+fn orphans<'a>(world: &Index<'a>, options: PlanOptions, out: &mut Runners<'a>) {
+    for (uuid, r) in &world.runners {
+        if world.params.contains_key(uuid.as_str()) {
+            continue;
+        }
+        if r.busy && !options.force {
+            out.busy_orphans.push(*r);
+            continue;
+        }
+        out.orphans_deleted.insert(uuid.clone());
+        // The instance running it can never run another runner (it claimed this one).
+        let instance = world
+            .claimant(uuid)
+            .filter(|i| !out.orphan_instances.contains(i));
+        out.orphan_instances.extend(instance.clone());
+        out.actions.push(Action::DeleteOrphanRunner {
+            uuid: r.uuid.clone(),
+            name: r.name.clone(),
+            instance,
+        });
+    }
+    if let [one] = out.busy_orphans.as_slice() {
+        out.warnings
+            .push(busy_orphans_warning(format!("runner {} has no", one.name)));
+    } else if !out.busy_orphans.is_empty() {
+        let names: Vec<&str> = out.busy_orphans.iter().map(|r| r.name.as_str()).collect();
+        out.warnings.push(busy_orphans_warning(format!(
+            "runners {} have no",
+            names.join(", ")
+        )));
+    }
+}
+
+fn busy_orphans_warning(who: String) -> String {
+    format!("{who} stored command (the secret is lost) but busy with a pipeline step: deleted when idle (run again later, or pass --force); a new runner replaces it now")
+}
+
+/// New runners in the lowest free slots (busy orphans keep their names until deleted).
+fn creates(fleet: &str, desired: usize, out: &mut Runners) {
+    let used: BTreeSet<u32> = out
+        .healthy
+        .iter()
+        .chain(&out.busy_orphans)
+        .filter_map(|r| names::runner_slot(fleet, &r.name))
+        .collect();
+    let mut slot = 1;
+    while out.healthy.len() + out.creates < desired {
+        if !used.contains(&slot) {
+            out.actions.push(Action::CreateRunner {
+                name: names::runner_name(fleet, slot),
+            });
+            out.creates += 1;
+        }
+        slot += 1;
+    }
+}
+
+/// The runners scale-down removes: unclaimed first, then not online, then online and
+/// idle; newest slot first; busy ones only with --force.
+fn victims<'a>(
+    fleet: &str,
+    world: &Index<'a>,
+    desired: usize,
+    options: PlanOptions,
+    out: &mut Runners<'a>,
+) {
+    let mut candidates: Vec<&Runner> = out
+        .healthy
+        .iter()
+        .copied()
+        .filter(|r| options.force || !r.busy)
+        .collect();
+    candidates.sort_by_key(|r| {
+        let claimed = world.claimed_by(r).is_some();
+        (
+            removal_rank(&r.status, claimed),
+            r.busy,
+            std::cmp::Reverse(names::runner_slot(fleet, &r.name)),
+        )
+    });
+    let wanted = out.healthy.len() - desired;
+    out.victims = candidates.into_iter().take(wanted).collect();
+    if out.victims.len() < wanted {
+        out.warnings.push(format!(
+            "scale-down stops at {} runners: {} of the runners to remove are busy with a pipeline step (run again when they are idle, or pass --force)",
+            out.healthy.len() - out.victims.len(),
+            wanted - out.victims.len()
+        ));
+    }
+}
+
+/// Where a runner stands, for choosing whom to remove first.
+fn removal_rank(status: &RunnerStatus, claimed: bool) -> u8 {
+    match (claimed, status) {
+        (false, _) => 0,
+        (true, RunnerStatus::Online) => 2,
+        (true, _) => 1,
+    }
+}
+
+/// Bitbucket's limit counts every runner in the scope, bbfleet's or not.
+fn check_limit(world: &Index, out: &Runners) -> Result<(), PlanError> {
+    let today = world.observed.scope_runner_count;
+    let after = today - out.orphans_deleted.len() - out.victims.len() + out.creates;
+    if out.creates > 0 && after > BITBUCKET_RUNNER_LIMIT as usize {
+        return Err(PlanError::RunnerLimit {
+            scope: world.observed.scope_name.clone(),
+            after,
+            today,
+            others: today - world.runners.len(),
+            limit: BITBUCKET_RUNNER_LIMIT,
+        });
+    }
+    Ok(())
+}
+
+fn same_labels(a: &[String], b: &[String]) -> bool {
+    let a: BTreeSet<&String> = a.iter().collect();
+    let b: BTreeSet<&String> = b.iter().collect();
+    a == b
+}

@@ -1,0 +1,91 @@
+//! Phase 6, scale-down: terminate exactly the instances of the removed runners (and
+//! surplus instances that hold no kept runner), then delete the runners and their commands.
+
+use std::collections::BTreeSet;
+
+use super::fleet::Fleet;
+use super::index::Index;
+use super::runners::Runners;
+use super::Action;
+use crate::config::Config;
+use crate::names;
+
+/// The scale-down phase's hand-off.
+pub(super) struct ScaleDown {
+    /// Terminations, runner and command deletions.
+    pub actions: Vec<Action>,
+    /// The instances it terminates.
+    pub terminated: Vec<String>,
+}
+
+/// Plans the scale-down of `runners.victims`.
+pub(super) fn plan(config: &Config, world: &Index, runners: &Runners, fleet: &Fleet) -> ScaleDown {
+    let mut terminated: Vec<String> = runners
+        .victims
+        .iter()
+        .filter_map(|r| world.claimed_by(r))
+        .filter(|i| !runners.orphan_instances.contains(i))
+        .collect();
+    terminated.sort();
+    terminated.dedup();
+    let spare = surplus(world, runners, fleet, &terminated);
+    terminated.extend(spare);
+    let mut actions = Vec::new();
+    if !terminated.is_empty() {
+        actions.push(Action::TerminateInstances {
+            ids: terminated.clone(),
+            reason: "scale-down: they hold removed runners or no runner at all".to_owned(),
+        });
+    }
+    for r in &runners.victims {
+        actions.push(Action::DeleteRunner {
+            uuid: r.uuid.clone(),
+            name: r.name.clone(),
+            reason: format!(
+                "scale-down to {} ({}, {})",
+                fleet.target,
+                r.status,
+                if r.busy { "busy" } else { "idle" }
+            ),
+        });
+    }
+    for r in &runners.victims {
+        actions.push(Action::DeleteParameter {
+            name: names::runner_parameter(&config.name, &r.uuid),
+            reason: format!("its runner {} is removed", r.name),
+        });
+    }
+    ScaleDown {
+        actions,
+        terminated,
+    }
+}
+
+/// The target drops with noTermination: surplus instances of the kept request holding no
+/// kept runner go too. Checked at every apply, not only when the target drops: a run
+/// stopped between lowering the target and terminating leaves the fleet above target for
+/// good.
+fn surplus(world: &Index, runners: &Runners, fleet: &Fleet, terminated: &[String]) -> Vec<String> {
+    let Some(f) = fleet.keep else {
+        return Vec::new();
+    };
+    let kept_claims: BTreeSet<String> = runners
+        .kept()
+        .copied()
+        .chain(runners.busy_orphans.iter().copied())
+        .filter_map(|r| world.claimed_by(r))
+        .collect();
+    let ended = |i: &String| terminated.contains(i) || runners.orphan_instances.contains(i);
+    let alive: Vec<&String> = f
+        .instance_ids
+        .iter()
+        .filter(|i| world.exists(i) && !ended(i))
+        .collect();
+    let surplus = alive.len().saturating_sub(fleet.target as usize);
+    alive
+        .into_iter()
+        .filter(|i| !kept_claims.contains(*i))
+        .take(surplus)
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! The AWS side of the world: key, network, image, launch template, fleet requests and
+//! instances, with their states as enums.
+
+use serde::Serialize;
+
+/// What the configured key reference points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// A customer-managed, enabled, symmetric encryption key.
+    Usable {
+        /// Key ARN.
+        arn: String,
+    },
+    /// Nothing under that name.
+    Absent,
+    /// Exists but must not be used; why.
+    Unusable {
+        /// The reason, for the user.
+        reason: String,
+    },
+}
+
+/// A subnet and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubnetInfo {
+    /// `subnet-...`.
+    pub id: String,
+    /// Availability zone name.
+    pub az: String,
+    /// VPC.
+    pub vpc: String,
+}
+
+/// A security group and the VPC it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityGroupInfo {
+    /// `sg-...`.
+    pub id: String,
+    /// VPC.
+    pub vpc: String,
+}
+
+/// An AMI's facts the launch template needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    /// `ami-...`.
+    pub id: String,
+    /// Root device name (`/dev/xvda` on AL2023, `/dev/sda1` on Ubuntu).
+    pub root_device: String,
+    /// `x86_64` or `arm64`.
+    pub architecture: String,
+}
+
+/// The launch template as found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchTemplateState {
+    /// `lt-...`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Newest version number.
+    pub latest_version: i64,
+    /// Fingerprint of the newest version, if bbfleet wrote it.
+    pub fingerprint: Option<String>,
+}
+
+/// A fleet request found by its `bbfleet:fleet` tag, whichever API made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetState {
+    /// Request id (`sfr-...`).
+    pub id: String,
+    /// Where the request is in its life.
+    pub state: FleetPhase,
+    /// Target capacity.
+    pub target: i32,
+    /// `bbfleet:config` tag: the configuration it was requested with.
+    pub fingerprint: Option<String>,
+    /// Its running instances.
+    pub instance_ids: Vec<String>,
+}
+
+impl FleetState {
+    /// Still launching and replacing instances.
+    pub fn is_live(&self) -> bool {
+        self.state.is_live()
+    }
+}
+
+/// A fleet request's phase, the same for every fleet API (the backend maps its states).
+/// Spelled as Spot Fleet spells its `SpotFleetRequestState`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetPhase {
+    /// Being evaluated.
+    Submitted,
+    /// Launching and maintaining instances.
+    Active,
+    /// Being changed.
+    Modifying,
+    /// Cancelled; its instances keep running.
+    CancelledRunning,
+    /// Cancelled; its instances are terminating.
+    CancelledTerminating,
+    /// Cancelled, no instance left.
+    Cancelled,
+    /// Failed to launch.
+    Failed,
+    /// A state bbfleet does not know (never live).
+    Unknown,
+}
+
+impl FleetPhase {
+    /// Still launching and replacing instances.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self,
+            FleetPhase::Submitted | FleetPhase::Active | FleetPhase::Modifying
+        )
+    }
+
+    /// The spelling users see.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FleetPhase::Submitted => "submitted",
+            FleetPhase::Active => "active",
+            FleetPhase::Modifying => "modifying",
+            FleetPhase::CancelledRunning => "cancelled_running",
+            FleetPhase::CancelledTerminating => "cancelled_terminating",
+            FleetPhase::Cancelled => "cancelled",
+            FleetPhase::Failed => "failed",
+            FleetPhase::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FleetPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instance of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    /// `i-...`.
+    pub id: String,
+    /// Instance type.
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    /// Availability zone.
+    pub az: String,
+    /// Its state.
+    pub state: InstanceState,
+    /// The Spot Fleet request that launched it: the `aws:ec2spot:fleet-request-id` tag EC2
+    /// puts on fleet instances (EC2 User Guide, "Tag a Spot Fleet").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_request: Option<String>,
+    /// When it was launched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<jiff::Timestamp>,
+}
+
+impl InstanceInfo {
+    /// Pending or running: it may be running a runner.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, InstanceState::Pending | InstanceState::Running)
+    }
+}
+
+/// An instance's state (EC2's `InstanceStateName`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Launching.
+    Pending,
+    /// Running.
+    Running,
+    /// Terminating.
+    ShuttingDown,
+    /// Gone.
+    Terminated,
+    /// Stopping.
+    Stopping,
+    /// Stopped.
+    Stopped,
+    /// A state bbfleet does not know.
+    Unknown,
+}
+
+impl InstanceState {
+    /// From EC2's name of the state.
+    pub fn from_api(name: &str) -> InstanceState {
+        match name {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "shutting-down" => InstanceState::ShuttingDown,
+            "terminated" => InstanceState::Terminated,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            _ => InstanceState::Unknown,
+        }
+    }
+
+    /// EC2's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,76 @@
+//! What bbfleet wants to exist: the launch template's newest version and the fleet
+//! request, each with a stable fingerprint (written as a tag, compared at every plan).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::AllocationStrategy;
+
+/// What bbfleet wants the launch template's newest version to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchTemplateSpec {
+    /// `bbfleet-{fleet}`.
+    pub name: String,
+    /// Fleet name (tags).
+    pub fleet: String,
+    /// AMI.
+    pub image_id: String,
+    /// Root device of the AMI.
+    pub root_device: String,
+    /// Root volume size.
+    pub root_volume_gb: u32,
+    /// Instance profile name or ARN.
+    pub instance_profile: String,
+    /// Security groups.
+    pub security_groups: Vec<String>,
+    /// Userdata script, plain text (holds no secret).
+    pub userdata: String,
+}
+
+impl LaunchTemplateSpec {
+    /// A short, stable digest of everything in the spec.
+    pub fn fingerprint(&self) -> String {
+        digest16(self)
+    }
+}
+
+/// What to request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSpec {
+    /// Fleet name.
+    pub fleet: String,
+    /// Spot fleet role ARN.
+    pub role: String,
+    /// Allocation strategy.
+    pub strategy: AllocationStrategy,
+    /// Instance types.
+    pub instance_types: Vec<String>,
+    /// Subnets.
+    pub subnets: Vec<String>,
+    /// Fingerprint of the launch template contents.
+    pub launch_template_fingerprint: String,
+}
+
+impl FleetSpec {
+    /// Digest of everything that needs a new request when it changes.
+    pub fn fingerprint(&self) -> String {
+        digest16(self)
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of `value`'s JSON.
+fn digest16<T: Serialize>(value: &T) -> String {
+    hex16(&Sha256::digest(
+        serde_json::to_vec(value).unwrap_or_default(),
+    ))
+}
+
+/// First 16 hex digits of a digest.
+pub fn hex16(digest: &[u8]) -> String {
+    hex(&digest[..digest.len().min(8)])
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
