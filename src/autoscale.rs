@@ -5,7 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AutoscaleConfig;
+use crate::aws::fleet::FleetApi;
+use crate::aws::{ssm, AwsError};
+use crate::bitbucket::Bitbucket;
+use crate::config::{AutoscaleConfig, Config};
+use crate::names;
+use crate::observe::ObserveError;
+use crate::world::{Runner, RunnerLoad};
 
 /// What the tick saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +54,62 @@ impl Decision {
     }
 }
 
+/// One tick's reads, in parallel: the runners listing, the fleet requests (without their
+/// instances) and the autoscaler's state. An unreadable state is logged and ignored.
+pub async fn observe(
+    config: &Config,
+    bitbucket: &Bitbucket,
+    fleet_api: &dyn FleetApi,
+    ssm_client: &aws_sdk_ssm::Client,
+) -> Result<(Load, Option<AutoscaleState>), ObserveError> {
+    let fleet = config.name.as_str();
+    let state_name = names::autoscale_state(fleet);
+    let (runners, fleets, state) = tokio::try_join!(
+        async {
+            Ok::<_, ObserveError>(
+                bitbucket
+                    .list_runners(&crate::observe::scope(config))
+                    .await?,
+            )
+        },
+        async { Ok(fleet_api.list(fleet, false).await?) },
+        async { Ok(ssm::get_string(ssm_client, &state_name).await?) },
+    )?;
+    let ours: Vec<Runner> = runners
+        .iter()
+        .filter(|r| names::runner_slot(fleet, &r.name).is_some())
+        .map(Runner::from)
+        .collect();
+    let load = RunnerLoad::of(&ours);
+    let current = fleets
+        .iter()
+        .find(|f| f.is_live())
+        .map_or(load.total, |f| f.target.max(0) as u32);
+    let last = state.and_then(|s| match serde_json::from_str(&s) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(parameter = %state_name, error = %e, "ignoring an unreadable autoscale state");
+            None
+        }
+    });
+    let load = Load {
+        current,
+        online: load.online,
+        busy: load.busy,
+    };
+    Ok((load, last))
+}
+
+/// Remembers a change (the cooldown starts now).
+pub async fn save_state(
+    ssm_client: &aws_sdk_ssm::Client,
+    fleet: &str,
+    state: &AutoscaleState,
+) -> Result<(), AwsError> {
+    let value = serde_json::to_string(state).unwrap_or_default();
+    ssm::put_string(ssm_client, &names::autoscale_state(fleet), &value).await
+}
+
 /// Decides one tick. Pure.
 pub fn decide(
     cfg: &AutoscaleConfig,
@@ -55,7 +117,12 @@ pub fn decide(
     last: Option<&AutoscaleState>,
     now: jiff::Timestamp,
 ) -> Decision {
-    let ratio = (load.online > 0).then(|| f64::from(load.busy) / f64::from(load.online));
+    let ratio = RunnerLoad {
+        total: load.current,
+        online: load.online,
+        busy: load.busy,
+    }
+    .busy_ratio();
     let clamp = |n: u32| n.clamp(cfg.min, cfg.max);
     if load.current != clamp(load.current) {
         return Decision {

@@ -10,23 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::aws::ec2::LaunchTemplateState;
-use crate::aws::fleet::{self, DryRun};
+use crate::aws::fleet::{DryRun, FleetApi};
+use crate::aws::offerings::{self, Pool};
 use crate::aws::{ec2, Aws, AwsError};
 use crate::config::{AllocationStrategy, Config};
-use crate::observe::Observed;
 use crate::plan::Desired;
+use crate::world::{LaunchTemplateState, Observed};
 
 /// The quota that limits spot instances of the standard families (A, C, D, H, I, M, R, T, Z).
 pub const SPOT_QUOTA_CODE: &str = "L-34B43A08";
-/// The next page's token; EC2 ends a listing with none or an empty one.
-fn next_page(token: Option<&str>) -> Option<String> {
-    token.filter(|t| !t.is_empty()).map(str::to_owned)
-}
-
-/// Pages read from one paginated call at most.
-const MAX_PAGES: usize = 20;
-
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +74,15 @@ pub fn render(checks: &[Check]) -> String {
     out
 }
 
-/// Runs every check; independent calls in parallel.
-pub async fn run(config: &Config, aws: &Aws, observed: &Observed, desired: &Desired) -> Vec<Check> {
+/// Runs every check; independent calls in parallel. The calls are the providers'
+/// (`aws::offerings`, `aws::ec2`, the fleet backend); the checks judge their answers.
+pub async fn run(
+    config: &Config,
+    aws: &Aws,
+    fleet_api: &dyn FleetApi,
+    observed: &Observed,
+    desired: &Desired,
+) -> Vec<Check> {
     let azs: Vec<String> = observed
         .subnets
         .iter()
@@ -93,21 +92,27 @@ pub async fn run(config: &Config, aws: &Aws, observed: &Observed, desired: &Desi
         .collect();
     let types = &config.spot.instance_types;
     let capacity = desired.capacity.desired;
-    let (offerings, launch_template, fleet_request, quota, cost) = tokio::join!(
-        offerings(aws, types, &azs),
-        launch_template(aws, desired),
-        fleet_request(aws, desired, observed.launch_template.as_ref()),
-        quota(aws, types, capacity),
-        cost(aws, types, &azs, capacity, config.spot.allocation_strategy),
+    let (offered, launch_template, fleet_request, vcpus, prices) = tokio::join!(
+        offerings::offered_pools(&aws.ec2, types, &azs),
+        ec2::dry_run_create_launch_template(&aws.ec2, &desired.launch_template),
+        fleet_request(fleet_api, desired, observed.launch_template.as_ref()),
+        offerings::vcpus(&aws.ec2, types),
+        offerings::spot_prices(&aws.ec2, types, &azs),
     );
     vec![
         subnets(observed),
-        offerings,
+        offered.map_or_else(
+            |e| Check::from_error(OFFERINGS, e),
+            |o| missing_offerings(types, &azs, &o),
+        ),
         ami(config, observed),
-        launch_template,
+        launch_template_check(launch_template),
         fleet_request,
-        quota,
-        cost,
+        vcpus.map_or_else(|e| Check::from_error(QUOTA, e), |v| quota(&v, capacity)),
+        prices.map_or_else(
+            |e| Check::from_error(COST, e),
+            |p| cost(&p, capacity, config.spot.allocation_strategy),
+        ),
     ]
 }
 
@@ -165,12 +170,12 @@ fn ami(config: &Config, observed: &Observed) -> Check {
     }
 }
 
+const OFFERINGS: &str = "instance types";
+const QUOTA: &str = "spot vCPU quota";
+const COST: &str = "cost";
+
 /// Which configured types are not offered in which zones.
-pub fn missing_offerings(
-    types: &[String],
-    azs: &[String],
-    offered: &BTreeSet<(String, String)>,
-) -> Check {
+pub fn missing_offerings(types: &[String], azs: &[String], offered: &BTreeSet<Pool>) -> Check {
     let mut none = Vec::new();
     let mut partial = Vec::new();
     for t in types {
@@ -189,7 +194,7 @@ pub fn missing_offerings(
     let usable = offered.len();
     if !none.is_empty() {
         Check::new(
-            "instance types",
+            OFFERINGS,
             Status::Fail,
             format!(
                 "not offered in any configured zone: {} (remove them from spot.instance_types)",
@@ -198,7 +203,7 @@ pub fn missing_offerings(
         )
     } else if !partial.is_empty() {
         Check::new(
-            "instance types",
+            OFFERINGS,
             Status::Warn,
             format!(
                 "{usable} of {pools} pools offered; {} (those pools stay empty)",
@@ -207,7 +212,7 @@ pub fn missing_offerings(
         )
     } else {
         Check::new(
-            "instance types",
+            OFFERINGS,
             Status::Ok,
             format!(
                 "all {} offered in all {} zones ({pools} pools)",
@@ -216,49 +221,6 @@ pub fn missing_offerings(
             ),
         )
     }
-}
-
-async fn offerings(aws: &Aws, types: &[String], azs: &[String]) -> Check {
-    let filter = |name: &str, values: &[String]| {
-        aws_sdk_ec2::types::Filter::builder()
-            .name(name)
-            .set_values(Some(values.to_vec()))
-            .build()
-    };
-    let mut offered = BTreeSet::new();
-    let mut token: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let out = match aws
-            .ec2
-            .describe_instance_type_offerings()
-            .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
-            .filters(filter("instance-type", types))
-            .filters(filter("location", azs))
-            .set_next_token(token.take())
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                return Check::from_error(
-                    "instance types",
-                    AwsError::call("ec2:DescribeInstanceTypeOfferings", e),
-                )
-            }
-        };
-        for o in out.instance_type_offerings() {
-            if let (Some(t), Some(az)) = (o.instance_type(), o.location()) {
-                if types.iter().any(|c| c == t.as_str()) && azs.iter().any(|a| a == az) {
-                    offered.insert((t.as_str().to_owned(), az.to_owned()));
-                }
-            }
-        }
-        token = next_page(out.next_token());
-        if token.is_none() {
-            break;
-        }
-    }
-    missing_offerings(types, azs, &offered)
 }
 
 fn dry_run_check(name: &'static str, what: &str, result: Result<DryRun, AwsError>) -> Check {
@@ -280,8 +242,7 @@ fn dry_run_check(name: &'static str, what: &str, result: Result<DryRun, AwsError
     }
 }
 
-async fn launch_template(aws: &Aws, desired: &Desired) -> Check {
-    let result = ec2::dry_run_create_launch_template(&aws.ec2, &desired.launch_template).await;
+fn launch_template_check(result: Result<DryRun, AwsError>) -> Check {
     if let Ok(DryRun::Refused(code, _)) = &result {
         if code == "InvalidLaunchTemplateName.AlreadyExistsException" {
             return Check::new(
@@ -298,25 +259,30 @@ async fn launch_template(aws: &Aws, desired: &Desired) -> Check {
     )
 }
 
-async fn fleet_request(aws: &Aws, desired: &Desired, lt: Option<&LaunchTemplateState>) -> Check {
+async fn fleet_request(
+    fleet_api: &dyn FleetApi,
+    desired: &Desired,
+    lt: Option<&LaunchTemplateState>,
+) -> Check {
+    let operation = fleet_api.request_operation();
     let Some(lt) = lt else {
         return Check::new(
             "fleet request",
             Status::Unknown,
-            "DryRun RequestSpotFleet needs the launch template, which apply creates first; plan again after the first apply",
+            format!("DryRun {operation} needs the launch template, which apply creates first; plan again after the first apply"),
         );
     };
-    let result = fleet::dry_run_request(
-        &aws.ec2,
-        &desired.fleet,
-        &lt.id,
-        lt.latest_version,
-        desired.capacity.desired.max(1),
-    )
-    .await;
+    let result = fleet_api
+        .dry_run(
+            &desired.fleet,
+            &lt.id,
+            lt.latest_version,
+            desired.capacity.desired.max(1),
+        )
+        .await;
     dry_run_check(
         "fleet request",
-        "RequestSpotFleet (iam:PassRole of spot.fleet_role included)",
+        &format!("{operation} (iam:PassRole of spot.fleet_role included)"),
         result,
     )
 }
@@ -329,34 +295,13 @@ pub fn vcpus_needed(vcpus: &BTreeMap<String, i32>, capacity: u32) -> Option<(Str
         .map(|(t, v)| (t.clone(), i64::from(*v) * i64::from(capacity)))
 }
 
-async fn quota(aws: &Aws, types: &[String], capacity: u32) -> Check {
-    const NAME: &str = "spot vCPU quota";
-    let out = match aws
-        .ec2
-        .describe_instance_types()
-        .set_instance_types(Some(types.iter().map(|t| t.as_str().into()).collect()))
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) => return Check::from_error(NAME, AwsError::call("ec2:DescribeInstanceTypes", e)),
-    };
-    let vcpus: BTreeMap<String, i32> = out
-        .instance_types()
-        .iter()
-        .filter_map(|t| {
-            Some((
-                t.instance_type()?.as_str().to_owned(),
-                t.v_cpu_info()?.default_v_cpus()?,
-            ))
-        })
-        .collect();
-    let need = match vcpus_needed(&vcpus, capacity) {
+fn quota(vcpus: &BTreeMap<String, i32>, capacity: u32) -> Check {
+    let need = match vcpus_needed(vcpus, capacity) {
         Some((t, n)) => format!("{capacity} runner(s) need up to {n} vCPUs ({t})"),
         None => "the instance types' vCPUs are unknown".to_owned(),
     };
     Check::new(
-        NAME,
+        QUOTA,
         Status::Unknown,
         format!(
             "{need}; compare with `aws service-quotas get-service-quota --service-code ec2 --quota-code {SPOT_QUOTA_CODE}` (new accounts may have as little as 5)"
@@ -412,66 +357,10 @@ pub fn dollars(v: f64) -> String {
     }
 }
 
-async fn cost(
-    aws: &Aws,
-    types: &[String],
-    azs: &[String],
-    capacity: u32,
-    strategy: AllocationStrategy,
-) -> Check {
-    const NAME: &str = "cost";
-    let now = std::time::SystemTime::now();
-    let mut latest: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
-    let mut token: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let out = match aws
-            .ec2
-            .describe_spot_price_history()
-            .set_instance_types(Some(types.iter().map(|t| t.as_str().into()).collect()))
-            .product_descriptions("Linux/UNIX")
-            .start_time(aws_smithy_types::DateTime::from(now))
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("availability-zone")
-                    .set_values(Some(azs.to_vec()))
-                    .build(),
-            )
-            .set_next_token(token.take())
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                return Check::from_error(NAME, AwsError::call("ec2:DescribeSpotPriceHistory", e))
-            }
-        };
-        for p in out.spot_price_history() {
-            let (Some(t), Some(az), Some(price)) = (
-                p.instance_type(),
-                p.availability_zone(),
-                p.spot_price().and_then(|s| s.parse::<f64>().ok()),
-            ) else {
-                continue;
-            };
-            if !azs.iter().any(|a| a == az) || !types.iter().any(|c| c == t.as_str()) {
-                continue;
-            }
-            let at = p.timestamp().map_or(0, |d| d.secs());
-            let key = (t.as_str().to_owned(), az.to_owned());
-            if latest.get(&key).is_none_or(|(seen, _)| at >= *seen) {
-                latest.insert(key, (at, price));
-            }
-        }
-        token = next_page(out.next_token());
-        if token.is_none() {
-            break;
-        }
-    }
-    let prices: BTreeMap<(String, String), f64> =
-        latest.into_iter().map(|(k, (_, p))| (k, p)).collect();
-    match estimate(&prices, capacity, strategy) {
+fn cost(prices: &BTreeMap<Pool, f64>, capacity: u32, strategy: AllocationStrategy) -> Check {
+    match estimate(prices, capacity, strategy) {
         Some(e) => Check::new(
-            NAME,
+            COST,
             Status::Ok,
             format!(
                 "~{}/h for {capacity} runner(s) (spot price history: {} pools, {}-{}/h per instance; EBS and data transfer extra)",
@@ -482,7 +371,7 @@ async fn cost(
             ),
         ),
         None => Check::new(
-            NAME,
+            COST,
             Status::Unknown,
             "no spot price for the configured types in these zones",
         ),

@@ -32,13 +32,13 @@ pub const CALLED: &[&str] = &[
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeSubnets",
     "ec2:TerminateInstances",
-    // src/aws/fleet.rs
+    // src/aws/spot_fleet.rs (the Spot Fleet backend)
     "ec2:CancelSpotFleetRequests",
     "ec2:DescribeSpotFleetInstances",
     "ec2:DescribeSpotFleetRequests",
     "ec2:ModifySpotFleetRequest",
     "ec2:RequestSpotFleet",
-    // src/preflight.rs (read-only; the DryRun calls above need the same actions)
+    // src/aws/offerings.rs (pre-flight, read-only; its DryRun calls need the actions above)
     "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeSpotPriceHistory",

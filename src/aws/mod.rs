@@ -13,6 +13,8 @@ pub mod actions;
 pub mod ec2;
 pub mod fleet;
 pub mod kms;
+pub mod offerings;
+pub mod spot_fleet;
 pub mod ssm;
 
 use aws_config::BehaviorVersion;

@@ -236,22 +236,14 @@ async fn only_a_runner_the_lost_create_registered_is_deleted() {
     }
     assert!(fake.set_busy(&keep[1].runner.uuid, true));
     assert!(fake.set_status(&keep[2].runner.uuid, "ONLINE"));
-    let existing = vec![keep[0].runner.clone()];
+    let existing = [crate::world::Runner::from(&keep[0].runner)];
     fake.inject(on_post(bitbucket_fake::Fault::ProcessedThenServerError {
         status: 502,
         count: 1,
         path_contains: None,
     }));
     let created = bb
-        .create_runner(
-            &scope,
-            name,
-            &labels(),
-            &existing
-                .iter()
-                .map(Into::into)
-                .collect::<Vec<crate::world::Runner>>(),
-        )
+        .create_runner(&scope, name, &labels(), &existing)
         .await
         .unwrap();
     let left: Vec<String> = fake

@@ -156,8 +156,10 @@ mod tests {
             );
         }
         let fp = WorldFingerprint::of(&Observed::default());
-        let mut other = Observed::default();
-        other.autoscale_state = Some("/bbfleet/ci/autoscale".into());
+        let other = Observed {
+            autoscale_state: Some("/bbfleet/ci/autoscale".into()),
+            ..Observed::default()
+        };
         assert_eq!(
             fp.changed(&WorldFingerprint::of(&other)),
             vec!["the autoscaler's state"]

@@ -1,0 +1,323 @@
+//! The Spot Fleet backend: `RequestSpotFleet` with type `maintain`, one request per
+//! configuration, found again by its `bbfleet:fleet` tag.
+
+use aws_sdk_ec2::types::{
+    AllocationStrategy as Ec2Strategy, ExcessCapacityTerminationPolicy,
+    FleetLaunchTemplateSpecification, FleetType, InstanceInterruptionBehavior,
+    LaunchTemplateConfig, LaunchTemplateOverrides, ReplacementStrategy, ResourceType,
+    SpotCapacityRebalance, SpotFleetRequestConfigData, SpotMaintenanceStrategies, Tag,
+    TagSpecification,
+};
+
+use super::fleet::{DryRun, FleetApi, FleetPhase, FleetSpec, FleetState};
+use super::AwsError;
+use crate::config::AllocationStrategy;
+use crate::names::{CONFIG_TAG, FLEET_TAG};
+
+/// Spot Fleet.
+#[derive(Debug, Clone)]
+pub struct SpotFleet {
+    ec2: aws_sdk_ec2::Client,
+}
+
+impl SpotFleet {
+    /// On this EC2 client.
+    pub fn new(ec2: aws_sdk_ec2::Client) -> Self {
+        SpotFleet { ec2 }
+    }
+
+    async fn instances(&self, id: &str) -> Result<Vec<String>, AwsError> {
+        let mut ids = Vec::new();
+        let mut token = None;
+        // Bounded: 1000 instances a page, 100 pages.
+        for _ in 0..100 {
+            let out = self
+                .ec2
+                .describe_spot_fleet_instances()
+                .spot_fleet_request_id(id)
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("ec2:DescribeSpotFleetInstances", e))?;
+            ids.extend(
+                out.active_instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_owned)),
+            );
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// Idempotency token of one request: new for every request, the same across the SDK's
+/// retries of it (they resend the serialized input). EC2 returns the first request's
+/// result for a token it has seen, even after that fleet was cancelled ("Ensuring
+/// idempotency in Amazon EC2 API requests"), so a token derived from the configuration
+/// would bring a dead fleet back instead of a new one. At most 64 ASCII characters.
+fn client_token() -> String {
+    let mut rng = fastrand::Rng::new();
+    format!("bbfleet-{:016x}{:016x}", rng.u64(..), rng.u64(..))
+}
+
+fn strategy(s: AllocationStrategy) -> Ec2Strategy {
+    match s {
+        AllocationStrategy::Diversified => Ec2Strategy::Diversified,
+        AllocationStrategy::PriceCapacityOptimized => Ec2Strategy::PriceCapacityOptimized,
+        AllocationStrategy::CapacityOptimized => Ec2Strategy::CapacityOptimized,
+        AllocationStrategy::LowestPrice => Ec2Strategy::LowestPrice,
+    }
+}
+
+/// The Spot Fleet request bbfleet sends (also the pre-flight's DryRun).
+fn request_config(
+    spec: &FleetSpec,
+    launch_template_id: &str,
+    version: i64,
+    target: u32,
+) -> SpotFleetRequestConfigData {
+    let mut overrides = Vec::new();
+    for t in &spec.instance_types {
+        for s in &spec.subnets {
+            overrides.push(
+                LaunchTemplateOverrides::builder()
+                    .instance_type(t.as_str().into())
+                    .subnet_id(s)
+                    .weighted_capacity(1.0)
+                    .build(),
+            );
+        }
+    }
+    let config = LaunchTemplateConfig::builder()
+        .launch_template_specification(
+            FleetLaunchTemplateSpecification::builder()
+                .launch_template_id(launch_template_id)
+                .version(version.to_string())
+                .build(),
+        )
+        .set_overrides(Some(overrides))
+        .build();
+    let fingerprint = spec.fingerprint();
+    SpotFleetRequestConfigData::builder()
+        .iam_fleet_role(&spec.role)
+        .allocation_strategy(strategy(spec.strategy))
+        .target_capacity(target as i32)
+        .r#type(FleetType::Maintain)
+        .launch_template_configs(config)
+        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+        .replace_unhealthy_instances(true)
+        .spot_maintenance_strategies(
+            SpotMaintenanceStrategies::builder()
+                .capacity_rebalance(
+                    SpotCapacityRebalance::builder()
+                        .replacement_strategy(ReplacementStrategy::Launch)
+                        .build(),
+                )
+                .build(),
+        )
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::SpotFleetRequest)
+                .tags(Tag::builder().key(FLEET_TAG).value(&spec.fleet).build())
+                .tags(Tag::builder().key(CONFIG_TAG).value(&fingerprint).build())
+                .build(),
+        )
+        .client_token(client_token())
+        .build()
+}
+
+#[async_trait::async_trait]
+impl FleetApi for SpotFleet {
+    fn label(&self) -> &'static str {
+        "Spot Fleet"
+    }
+
+    fn request_operation(&self) -> &'static str {
+        "RequestSpotFleet"
+    }
+
+    fn iam_actions(&self) -> &'static [&'static str] {
+        &[
+            "ec2:CancelSpotFleetRequests",
+            "ec2:DescribeSpotFleetInstances",
+            "ec2:DescribeSpotFleetRequests",
+            "ec2:ModifySpotFleetRequest",
+            "ec2:RequestSpotFleet",
+        ]
+    }
+
+    async fn dry_run(
+        &self,
+        spec: &FleetSpec,
+        launch_template_id: &str,
+        version: i64,
+        target: u32,
+    ) -> Result<DryRun, AwsError> {
+        let result = self
+            .ec2
+            .request_spot_fleet()
+            .dry_run(true)
+            .spot_fleet_request_config(request_config(spec, launch_template_id, version, target))
+            .send()
+            .await;
+        DryRun::from_result("ec2:RequestSpotFleet", result)
+    }
+
+    async fn list(&self, fleet: &str, with_instances: bool) -> Result<Vec<FleetState>, AwsError> {
+        // No server-side tag filter exists: list all and match the tag here.
+        let mut found = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_spot_fleet_requests()
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequests", e))?;
+            for r in page.spot_fleet_request_configs() {
+                let tag = |k: &str| {
+                    r.tags()
+                        .iter()
+                        .find(|t| t.key() == Some(k))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned)
+                };
+                let state = spot_fleet_phase(r.spot_fleet_request_state());
+                if tag(FLEET_TAG).as_deref() != Some(fleet)
+                    || matches!(
+                        state,
+                        FleetPhase::Cancelled
+                            | FleetPhase::CancelledTerminating
+                            | FleetPhase::Failed
+                    )
+                {
+                    continue;
+                }
+                found.push(FleetState {
+                    id: r.spot_fleet_request_id().unwrap_or_default().to_owned(),
+                    state,
+                    target: r
+                        .spot_fleet_request_config()
+                        .map_or(0, |c| c.target_capacity().unwrap_or(0)),
+                    fingerprint: tag(CONFIG_TAG),
+                    instance_ids: Vec::new(),
+                });
+            }
+        }
+        if with_instances {
+            for f in &mut found {
+                f.instance_ids = self.instances(&f.id).await?;
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    async fn request(
+        &self,
+        spec: &FleetSpec,
+        launch_template_id: &str,
+        version: i64,
+        target: u32,
+    ) -> Result<String, AwsError> {
+        let data = request_config(spec, launch_template_id, version, target);
+        let out = self
+            .ec2
+            .request_spot_fleet()
+            .spot_fleet_request_config(data)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("ec2:RequestSpotFleet", e))?;
+        out.spot_fleet_request_id()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AwsError::Invalid("ec2:RequestSpotFleet returned no request id".to_owned())
+            })
+    }
+
+    async fn set_target(
+        &self,
+        id: &str,
+        target: u32,
+        terminate_excess: bool,
+    ) -> Result<(), AwsError> {
+        let mut req = self
+            .ec2
+            .modify_spot_fleet_request()
+            .spot_fleet_request_id(id)
+            .target_capacity(target as i32);
+        if !terminate_excess {
+            req = req
+                .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination);
+        }
+        req.send()
+            .await
+            .map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
+        Ok(())
+    }
+
+    async fn cancel(&self, ids: &[String], terminate_instances: bool) -> Result<(), AwsError> {
+        for chunk in ids.chunks(100) {
+            self.ec2
+                .cancel_spot_fleet_requests()
+                .set_spot_fleet_request_ids(Some(chunk.to_vec()))
+                .terminate_instances(terminate_instances)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("ec2:CancelSpotFleetRequests", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A Spot Fleet request's state as the world's fleet phase (`BatchState` in the EC2 API
+/// Reference: submitted, active, cancelled, failed, cancelled_running,
+/// cancelled_terminating, modifying).
+fn spot_fleet_phase(state: Option<&aws_sdk_ec2::types::BatchState>) -> FleetPhase {
+    use aws_sdk_ec2::types::BatchState;
+    match state {
+        Some(BatchState::Submitted) => FleetPhase::Submitted,
+        Some(BatchState::Active) => FleetPhase::Active,
+        Some(BatchState::Modifying) => FleetPhase::Modifying,
+        Some(BatchState::CancelledRunning) => FleetPhase::CancelledRunning,
+        Some(BatchState::CancelledTerminatingInstances) => FleetPhase::CancelledTerminating,
+        Some(BatchState::Cancelled) => FleetPhase::Cancelled,
+        Some(BatchState::Failed) => FleetPhase::Failed,
+        _ => FleetPhase::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backends_actions_are_in_the_iam_table() {
+        use super::FleetApi;
+        let conf = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+            .build();
+        let api = super::SpotFleet::new(aws_sdk_ec2::Client::from_conf(conf));
+        for action in api.iam_actions() {
+            assert!(
+                crate::aws::actions::CALLED.contains(action),
+                "{action} of {} is not in src/aws/actions.rs",
+                api.label()
+            );
+        }
+    }
+
+    #[test]
+    fn client_tokens_fit_ec2s_limit_and_are_never_reused() {
+        let t = super::client_token();
+        assert!(t.len() <= 64 && t.is_ascii(), "{t}");
+        assert_ne!(t, super::client_token());
+    }
+}

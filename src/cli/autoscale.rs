@@ -1,0 +1,116 @@
+//! `bbfleet autoscale`: ticks that size the fleet from the runners' busy ratio. A tick
+//! reconciles: it observes, decides (`crate::autoscale::decide`), and applies a change
+//! through the normal planner; a failed tick is retried at the next one.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::apply::apply_to;
+use super::approve::Approval;
+use super::args::{arg_error, duration_arg, LockArgs, Target};
+use super::context::{Context, Remote};
+use super::CliError;
+use crate::autoscale::{decide, AutoscaleState};
+use crate::config::{AutoscaleConfig, Capacity, FieldError};
+use crate::execute::DEFAULT_CONCURRENCY;
+
+/// `bbfleet autoscale`.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct AutoscaleArgs {
+    /// One tick, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Time between ticks (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s")]
+    interval: String,
+    /// Calls in flight at once when a tick changes the fleet.
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    #[command(flatten)]
+    lock: LockArgs,
+}
+
+impl AutoscaleArgs {
+    /// Ticks until SIGINT/SIGTERM (between ticks: a tick in progress finishes), or once.
+    pub(super) async fn run(self, ctx: &Context<'_>) -> Result<ExitCode, CliError> {
+        let Some(auto) = ctx.config.capacity.autoscale.clone() else {
+            return Err(CliError::Argument(FieldError {
+                field: "capacity.autoscale".to_owned(),
+                message: "missing: add a [capacity.autoscale] table (min, thresholds, multipliers) to use autoscale".to_owned(),
+            }));
+        };
+        let interval = Duration::try_from(duration_arg("--interval", &self.interval, "60s, 5m")?)
+            .ok()
+            .filter(|d| d.as_secs() >= 1)
+            .ok_or_else(|| arg_error("--interval", "must be at least 1s".to_owned()))?;
+        let how = Approval {
+            auto_approve: true,
+            command: "autoscale",
+            lock: self.lock.parse()?,
+            concurrency: self.concurrency as usize,
+        };
+        let remote = ctx.connect().await?;
+        if self.once {
+            tick(ctx, &remote, &auto, &how).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            if let Err(e) = tick(ctx, &remote, &auto, &how).await {
+                // The error policy: the next tick retries; the apply it runs converges then.
+                eprintln!("autoscale: tick failed: {e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        eprintln!("autoscale: stopped");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One tick: three reads, a decision printed on one line, and an apply when it says so.
+async fn tick(
+    ctx: &Context<'_>,
+    remote: &Remote,
+    auto: &AutoscaleConfig,
+    how: &Approval,
+) -> Result<(), CliError> {
+    let (load, last) = crate::autoscale::observe(
+        ctx.config,
+        &remote.bitbucket,
+        remote.fleet_api.as_ref(),
+        &remote.aws.ssm,
+    )
+    .await?;
+    let now = jiff::Timestamp::now();
+    let decision = decide(auto, load, last.as_ref(), now);
+    let current = load.current;
+    let doc = serde_json::json!({"at": now.to_string(), "load": load, "decision": decision});
+    ctx.out.result(&doc, || match decision.scale_to {
+        Some(n) => format!("autoscale: scale {current} -> {n}: {}\n", decision.reason),
+        None => format!("autoscale: hold at {current}: {}\n", decision.reason),
+    })?;
+    let Some(n) = decision.scale_to else {
+        return Ok(());
+    };
+    let capacity = Capacity {
+        desired: n,
+        source: "autoscale".to_owned(),
+    };
+    let target = Target {
+        capacity: Some(n),
+        at: None,
+        force: false,
+    };
+    apply_to(ctx, remote, capacity, &target, how).await?;
+    let state = AutoscaleState {
+        capacity: n,
+        changed_at: now,
+    };
+    crate::autoscale::save_state(&remote.aws.ssm, &ctx.config.name, &state).await?;
+    Ok(())
+}
