@@ -150,16 +150,7 @@ pub fn decide(
     let Some(r) = ratio else {
         return Decision::hold("no runner is online yet".to_owned(), None);
     };
-    let target = if r > cfg.scale_up_threshold {
-        clamp(
-            ((f64::from(load.current) * cfg.scale_up_multiplier).ceil() as u32)
-                .max(load.current + 1),
-        )
-    } else if r < cfg.scale_down_threshold {
-        clamp((f64::from(load.current) * cfg.scale_down_multiplier).floor() as u32)
-    } else {
-        load.current
-    };
+    let target = by_ratio(cfg, load.current, r);
     let numbers = format!(
         "busy {}/{} online = {r:.2} (up above {}, down below {}), capacity {}",
         load.busy, load.online, cfg.scale_up_threshold, cfg.scale_down_threshold, load.current
@@ -172,6 +163,19 @@ pub fn decide(
             reason: format!("{numbers} -> {target}"),
             ratio,
         }
+    }
+}
+
+/// The capacity the busy ratio `r` asks for: up by the multiplier (at least one more)
+/// above the up threshold, down by the multiplier below the down threshold, within bounds.
+fn by_ratio(cfg: &AutoscaleConfig, current: u32, r: f64) -> u32 {
+    let clamp = |n: u32| n.clamp(cfg.min, cfg.max);
+    if r > cfg.scale_up_threshold {
+        clamp(((f64::from(current) * cfg.scale_up_multiplier).ceil() as u32).max(current + 1))
+    } else if r < cfg.scale_down_threshold {
+        clamp((f64::from(current) * cfg.scale_down_multiplier).floor() as u32)
+    } else {
+        current
     }
 }
 

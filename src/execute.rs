@@ -69,15 +69,48 @@ pub struct Executor<'a> {
     pub concurrency: usize,
 }
 
+/// What earlier actions of the plan made, for later ones.
 #[derive(Default)]
 struct State {
     key_arn: Option<String>,
     launch_template: Option<(String, i64)>,
 }
 
+impl State {
+    /// What exists before the first action.
+    fn observed(observed: &Observed) -> State {
+        State {
+            key_arn: match &observed.key {
+                Some(crate::world::KeyStatus::Usable { arn }) => Some(arn.clone()),
+                _ => None,
+            },
+            launch_template: observed
+                .launch_template
+                .as_ref()
+                .map(|lt| (lt.id.clone(), lt.latest_version)),
+        }
+    }
+}
+
+/// The outcome of each action of a batch, by its index in the batch.
+type Outcomes = Vec<(usize, Result<String, ActionError>)>;
+
 fn label(a: &Action) -> String {
     let (kind, name, _) = a.describe();
     format!("{} {name}", kind.replace('_', " "))
+}
+
+/// The plan cut into runs of consecutive actions that batch together.
+fn batches(actions: &[Action]) -> Vec<&[Action]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=actions.len() {
+        if i == actions.len() || !actions[start].batches_with(&actions[i]) {
+            out.push(&actions[start..i]);
+            start = i;
+        }
+    }
+    out
 }
 
 impl Executor<'_> {
@@ -87,67 +120,12 @@ impl Executor<'_> {
         plan: &Plan,
         on_done: &(dyn Fn(&Action, &str) + Sync),
     ) -> Result<usize, ExecuteError> {
-        let state = Mutex::new(State {
-            key_arn: match &self.observed.key {
-                Some(crate::world::KeyStatus::Usable { arn }) => Some(arn.clone()),
-                _ => None,
-            },
-            launch_template: self
-                .observed
-                .launch_template
-                .as_ref()
-                .map(|lt| (lt.id.clone(), lt.latest_version)),
-        });
+        let state = Mutex::new(State::observed(self.observed));
         let total = plan.actions.len();
         let mut done = 0;
-        let mut i = 0;
-        while i < total {
-            let mut j = i + 1;
-            while j < total && plan.actions[i].batches_with(&plan.actions[j]) {
-                j += 1;
-            }
-            let batch = &plan.actions[i..j];
-            let stop = AtomicBool::new(false);
-            let results: Vec<(usize, Result<String, ActionError>)> =
-                if batch[0].traits().batch == Batch::DeleteParameters {
-                    // One call per ten names rather than one per parameter.
-                    let names: Vec<String> = batch
-                        .iter()
-                        .filter_map(|a| match a {
-                            Action::DeleteParameter { name, .. }
-                            | Action::DeleteOrphanParameter { name, .. } => Some(name.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    match ssm::delete(&self.aws.ssm, &names).await {
-                        Ok(()) => (0..batch.len())
-                            .map(|k| (k, Ok("deleted".to_owned())))
-                            .collect(),
-                        Err(e) => std::iter::once((0, Err(e.into())))
-                            .chain((1..batch.len()).map(|k| (k, Err(ActionError::NotStarted))))
-                            .collect(),
-                    }
-                } else {
-                    stream::iter(batch.iter().enumerate())
-                        .map(|(k, a)| {
-                            let (stop, state) = (&stop, &state);
-                            async move {
-                                if stop.load(Ordering::SeqCst) {
-                                    return (k, Err(ActionError::NotStarted));
-                                }
-                                let r = self.run(a, state).await;
-                                if r.is_err() {
-                                    stop.store(true, Ordering::SeqCst);
-                                }
-                                (k, r)
-                            }
-                        })
-                        .buffer_unordered(self.concurrency.max(1))
-                        .collect()
-                        .await
-                };
+        for batch in batches(&plan.actions) {
             let mut first_error = None;
-            for (k, r) in results {
+            for (k, r) in self.run_batch(batch, &state).await {
                 match r {
                     Ok(detail) => {
                         done += 1;
@@ -155,9 +133,7 @@ impl Executor<'_> {
                     }
                     Err(ActionError::NotStarted) => {}
                     Err(e) => {
-                        if first_error.is_none() {
-                            first_error = Some((label(&batch[k]), e));
-                        }
+                        first_error.get_or_insert((label(&batch[k]), e));
                     }
                 }
             }
@@ -169,91 +145,84 @@ impl Executor<'_> {
                     total,
                 });
             }
-            i = j;
         }
         Ok(done)
     }
 
+    /// A batch: one grouped call for parameter deletions, else a bounded fan-out that
+    /// starts nothing new after a failure (started calls finish).
+    async fn run_batch(&self, batch: &[Action], state: &Mutex<State>) -> Outcomes {
+        if batch[0].traits().batch == Batch::DeleteParameters {
+            return self.delete_parameters(batch).await;
+        }
+        let stop = AtomicBool::new(false);
+        stream::iter(batch.iter().enumerate())
+            .map(|(k, a)| {
+                let stop = &stop;
+                async move {
+                    if stop.load(Ordering::SeqCst) {
+                        return (k, Err(ActionError::NotStarted));
+                    }
+                    let r = self.run(a, state).await;
+                    if r.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    (k, r)
+                }
+            })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// One call per ten names rather than one per parameter.
+    async fn delete_parameters(&self, batch: &[Action]) -> Outcomes {
+        let names: Vec<String> = batch
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteParameter { name, .. }
+                | Action::DeleteOrphanParameter { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        match ssm::delete(&self.aws.ssm, &names).await {
+            Ok(()) => (0..batch.len())
+                .map(|k| (k, Ok("deleted".to_owned())))
+                .collect(),
+            Err(e) => std::iter::once((0, Err(e.into())))
+                .chain((1..batch.len()).map(|k| (k, Err(ActionError::NotStarted))))
+                .collect(),
+        }
+    }
+
+    /// One action.
     async fn run(&self, action: &Action, state: &Mutex<State>) -> Result<String, ActionError> {
-        let fleet = self.config.name.as_str();
         let scope = scope(self.config);
-        let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
         match action {
-            Action::CreateKey { alias } => {
-                let arn = kms::create(&self.aws.kms, alias, fleet).await?;
-                lock().key_arn = Some(arn.clone());
-                Ok(arn)
-            }
-            Action::RekeyParameter { name, .. } => {
-                let key = lock()
-                    .key_arn
-                    .clone()
-                    .ok_or(ActionError::Missing("no usable KMS key"))?;
-                ssm::rekey(&self.aws.ssm, name, &key).await?;
-                Ok("re-encrypted".to_owned())
-            }
+            Action::CreateKey { alias } => self.create_key(alias, state).await,
+            Action::RekeyParameter { name, .. } => self.rekey(name, state).await,
             Action::DeleteRunner { uuid, .. } => {
                 let existed = self.bitbucket.delete_runner(&scope, uuid).await?;
-                Ok(if existed { "deleted" } else { "already gone" }.to_owned())
+                Ok(gone(existed))
             }
             Action::DeleteOrphanRunner { uuid, instance, .. } => {
-                // The instance first: while it runs, it holds a runner that is going away.
-                if let Some(id) = instance {
-                    ec2::terminate(&self.aws.ec2, std::slice::from_ref(id)).await?;
-                }
-                let existed = self.bitbucket.delete_runner(&scope, uuid).await?;
-                Ok(match (existed, instance) {
-                    (true, Some(id)) => format!("deleted ({id} terminating)"),
-                    (true, None) => "deleted".to_owned(),
-                    (false, _) => "already gone".to_owned(),
-                })
+                self.delete_orphan_runner(uuid, instance.as_ref()).await
             }
             Action::DeleteParameter { name, .. } | Action::DeleteOrphanParameter { name, .. } => {
                 ssm::delete(&self.aws.ssm, std::slice::from_ref(name)).await?;
                 Ok("deleted".to_owned())
             }
             Action::UpdateRunner { uuid, name, .. } => {
+                let labels = self.config.labels();
                 self.bitbucket
-                    .update_runner(&scope, uuid, name, self.config.labels())
+                    .update_runner(&scope, uuid, name, labels)
                     .await?;
                 Ok("labels updated".to_owned())
             }
             Action::CreateRunner { name } => self.create_runner(name, state).await,
-            Action::CreateLaunchTemplate { .. } => {
-                let spec = &self
-                    .desired
-                    .ok_or(ActionError::Missing("no desired state"))?
-                    .launch_template;
-                let (id, version) = ec2::create_launch_template(&self.aws.ec2, spec).await?;
-                lock().launch_template = Some((id.clone(), version));
-                Ok(format!("{id} version {version}"))
-            }
-            Action::CreateLaunchTemplateVersion { .. } => {
-                let spec = &self
-                    .desired
-                    .ok_or(ActionError::Missing("no desired state"))?
-                    .launch_template;
-                let id = lock()
-                    .launch_template
-                    .as_ref()
-                    .map(|(id, _)| id.clone())
-                    .ok_or(ActionError::Missing("no launch template"))?;
-                let version = ec2::create_launch_template_version(&self.aws.ec2, &id, spec).await?;
-                lock().launch_template = Some((id.clone(), version));
-                Ok(format!("{id} version {version}"))
-            }
-            Action::RequestFleet { target, .. } => {
-                let spec = &self
-                    .desired
-                    .ok_or(ActionError::Missing("no desired state"))?
-                    .fleet;
-                let (id, version) = lock()
-                    .launch_template
-                    .clone()
-                    .ok_or(ActionError::Missing("no launch template"))?;
-                let fleet_id = self.fleet_api.request(spec, &id, version, *target).await?;
-                Ok(format!("{fleet_id} (target {target})"))
-            }
+            Action::CreateLaunchTemplate { .. } => self.create_launch_template(state).await,
+            Action::CreateLaunchTemplateVersion { .. } => self.new_template_version(state).await,
+            Action::RequestFleet { target, .. } => self.request_fleet(*target, state).await,
             Action::SetFleetTarget { id, to, .. } => {
                 self.fleet_api.set_target(id, *to, false).await?;
                 Ok(format!("target {to}"))
@@ -274,33 +243,92 @@ impl Executor<'_> {
             }
             Action::ReleaseClaim {
                 runner, generation, ..
-            } => {
-                let written =
-                    ssm::put_claim_if_absent(&self.aws.ssm, fleet, runner, *generation, "free")
-                        .await?;
-                Ok(if written {
-                    format!("generation {generation} = free")
-                } else {
-                    // A booting instance wrote this generation first: the claim moved on.
-                    format!("generation {generation} exists: an instance took the runner over")
-                })
-            }
+            } => self.release_claim(runner, *generation).await,
             Action::DeleteLaunchTemplate { name } => {
                 let existed = ec2::delete_launch_template(&self.aws.ec2, name).await?;
-                Ok(if existed { "deleted" } else { "already gone" }.to_owned())
+                Ok(gone(existed))
             }
         }
+    }
+
+    async fn create_key(&self, alias: &str, state: &Mutex<State>) -> Result<String, ActionError> {
+        let arn = kms::create(&self.aws.kms, alias, &self.config.name).await?;
+        lock(state).key_arn = Some(arn.clone());
+        Ok(arn)
+    }
+
+    async fn rekey(&self, name: &str, state: &Mutex<State>) -> Result<String, ActionError> {
+        let key = key_arn(state)?;
+        ssm::rekey(&self.aws.ssm, name, &key).await?;
+        Ok("re-encrypted".to_owned())
+    }
+
+    async fn delete_orphan_runner(
+        &self,
+        uuid: &str,
+        instance: Option<&String>,
+    ) -> Result<String, ActionError> {
+        // The instance first: while it runs, it holds a runner that is going away.
+        if let Some(id) = instance {
+            ec2::terminate(&self.aws.ec2, std::slice::from_ref(id)).await?;
+        }
+        let existed = self
+            .bitbucket
+            .delete_runner(&scope(self.config), uuid)
+            .await?;
+        Ok(match (existed, instance) {
+            (true, Some(id)) => format!("deleted ({id} terminating)"),
+            (true, None) => "deleted".to_owned(),
+            (false, _) => "already gone".to_owned(),
+        })
+    }
+
+    fn desired(&self) -> Result<&Desired, ActionError> {
+        self.desired.ok_or(ActionError::Missing("no desired state"))
+    }
+
+    async fn create_launch_template(&self, state: &Mutex<State>) -> Result<String, ActionError> {
+        let spec = &self.desired()?.launch_template;
+        let (id, version) = ec2::create_launch_template(&self.aws.ec2, spec).await?;
+        lock(state).launch_template = Some((id.clone(), version));
+        Ok(format!("{id} version {version}"))
+    }
+
+    async fn new_template_version(&self, state: &Mutex<State>) -> Result<String, ActionError> {
+        let spec = &self.desired()?.launch_template;
+        let (id, _) = launch_template(state)?;
+        let version = ec2::create_launch_template_version(&self.aws.ec2, &id, spec).await?;
+        lock(state).launch_template = Some((id.clone(), version));
+        Ok(format!("{id} version {version}"))
+    }
+
+    async fn request_fleet(
+        &self,
+        target: u32,
+        state: &Mutex<State>,
+    ) -> Result<String, ActionError> {
+        let spec = &self.desired()?.fleet;
+        let (id, version) = launch_template(state)?;
+        let fleet_id = self.fleet_api.request(spec, &id, version, target).await?;
+        Ok(format!("{fleet_id} (target {target})"))
+    }
+
+    async fn release_claim(&self, runner: &str, generation: u64) -> Result<String, ActionError> {
+        let fleet = &self.config.name;
+        let written =
+            ssm::put_claim_if_absent(&self.aws.ssm, fleet, runner, generation, "free").await?;
+        Ok(if written {
+            format!("generation {generation} = free")
+        } else {
+            // A booting instance wrote this generation first: the claim moved on.
+            format!("generation {generation} exists: an instance took the runner over")
+        })
     }
 
     /// Registers a runner and stores its command at once; if storing fails, the runner
     /// is deleted again (its secret would be lost otherwise).
     async fn create_runner(&self, name: &str, state: &Mutex<State>) -> Result<String, ActionError> {
-        let key = state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .key_arn
-            .clone()
-            .ok_or(ActionError::Missing("no usable KMS key"))?;
+        let key = key_arn(state)?;
         let scope = scope(self.config);
         let created = self
             .bitbucket
@@ -337,4 +365,26 @@ impl Executor<'_> {
             }
         }
     }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key_arn(state: &Mutex<State>) -> Result<String, ActionError> {
+    lock(state)
+        .key_arn
+        .clone()
+        .ok_or(ActionError::Missing("no usable KMS key"))
+}
+
+fn launch_template(state: &Mutex<State>) -> Result<(String, i64), ActionError> {
+    lock(state)
+        .launch_template
+        .clone()
+        .ok_or(ActionError::Missing("no launch template"))
+}
+
+fn gone(existed: bool) -> String {
+    if existed { "deleted" } else { "already gone" }.to_owned()
 }

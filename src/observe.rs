@@ -41,6 +41,32 @@ pub fn scope(config: &Config) -> Scope {
     }
 }
 
+/// The Bitbucket side: the workspace, the repository, every runner of the scope.
+struct BitbucketReads {
+    account_uuid: String,
+    repository_uuid: Option<String>,
+    runners: Vec<crate::bitbucket::Runner>,
+}
+
+/// The AWS side of what exists.
+struct Existing {
+    parameters: Vec<crate::world::RunnerParameter>,
+    claims: Vec<crate::world::Claim>,
+    launch_template: Option<crate::world::LaunchTemplateState>,
+    fleets: Vec<crate::world::FleetState>,
+    instances: Vec<crate::world::InstanceInfo>,
+    autoscale_state: Option<String>,
+}
+
+/// What `apply` also needs to compute the desired state.
+#[derive(Default)]
+struct ForApply {
+    key: Option<crate::world::KeyStatus>,
+    subnets: Vec<crate::world::SubnetInfo>,
+    security_groups: Vec<crate::world::SecurityGroupInfo>,
+    image: Option<ImageInfo>,
+}
+
 /// Reads everything, with independent reads in parallel.
 pub async fn observe(
     config: &Config,
@@ -52,64 +78,13 @@ pub async fn observe(
     let fleet = config.name.as_str();
     let observed_at = jiff::Timestamp::now();
     let scope = scope(config);
-    let bb = async {
-        let (workspace, repository, runners) = tokio::try_join!(
-            bitbucket.workspace(&scope.workspace),
-            async {
-                match &scope.repository {
-                    Some(r) => bitbucket.repository(&scope.workspace, r).await.map(Some),
-                    None => Ok(None),
-                }
-            },
-            bitbucket.list_runners(&scope),
-        )?;
-        Ok::<_, ObserveError>((workspace, repository, runners))
-    };
-    let lt_name = names::launch_template(fleet);
-    let aws_existing = async {
-        let (parameters, claims, launch_template, fleets, instances, autoscale_state) = tokio::try_join!(
-            ssm::list_runner_parameters(&aws.ssm, fleet),
-            ssm::list_claims(&aws.ssm, fleet),
-            ec2::find_launch_template(&aws.ec2, &lt_name),
-            fleet_api.list(fleet, true),
-            ec2::fleet_instances(&aws.ec2, fleet),
-            async {
-                // Only destroy deletes the autoscaler's state; plan and apply never read it.
-                if depth == Depth::ForApply {
-                    return Ok(None);
-                }
-                let name = names::autoscale_state(fleet);
-                Ok(ssm::get_string(&aws.ssm, &name).await?.map(|_| name))
-            },
-        )?;
-        Ok::<_, ObserveError>((
-            parameters,
-            claims,
-            launch_template,
-            fleets,
-            instances,
-            autoscale_state,
-        ))
-    };
-    let aws_desired = async {
-        if depth == Depth::Existing {
-            return Ok::<_, ObserveError>((None, Vec::new(), Vec::new(), None));
-        }
-        let (key, subnets, security_groups, image) = tokio::try_join!(
-            kms::describe(&aws.kms, &config.kms.key),
-            ec2::describe_subnets(&aws.ec2, &config.spot.subnets),
-            ec2::describe_security_groups(&aws.ec2, &config.instance.security_groups),
-            resolve_image(config, aws),
-        )?;
-        Ok((Some(key), subnets, security_groups, Some(image)))
-    };
-    let (
-        (workspace, repository, all_runners),
-        (parameters, claims, launch_template, fleets, instances, autoscale_state),
-        (key, subnets, security_groups, image),
-    ) = tokio::try_join!(bb, aws_existing, aws_desired)?;
-    let scope_runner_count = all_runners.len();
-    let mut runners: Vec<Runner> = all_runners
+    let (bb, existing, for_apply) = tokio::try_join!(
+        read_bitbucket(bitbucket, &scope),
+        read_existing(aws, fleet_api, fleet, depth),
+        read_for_apply(config, aws, depth),
+    )?;
+    let mut runners: Vec<Runner> = bb
+        .runners
         .iter()
         .filter(|r| names::runner_slot(fleet, &r.name).is_some())
         .map(Runner::from)
@@ -117,21 +92,96 @@ pub async fn observe(
     runners.sort_by_key(|r| names::runner_slot(fleet, &r.name));
     Ok(Observed {
         scope_name: scope.to_string(),
+        account_uuid: bb.account_uuid,
+        repository_uuid: bb.repository_uuid,
+        scope_runner_count: bb.runners.len(),
+        runners,
+        parameters: existing.parameters,
+        claims: existing.claims,
+        key: for_apply.key,
+        subnets: for_apply.subnets,
+        security_groups: for_apply.security_groups,
+        image: for_apply.image,
+        launch_template: existing.launch_template,
+        fleets: existing.fleets,
+        instances: existing.instances,
+        autoscale_state: existing.autoscale_state,
+        observed_at,
+    })
+}
+
+async fn read_bitbucket(
+    bitbucket: &Bitbucket,
+    scope: &Scope,
+) -> Result<BitbucketReads, ObserveError> {
+    let (workspace, repository, runners) = tokio::try_join!(
+        bitbucket.workspace(&scope.workspace),
+        async {
+            match &scope.repository {
+                Some(r) => bitbucket.repository(&scope.workspace, r).await.map(Some),
+                None => Ok(None),
+            }
+        },
+        bitbucket.list_runners(scope),
+    )?;
+    Ok(BitbucketReads {
         account_uuid: workspace.uuid,
         repository_uuid: repository.map(|r| r.uuid),
-        scope_runner_count,
         runners,
+    })
+}
+
+async fn read_existing(
+    aws: &Aws,
+    fleet_api: &dyn FleetApi,
+    fleet: &str,
+    depth: Depth,
+) -> Result<Existing, ObserveError> {
+    let lt_name = names::launch_template(fleet);
+    let (parameters, claims, launch_template, fleets, instances, autoscale_state) = tokio::try_join!(
+        ssm::list_runner_parameters(&aws.ssm, fleet),
+        ssm::list_claims(&aws.ssm, fleet),
+        ec2::find_launch_template(&aws.ec2, &lt_name),
+        fleet_api.list(fleet, true),
+        ec2::fleet_instances(&aws.ec2, fleet),
+        async {
+            // Only destroy deletes the autoscaler's state; plan and apply never read it.
+            if depth == Depth::ForApply {
+                return Ok(None);
+            }
+            let name = names::autoscale_state(fleet);
+            Ok(ssm::get_string(&aws.ssm, &name).await?.map(|_| name))
+        },
+    )?;
+    Ok(Existing {
         parameters,
         claims,
-        key,
-        subnets,
-        security_groups,
-        image,
         launch_template,
         fleets,
         instances,
         autoscale_state,
-        observed_at,
+    })
+}
+
+async fn read_for_apply(
+    config: &Config,
+    aws: &Aws,
+    depth: Depth,
+) -> Result<ForApply, ObserveError> {
+    if depth == Depth::Existing {
+        return Ok(ForApply::default());
+    }
+    let (key, subnets, security_groups, image) = tokio::try_join!(
+        kms::describe(&aws.kms, &config.kms.key),
+        ec2::describe_subnets(&aws.ec2, &config.spot.subnets),
+        ec2::describe_security_groups(&aws.ec2, &config.instance.security_groups),
+        resolve_image(config, aws),
+    )?;
+    Ok(ForApply {
+        key: Some(key),
+        subnets,
+        security_groups,
+        image: Some(image),
     })
 }
 

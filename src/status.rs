@@ -102,6 +102,21 @@ impl StatusView {
 
 impl fmt::Display for StatusView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_fleet(f)?;
+        self.fmt_runners(f)?;
+        self.fmt_instances(f)?;
+        for p in &self.orphan_parameters {
+            writeln!(
+                f,
+                "\nWarning: parameter {p} has no runner (the next apply deletes it)."
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl StatusView {
+    fn fmt_fleet(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.fleet_request {
             Some(r) => writeln!(
                 f,
@@ -122,6 +137,10 @@ impl fmt::Display for StatusView {
         if let Some(ratio) = self.busy_ratio {
             writeln!(f, "Busy ratio: {:.2} (busy / online runners).", ratio)?;
         }
+        Ok(())
+    }
+
+    fn fmt_runners(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "\n{:<20} {:<38} {:<13} {:<5} {:<20} PARAMETER",
@@ -142,6 +161,10 @@ impl fmt::Display for StatusView {
         if self.runners.is_empty() {
             writeln!(f, "(no runners)")?;
         }
+        Ok(())
+    }
+
+    fn fmt_instances(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "\n{:<21} {:<14} {:<12} STATE",
@@ -156,12 +179,6 @@ impl fmt::Display for StatusView {
         }
         if self.instances.is_empty() {
             writeln!(f, "(no instances)")?;
-        }
-        for p in &self.orphan_parameters {
-            writeln!(
-                f,
-                "\nWarning: parameter {p} has no runner (the next apply deletes it)."
-            )?;
         }
         Ok(())
     }

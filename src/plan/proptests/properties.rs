@@ -1,0 +1,176 @@
+//! The properties, over the worlds `super::world` generates.
+
+use proptest::prelude::*;
+
+use super::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn plans_are_deterministic_and_independent_of_list_order(
+        w in world(), n in 0u32..=20, force in any::<bool>(), rot in 0usize..16,
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let first = runs(&c, &d, &o, force);
+        prop_assume!(first.is_some());
+        prop_assert_eq!(&first, &runs(&c, &d, &o, force));
+        prop_assert_eq!(&first, &runs(&c, &d, &reorder(&o, rot), force));
+    }
+
+    #[test]
+    fn applying_the_plan_leaves_nothing_to_do(
+        w in world(), n in 0u32..=20, force in any::<bool>(),
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(first) = runs(&c, &d, &o, force) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let after = apply_model(&o, &first, &c, &d);
+        let second = runs(&c, &d, &after, force)
+            .ok_or_else(|| TestCaseError::fail("the second plan was refused"))?;
+        // (b) Nothing left to do; what waits on busy runners is said again, unchanged.
+        prop_assert!(second.is_empty(), "second plan: {:?}\nfirst: {:?}", second.actions, first.actions);
+        // (A held stray may stop looking stray once a new request is launching.)
+        for warning in &second.warnings {
+            prop_assert!(first.warnings.contains(warning), "new warning {}", warning);
+        }
+        if force {
+            prop_assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+            prop_assert_eq!(healthy(&after), n as usize);
+        } else {
+            prop_assert!(healthy(&after) >= n as usize);
+            if healthy(&after) > n as usize || after.runners.len() > healthy(&after) {
+                prop_assert!(!first.warnings.is_empty());
+            }
+        }
+        // (d) One live request with the current configuration, target = runners.
+        let live: Vec<&FleetState> = after.fleets.iter().filter(|f| f.is_live()).collect();
+        if after.runners.is_empty() {
+            prop_assert!(live.iter().all(|f| f.target == 0), "{:?}", live);
+        } else {
+            prop_assert_eq!(live.len(), 1, "{:?}", live);
+            prop_assert_eq!(live[0].fingerprint.clone(), Some(d.fleet.fingerprint()));
+            prop_assert_eq!(live[0].target, after.runners.len() as i32);
+        }
+        // Every newest claim of a runner with a stored command is free or names a live
+        // instance (a busy orphan's claims wait with it).
+        let stored: BTreeSet<&str> = after.parameters.iter().map(|p| p.runner_uuid.as_str()).collect();
+        for (uuid, newest) in newest_claims(&after) {
+            if !stored.contains(uuid) {
+                continue;
+            }
+            let alive = after.instances.iter().any(|i| {
+                Some(i.id.as_str()) == newest.holder.instance() && i.is_up()
+            });
+            prop_assert!(newest.holder == ClaimHolder::Free || alive, "{:?}", newest);
+        }
+    }
+
+    #[test]
+    fn without_force_no_busy_runner_is_deleted_or_loses_its_host(
+        w in world(), n in 0u32..=20,
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(p) = runs(&c, &d, &o, false) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let busy: Vec<&Runner> = o.runners.iter().filter(|r| r.busy).collect();
+        let claims = newest_claims(&o);
+        let busy_hosts: Vec<&str> = busy
+            .iter()
+            .filter_map(|r| claims.get(bare_uuid(&r.uuid).as_str()))
+            .map(|c| c.holder.as_str())
+            .filter(|id| {
+                o.instances.iter().any(|i| {
+                    &i.id == id && i.is_up()
+                })
+            })
+            .collect();
+        for a in &p.actions {
+            match a {
+                Action::DeleteRunner { uuid, .. } | Action::DeleteOrphanRunner { uuid, .. } => {
+                    prop_assert!(!busy.iter().any(|r| &r.uuid == uuid), "{:?}", a);
+                }
+                Action::TerminateStrayInstances { ids } => {
+                    prop_assert!(!ids.iter().any(|i| busy_hosts.contains(&i.as_str())), "{:?}", a);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn claims_are_written_forward_and_the_newest_of_a_kept_runner_is_never_deleted(
+        w in world(), n in 0u32..=20, force in any::<bool>(),
+    ) {
+        let (c, d) = setup(n);
+        let o = build(&c, &w);
+        let Some(p) = runs(&c, &d, &o, force) else {
+            return Err(TestCaseError::reject("the planner refused this world"));
+        };
+        let after = apply_model(&o, &p, &c, &d);
+        let newest = newest_claims(&o);
+        let kept: BTreeSet<String> = after
+            .runners
+            .iter()
+            .map(|r| bare_uuid(&r.uuid))
+            .filter(|u| after.parameters.iter().any(|p| &p.runner_uuid == u))
+            .collect();
+        let released: BTreeMap<&str, (usize, u64)> = p
+            .actions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, a)| match a {
+                Action::ReleaseClaim { runner, generation, .. } => {
+                    Some((runner.as_str(), (k, *generation)))
+                }
+                _ => None,
+            })
+            .collect();
+        for (k, a) in p.actions.iter().enumerate() {
+            match a {
+                Action::ReleaseClaim { runner, generation, instance } => {
+                    // The next generation, never an existing name.
+                    let Some(current) = newest.get(runner.as_str()) else {
+                        return Err(TestCaseError::fail(format!("release without a claim: {a:?}")));
+                    };
+                    prop_assert_eq!(*generation, current.generation + 1);
+                    prop_assert_eq!(current.holder.as_str(), instance.as_str());
+                    // After every action that ends its instance.
+                    for later in &p.actions[k..] {
+                        let ends = match later {
+                            Action::TerminateInstances { ids, .. }
+                            | Action::TerminateStrayInstances { ids } => ids.contains(instance),
+                            Action::DeleteOrphanRunner { instance: Some(i), .. } => i == instance,
+                            Action::CancelFleet { id, .. } => o
+                                .fleets
+                                .iter()
+                                .any(|f| &f.id == id && f.instance_ids.contains(instance)),
+                            _ => false,
+                        };
+                        prop_assert!(!ends, "{:?} comes after {:?}", later, a);
+                    }
+                }
+                Action::PruneClaims { names } | Action::DeleteClaims { names, .. } => {
+                    for (uuid, c) in &newest {
+                        if !names.contains(&c.name) || !kept.contains(*uuid) {
+                            continue;
+                        }
+                        // Only once a newer generation was written before this delete.
+                        let before = released.get(uuid).is_some_and(|(at, g)| *at < k && *g > c.generation);
+                        prop_assert!(before, "{:?} deletes the newest claim {:?}", a, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
