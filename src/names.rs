@@ -15,6 +15,15 @@ pub fn runners_path(fleet: &str) -> String {
     format!("/bbfleet/{fleet}/runners")
 }
 
+/// Name of one claim generation: `/bbfleet/{fleet}/claims/{runner}/{generation}`.
+pub fn claim(fleet: &str, runner_uuid: &str, generation: u64) -> String {
+    format!(
+        "{}/{}/{generation}",
+        claims_path(fleet),
+        bare_uuid(runner_uuid)
+    )
+}
+
 /// SSM path holding the fleet's claims (no trailing slash).
 pub fn claims_path(fleet: &str) -> String {
     format!("/bbfleet/{fleet}/claims")

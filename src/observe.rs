@@ -189,12 +189,14 @@ async fn read_for_apply(
 async fn resolve_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError> {
     let id = match &config.instance.ami {
         AmiRef::Id(id) => id.clone(),
-        AmiRef::Ssm(path) => ssm::get_string(&aws.ssm, path).await?.ok_or_else(|| {
-            AwsError::Invalid(format!(
-                "instance.ami: SSM parameter {path} does not exist in {}",
-                aws.region
-            ))
-        })?,
+        AmiRef::Ssm(path) => {
+            ssm::get_string(&aws.ssm, path)
+                .await?
+                .ok_or_else(|| AwsError::Reference {
+                    field: "instance.ami".to_owned(),
+                    message: format!("SSM parameter {path} does not exist in {}", aws.region),
+                })?
+        }
     };
     let image = ec2::describe_image(&aws.ec2, &id).await?;
     let wanted = match config.instance.arch {
@@ -202,10 +204,13 @@ async fn resolve_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError
         crate::config::Arch::Arm64 => "arm64",
     };
     if image.architecture != wanted {
-        return Err(AwsError::Invalid(format!(
-            "instance.ami: {id} is an {} image but the instance types are {wanted}",
-            image.architecture
-        )));
+        return Err(AwsError::Reference {
+            field: "instance.ami".to_owned(),
+            message: format!(
+                "{id} is an {} image but the instance types are {wanted}",
+                image.architecture
+            ),
+        });
     }
     Ok(image)
 }

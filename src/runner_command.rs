@@ -1,5 +1,5 @@
 //! The `docker container run` command Bitbucket shows for a Linux Docker runner
-//! (shared/BITBUCKET_API.md §5), without `-it`: the host starts it under nohup.
+//! (the "Add runner" dialog of Bitbucket Cloud, Linux Docker), without `-it`: the host starts it under nohup.
 
 use secrecy::{ExposeSecret, SecretString};
 

@@ -1,5 +1,6 @@
 //! An in-memory fake of the Bitbucket Cloud REST API for self-hosted
-//! Pipelines runners, following `/work/shared/BITBUCKET_API.md`.
+//! Pipelines runners, following Atlassian's Bitbucket Cloud REST API reference
+//! (<https://developer.atlassian.com/cloud/bitbucket/rest/api-group-pipelines/>).
 //!
 //! Start one with [`FakeBitbucket::start`], point the client under test at
 //! [`FakeBitbucket::base_url`], and inspect or script it through the handle

@@ -78,12 +78,16 @@ where
         .map_or("this region".to_owned(), ToString::to_string);
     for (i, id) in ids.iter().enumerate() {
         if !exists(id.clone()).await {
-            return AwsError::Invalid(format!("{field}[{i}]: {id} does not exist in {region}"));
+            return AwsError::Reference {
+                field: format!("{field}[{i}]"),
+                message: format!("{id} does not exist in {region}"),
+            };
         }
     }
-    AwsError::Invalid(format!(
-        "{field}: a configured {what} does not exist in {region}: {message}"
-    ))
+    AwsError::Reference {
+        field: field.to_owned(),
+        message: format!("a configured {what} does not exist in {region}: {message}"),
+    }
 }
 
 /// Security groups by id, in the order given; a missing one is a config error naming
@@ -137,16 +141,10 @@ pub async fn describe_image(ec2: &aws_sdk_ec2::Client, ami: &str) -> Result<Imag
         .send()
         .await
         .map_err(|e| match e.code() {
-            Some("InvalidAMIID.NotFound" | "InvalidAMIID.Malformed") => AwsError::Invalid(format!(
-                "instance.ami: AMI {ami} does not exist in this region"
-            )),
+            Some("InvalidAMIID.NotFound" | "InvalidAMIID.Malformed") => missing_ami(ami),
             _ => AwsError::call("ec2:DescribeImages", e),
         })?;
-    let image = out.images().first().ok_or_else(|| {
-        AwsError::Invalid(format!(
-            "instance.ami: AMI {ami} does not exist in this region"
-        ))
-    })?;
+    let image = out.images().first().ok_or_else(|| missing_ami(ami))?;
     Ok(ImageInfo {
         id: ami.to_owned(),
         root_device: image.root_device_name().unwrap_or("/dev/xvda").to_owned(),
@@ -289,8 +287,9 @@ pub async fn create_launch_template(
         .send()
         .await
         .map_err(|e| AwsError::call("ec2:CreateLaunchTemplate", e))?;
-    let lt = out.launch_template().ok_or_else(|| {
-        AwsError::Invalid("ec2:CreateLaunchTemplate returned no template".to_owned())
+    let lt = out.launch_template().ok_or_else(|| AwsError::Answer {
+        operation: "ec2:CreateLaunchTemplate",
+        problem: "returned no template".to_owned(),
     })?;
     Ok((
         lt.launch_template_id().unwrap_or_default().to_owned(),
@@ -314,8 +313,9 @@ pub async fn create_launch_template_version(
         .map_err(|e| AwsError::call("ec2:CreateLaunchTemplateVersion", e))?;
     out.launch_template_version()
         .and_then(|v| v.version_number())
-        .ok_or_else(|| {
-            AwsError::Invalid("ec2:CreateLaunchTemplateVersion returned no version".to_owned())
+        .ok_or_else(|| AwsError::Answer {
+            operation: "ec2:CreateLaunchTemplateVersion",
+            problem: "returned no version".to_owned(),
         })
 }
 
@@ -410,4 +410,11 @@ pub async fn terminate(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+fn missing_ami(ami: &str) -> AwsError {
+    AwsError::Reference {
+        field: "instance.ami".to_owned(),
+        message: format!("AMI {ami} does not exist in this region"),
+    }
 }

@@ -76,9 +76,11 @@ impl DryRun {
         use aws_smithy_types::error::metadata::ProvideErrorMetadata;
         match result {
             // The endpoint ignored DryRun and did the call: say so, loudly.
-            Ok(_) => Err(AwsError::Invalid(format!(
-                "{operation} with DryRun=true was executed by the endpoint instead of checked"
-            ))),
+            Ok(_) => Err(AwsError::Answer {
+                operation,
+                problem: "with DryRun=true was executed by the endpoint instead of checked"
+                    .to_owned(),
+            }),
             Err(e) => match (e.code(), e.message()) {
                 (Some("DryRunOperation"), _) => Ok(DryRun::Allowed),
                 (Some(code), msg) => Ok(DryRun::Refused(

@@ -20,9 +20,10 @@ pub async fn describe(kms: &aws_sdk_kms::Client, key: &str) -> Result<KeyStatus,
         Err(e) => return Err(AwsError::call("kms:DescribeKey", e)),
     };
     let Some(md) = out.key_metadata() else {
-        return Err(AwsError::Invalid(format!(
-            "kms.key: DescribeKey returned no metadata for {key}"
-        )));
+        return Err(AwsError::Reference {
+            field: "kms.key".to_owned(),
+            message: format!("DescribeKey returned no metadata for {key}"),
+        });
     };
     let problem = if md.key_manager() != Some(&KeyManagerType::Customer) {
         Some("is AWS managed; bbfleet needs a customer managed key".to_owned())
@@ -82,8 +83,9 @@ pub async fn create(
                 .send()
                 .await
                 .map_err(|e| AwsError::call("kms:CreateKey", e))?;
-            let md = out.key_metadata().ok_or_else(|| {
-                AwsError::Invalid("kms:CreateKey returned no key metadata".to_owned())
+            let md = out.key_metadata().ok_or_else(|| AwsError::Answer {
+                operation: "kms:CreateKey",
+                problem: "returned no key metadata".to_owned(),
             })?;
             md.arn().unwrap_or(md.key_id()).to_owned()
         }

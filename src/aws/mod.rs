@@ -68,9 +68,41 @@ pub enum AwsError {
         /// AWS's error, with its chain.
         message: String,
     },
-    /// The world is not as bbfleet needs it (a clear, actionable message).
-    #[error("{0}")]
-    Invalid(String),
+    /// A configured reference (subnet, security group, AMI, key) that AWS does not know,
+    /// or knows as something else.
+    #[error("{field}: {message}")]
+    Reference {
+        /// The config field, e.g. `spot.subnets[1]`.
+        field: String,
+        /// What AWS has instead, for the user.
+        message: String,
+    },
+    /// AWS answered a call without what the call promises.
+    #[error("{operation} {problem}")]
+    Answer {
+        /// `service:Operation`.
+        operation: &'static str,
+        /// What is missing or wrong in the answer.
+        problem: String,
+    },
+    /// A runner command larger than a Standard parameter holds.
+    #[error("the runner command for {name} is {bytes} bytes; SSM Standard parameters hold at most {max}")]
+    TooLarge {
+        /// The parameter.
+        name: String,
+        /// The command's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value bbfleet writes could not be encoded.
+    #[error("{name}: {message}")]
+    Encode {
+        /// The parameter.
+        name: String,
+        /// Why.
+        message: String,
+    },
 }
 
 impl AwsError {

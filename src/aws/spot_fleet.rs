@@ -238,8 +238,9 @@ impl FleetApi for SpotFleet {
             .map_err(|e| AwsError::call("ec2:RequestSpotFleet", e))?;
         out.spot_fleet_request_id()
             .map(str::to_owned)
-            .ok_or_else(|| {
-                AwsError::Invalid("ec2:RequestSpotFleet returned no request id".to_owned())
+            .ok_or_else(|| AwsError::Answer {
+                operation: "ec2:RequestSpotFleet",
+                problem: "returned no request id".to_owned(),
             })
     }
 

@@ -128,10 +128,11 @@ pub async fn put_runner_command(
     let name = names::runner_parameter(fleet, runner_uuid);
     let value = command.expose_secret();
     if value.len() > MAX_PARAMETER_BYTES {
-        return Err(AwsError::Invalid(format!(
-            "the runner command for {name} is {} bytes; SSM Standard parameters hold at most {MAX_PARAMETER_BYTES}",
-            value.len()
-        )));
+        return Err(AwsError::TooLarge {
+            name,
+            bytes: value.len(),
+            max: MAX_PARAMETER_BYTES,
+        });
     }
     let tag = Tag::builder()
         .key(FLEET_TAG)
@@ -156,14 +157,7 @@ pub async fn put_runner_command(
     Ok(name)
 }
 
-/// Name of one claim generation: `/bbfleet/{fleet}/claims/{runner}/{generation}`.
-pub fn claim_name(fleet: &str, runner_uuid: &str, generation: u64) -> String {
-    format!(
-        "{}/{}/{generation}",
-        names::claims_path(fleet),
-        names::bare_uuid(runner_uuid)
-    )
-}
+pub use crate::names::claim as claim_name;
 
 /// Writes a claim generation only if it does not exist yet (`Overwrite=false`, as the
 /// instances do): `Ok(false)` when it exists, i.e. someone moved the claim on first.
@@ -233,7 +227,10 @@ pub async fn rekey(ssm: &aws_sdk_ssm::Client, name: &str, key_id: &str) -> Resul
     let value: SecretString = out
         .parameter()
         .and_then(|p| p.value())
-        .ok_or_else(|| AwsError::Invalid(format!("{name} has no value")))?
+        .ok_or_else(|| AwsError::Answer {
+            operation: "ssm:GetParameter",
+            problem: format!("returned no value for {name}"),
+        })?
         .to_owned()
         .into();
     ssm.put_parameter()

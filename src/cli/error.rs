@@ -79,8 +79,8 @@ impl CliError {
         }
     }
 
-    /// `{"error": {"kind", "message", "fields"?, "plan"?}}`: the config fields at fault
-    /// and the planner's typed error, for tools.
+    /// `{"error": {"kind", "message", "fields"?, "operation"?, "plan"?}}`: the config
+    /// fields at fault, the AWS call that failed and the planner's typed error, for tools.
     pub fn to_json(&self) -> Value {
         let mut doc = json!({"kind": self.kind(), "message": self.to_string()});
         let fields: Vec<Value> = match self {
@@ -89,8 +89,18 @@ impl CliError {
             }
             CliError::Argument(e) => vec![field(e)],
             CliError::Plan(e) => vec![json!({"field": e.field(), "message": e.to_string()})],
-            _ => Vec::new(),
+            _ => match self.aws() {
+                Some(AwsError::Reference { field, message }) => {
+                    vec![json!({"field": field, "message": message})]
+                }
+                _ => Vec::new(),
+            },
         };
+        if let Some(AwsError::Call { operation, .. } | AwsError::Answer { operation, .. }) =
+            self.aws()
+        {
+            doc["operation"] = (*operation).into();
+        }
         if !fields.is_empty() {
             doc["fields"] = fields.into();
         }
@@ -101,6 +111,51 @@ impl CliError {
     }
 }
 
+impl CliError {
+    fn aws(&self) -> Option<&AwsError> {
+        match self {
+            CliError::Aws(e) | CliError::Observe(ObserveError::Aws(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 fn field(e: &FieldError) -> Value {
     json!({"field": e.field, "message": e.message})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field_and_keep_the_planners_fields() {
+        let e = CliError::Plan(PlanError::KeyMissing {
+            key: "alias/x".into(),
+        });
+        let doc = e.to_json();
+        assert_eq!(doc["error"]["kind"], "plan");
+        assert_eq!(doc["error"]["message"], e.to_string());
+        assert_eq!(doc["error"]["fields"][0]["field"], "kms.key");
+        assert_eq!(doc["error"]["plan"]["error"], "key_missing");
+        assert_eq!(doc["error"]["plan"]["key"], "alias/x");
+
+        let e = CliError::Observe(ObserveError::Aws(AwsError::Reference {
+            field: "spot.subnets[1]".into(),
+            message: "subnet-1 does not exist in us-east-1".into(),
+        }));
+        let doc = e.to_json();
+        assert_eq!(doc["error"]["kind"], "aws");
+        assert_eq!(doc["error"]["fields"][0]["field"], "spot.subnets[1]");
+        assert_eq!(
+            doc["error"]["message"],
+            "spot.subnets[1]: subnet-1 does not exist in us-east-1"
+        );
+
+        let e = CliError::Aws(AwsError::Answer {
+            operation: "ec2:RequestSpotFleet",
+            problem: "returned no request id".into(),
+        });
+        assert_eq!(e.to_json()["error"]["operation"], "ec2:RequestSpotFleet");
+    }
 }

@@ -89,12 +89,12 @@ pub(super) async fn plan_apply(
 ) -> Result<(Plan, Observed, Desired), CliError> {
     let config = ctx.config;
     let observed = remote.observe(config, Depth::ForApply).await?;
-    let image = observed
-        .image
-        .as_ref()
-        .ok_or(CliError::Aws(AwsError::Invalid(
-            "instance.ami: not resolved".to_owned(),
-        )))?;
+    let image = observed.image.as_ref().ok_or_else(|| {
+        CliError::Aws(AwsError::Reference {
+            field: "instance.ami".to_owned(),
+            message: "not resolved".to_owned(),
+        })
+    })?;
     let desired = plan::desired(config, &remote.aws.region, image, capacity)?;
     let options = PlanOptions {
         force: target.force,

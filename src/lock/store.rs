@@ -37,8 +37,10 @@ pub(super) async fn put(
     value: &LockValue,
 ) -> Result<bool, AwsError> {
     let name = names::lock_parameter(fleet, generation);
-    let text =
-        serde_json::to_string(value).map_err(|e| AwsError::Invalid(format!("{name}: {e}")))?;
+    let text = serde_json::to_string(value).map_err(|e| AwsError::Encode {
+        name: name.clone(),
+        message: e.to_string(),
+    })?;
     let description = format!("bbfleet {fleet}: fleet lock, generation {generation}");
     ssm::create_string(ssm, fleet, &name, Some(description), &text).await
 }

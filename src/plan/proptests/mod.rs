@@ -168,7 +168,7 @@ fn parameter(uuid: &str, on_key: bool) -> RunnerParameter {
 
 fn claim(uuid: &str, generation: u64, value: &str) -> Claim {
     Claim {
-        name: crate::aws::ssm::claim_name("ci", uuid, generation),
+        name: names::claim("ci", uuid, generation),
         runner_uuid: bare_uuid(uuid),
         generation,
         holder: ClaimHolder::parse(value),
