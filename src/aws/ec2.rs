@@ -8,6 +8,7 @@ use aws_sdk_ec2::types::{
     LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
     TagSpecification, VolumeType,
 };
+use aws_smithy_runtime_api::client::result::SdkError;
 
 use super::AwsError;
 use crate::names::FLEET_TAG;
@@ -23,39 +24,119 @@ pub use crate::world::{
 /// The tag EC2 puts on every instance a Spot Fleet launches, naming the request.
 pub const FLEET_REQUEST_TAG: &str = "aws:ec2spot:fleet-request-id";
 
-/// Subnets by id; a missing one is a config error naming `spot.subnets`.
+/// Subnets by id, in the order given; a missing one is a config error naming
+/// `spot.subnets[i]`.
 pub async fn describe_subnets(
     ec2: &aws_sdk_ec2::Client,
     ids: &[String],
 ) -> Result<Vec<SubnetInfo>, AwsError> {
-    let out = match ec2
-        .describe_subnets()
-        .set_subnet_ids(Some(ids.to_vec()))
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => {
-            let exists = |id: String| async move {
-                let one = ec2.describe_subnets().subnet_ids(id).send().await;
-                !one.is_err_and(|e| e.code() == Some("InvalidSubnetID.NotFound"))
-            };
-            let message = e.message().unwrap_or_default();
-            return Err(missing_id(ec2, ("spot.subnets", "subnet"), ids, message, exists).await);
-        }
-        Err(e) => return Err(AwsError::call("ec2:DescribeSubnets", e)),
+    let describe = |ids: Vec<String>| async move {
+        let out = ec2
+            .describe_subnets()
+            .set_subnet_ids(Some(ids))
+            .send()
+            .await?;
+        Ok(out.subnets().iter().map(subnet_info).collect())
     };
-    let mut subnets: Vec<SubnetInfo> = out
-        .subnets()
-        .iter()
-        .map(|s| SubnetInfo {
-            id: s.subnet_id().unwrap_or_default().to_owned(),
-            az: s.availability_zone().unwrap_or_default().to_owned(),
-            vpc: s.vpc_id().unwrap_or_default().to_owned(),
-        })
-        .collect();
-    subnets.sort_by_key(|s| ids.iter().position(|i| *i == s.id));
-    Ok(subnets)
+    describe_ids(ec2, ids, &SUBNETS, describe, |s| &s.id).await
+}
+
+/// Security groups by id, in the order given; a missing one is a config error naming
+/// `instance.security_groups[i]`. No call when `ids` is empty (the VPC's default group).
+///
+/// EC2 API Reference, DescribeSecurityGroups (`GroupId.N`, `SecurityGroup.VpcId`), and
+/// "Error codes for the Amazon EC2 API": `InvalidGroup.NotFound`, "The specified security
+/// group does not exist".
+pub async fn describe_security_groups(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+) -> Result<Vec<SecurityGroupInfo>, AwsError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let describe = |ids: Vec<String>| async move {
+        let out = ec2
+            .describe_security_groups()
+            .set_group_ids(Some(ids))
+            .send()
+            .await?;
+        Ok(out.security_groups().iter().map(group_info).collect())
+    };
+    describe_ids(ec2, ids, &SECURITY_GROUPS, describe, |g| &g.id).await
+}
+
+const SUBNETS: Lookup = Lookup {
+    operation: "ec2:DescribeSubnets",
+    not_found: "InvalidSubnetID.NotFound",
+    field: "spot.subnets",
+    what: "subnet",
+};
+
+const SECURITY_GROUPS: Lookup = Lookup {
+    operation: "ec2:DescribeSecurityGroups",
+    not_found: "InvalidGroup.NotFound",
+    field: "instance.security_groups",
+    what: "security group",
+};
+
+fn subnet_info(s: &aws_sdk_ec2::types::Subnet) -> SubnetInfo {
+    SubnetInfo {
+        id: s.subnet_id().unwrap_or_default().to_owned(),
+        az: s.availability_zone().unwrap_or_default().to_owned(),
+        vpc: s.vpc_id().unwrap_or_default().to_owned(),
+    }
+}
+
+fn group_info(g: &aws_sdk_ec2::types::SecurityGroup) -> SecurityGroupInfo {
+    SecurityGroupInfo {
+        id: g.group_id().unwrap_or_default().to_owned(),
+        vpc: g.vpc_id().unwrap_or_default().to_owned(),
+    }
+}
+
+/// How configured ids of one kind are described.
+struct Lookup {
+    /// `ec2:DescribeX`.
+    operation: &'static str,
+    /// The error code of an id that does not exist.
+    not_found: &'static str,
+    /// The config field listing the ids.
+    field: &'static str,
+    /// The kind of resource, for messages.
+    what: &'static str,
+}
+
+/// `describe` of all `ids` at once, in the order given; when one does not exist, which
+/// one, as a config error (see [`missing_id`]).
+async fn describe_ids<T, F, Fut, E, R>(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    lookup: &Lookup,
+    describe: F,
+    id_of: fn(&T) -> &String,
+) -> Result<Vec<T>, AwsError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + super::HttpStatus,
+{
+    match describe(ids.to_vec()).await {
+        Ok(mut found) => {
+            found.sort_by_key(|t| ids.iter().position(|i| i == id_of(t)));
+            Ok(found)
+        }
+        Err(e) if e.code() == Some(lookup.not_found) => {
+            let exists = |id: String| {
+                let one = describe(vec![id]);
+                async move { !one.await.is_err_and(|e| e.code() == Some(lookup.not_found)) }
+            };
+            let message = e.message().unwrap_or_default().to_owned();
+            let field = (lookup.field, lookup.what);
+            Err(missing_id(ec2, field, ids, &message, exists).await)
+        }
+        Err(e) => Err(AwsError::call(lookup.operation, e)),
+    }
 }
 
 /// Which configured id is missing, as `{field}[i]`: `exists` reads one id (`false` for
@@ -88,49 +169,6 @@ where
         field: field.to_owned(),
         message: format!("a configured {what} does not exist in {region}: {message}"),
     }
-}
-
-/// Security groups by id, in the order given; a missing one is a config error naming
-/// `instance.security_groups[i]`. No call when `ids` is empty (the VPC's default group).
-///
-/// EC2 API Reference, DescribeSecurityGroups (`GroupId.N`, `SecurityGroup.VpcId`), and
-/// "Error codes for the Amazon EC2 API": `InvalidGroup.NotFound`, "The specified security
-/// group does not exist".
-pub async fn describe_security_groups(
-    ec2: &aws_sdk_ec2::Client,
-    ids: &[String],
-) -> Result<Vec<SecurityGroupInfo>, AwsError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let out = match ec2
-        .describe_security_groups()
-        .set_group_ids(Some(ids.to_vec()))
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if e.code() == Some("InvalidGroup.NotFound") => {
-            let exists = |id: String| async move {
-                let one = ec2.describe_security_groups().group_ids(id).send().await;
-                !one.is_err_and(|e| e.code() == Some("InvalidGroup.NotFound"))
-            };
-            let message = e.message().unwrap_or_default();
-            let field = ("instance.security_groups", "security group");
-            return Err(missing_id(ec2, field, ids, message, exists).await);
-        }
-        Err(e) => return Err(AwsError::call("ec2:DescribeSecurityGroups", e)),
-    };
-    let mut groups: Vec<SecurityGroupInfo> = out
-        .security_groups()
-        .iter()
-        .map(|g| SecurityGroupInfo {
-            id: g.group_id().unwrap_or_default().to_owned(),
-            vpc: g.vpc_id().unwrap_or_default().to_owned(),
-        })
-        .collect();
-    groups.sort_by_key(|g| ids.iter().position(|i| *i == g.id));
-    Ok(groups)
 }
 
 /// The AMI, or an error naming `instance.ami`.

@@ -55,7 +55,7 @@ impl From<&Runner> for crate::world::Runner {
             uuid: r.uuid.clone(),
             name: r.name.clone(),
             labels: r.labels.clone(),
-            status: crate::world::RunnerStatus::from_api(r.state.status.as_deref()),
+            status: crate::world::RunnerStatus::from_api(r.state.status.as_deref().unwrap_or("")),
             busy: r.is_busy(),
         }
     }

@@ -87,27 +87,27 @@ impl FleetState {
     }
 }
 
-/// A fleet request's phase, the same for every fleet API (the backend maps its states).
-/// Spelled as Spot Fleet spells its `SpotFleetRequestState`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FleetPhase {
-    /// Being evaluated.
-    Submitted,
-    /// Launching and maintaining instances.
-    Active,
-    /// Being changed.
-    Modifying,
-    /// Cancelled; its instances keep running.
-    CancelledRunning,
-    /// Cancelled; its instances are terminating.
-    CancelledTerminating,
-    /// Cancelled, no instance left.
-    Cancelled,
-    /// Failed to launch.
-    Failed,
-    /// A state bbfleet does not know (never live).
-    Unknown,
+spelled! {
+    /// A fleet request's phase, the same for every fleet API (the backend maps its states).
+    /// Spelled as Spot Fleet spells its `SpotFleetRequestState`.
+    pub enum FleetPhase (unknown = Unknown) {
+        /// Being evaluated.
+        Submitted = "submitted",
+        /// Launching and maintaining instances.
+        Active = "active",
+        /// Being changed.
+        Modifying = "modifying",
+        /// Cancelled; its instances keep running.
+        CancelledRunning = "cancelled_running",
+        /// Cancelled; its instances are terminating.
+        CancelledTerminating = "cancelled_terminating",
+        /// Cancelled, no instance left.
+        Cancelled = "cancelled",
+        /// Failed to launch.
+        Failed = "failed",
+        /// A state bbfleet does not know (never live).
+        Unknown = "unknown",
+    }
 }
 
 impl FleetPhase {
@@ -117,26 +117,6 @@ impl FleetPhase {
             self,
             FleetPhase::Submitted | FleetPhase::Active | FleetPhase::Modifying
         )
-    }
-
-    /// The spelling users see.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FleetPhase::Submitted => "submitted",
-            FleetPhase::Active => "active",
-            FleetPhase::Modifying => "modifying",
-            FleetPhase::CancelledRunning => "cancelled_running",
-            FleetPhase::CancelledTerminating => "cancelled_terminating",
-            FleetPhase::Cancelled => "cancelled",
-            FleetPhase::Failed => "failed",
-            FleetPhase::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for FleetPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -168,56 +148,22 @@ impl InstanceInfo {
     }
 }
 
-/// An instance's state (EC2's `InstanceStateName`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstanceState {
-    /// Launching.
-    Pending,
-    /// Running.
-    Running,
-    /// Terminating.
-    ShuttingDown,
-    /// Gone.
-    Terminated,
-    /// Stopping.
-    Stopping,
-    /// Stopped.
-    Stopped,
-    /// A state bbfleet does not know.
-    Unknown,
-}
-
-impl InstanceState {
-    /// From EC2's name of the state.
-    pub fn from_api(name: &str) -> InstanceState {
-        match name {
-            "pending" => InstanceState::Pending,
-            "running" => InstanceState::Running,
-            "shutting-down" => InstanceState::ShuttingDown,
-            "terminated" => InstanceState::Terminated,
-            "stopping" => InstanceState::Stopping,
-            "stopped" => InstanceState::Stopped,
-            _ => InstanceState::Unknown,
-        }
-    }
-
-    /// EC2's spelling.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::ShuttingDown => "shutting-down",
-            InstanceState::Terminated => "terminated",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Stopped => "stopped",
-            InstanceState::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+spelled! {
+    /// An instance's state (EC2's `InstanceStateName`).
+    pub enum InstanceState (unknown = Unknown) {
+        /// Launching.
+        Pending = "pending",
+        /// Running.
+        Running = "running",
+        /// Terminating.
+        ShuttingDown = "shutting-down",
+        /// Gone.
+        Terminated = "terminated",
+        /// Stopping.
+        Stopping = "stopping",
+        /// Stopped.
+        Stopped = "stopped",
+        /// A state bbfleet does not know.
+        Unknown = "unknown",
     }
 }

@@ -5,11 +5,58 @@
 //! stop at the providers: a runner's status, a claim's holder, a fleet's phase and an
 //! instance's state are enums here.
 
+/// An enum of a service's state names: the variants with their spellings, from which
+/// `from_api` (an unknown spelling is the `unknown` variant), `as_str`, `Display` and a
+/// `Serialize` as the spelling are derived, so each table is written once.
+macro_rules! spelled {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident (unknown = $unknown:ident) {
+            $( $(#[$vmeta:meta])* $variant:ident = $spelling:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $name {
+            /// From the service's spelling.
+            pub fn from_api(spelling: &str) -> $name {
+                match spelling {
+                    $( $spelling => $name::$variant, )*
+                    _ => $name::$unknown,
+                }
+            }
+
+            /// The service's spelling.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $( $name::$variant => $spelling, )*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
 mod fingerprint;
 mod infra;
 mod spec;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use fingerprint::{canonical, WorldFingerprint};
 pub use infra::{
@@ -57,7 +104,7 @@ pub struct Observed {
 }
 
 /// A registered runner, as the planner sees it (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Runner {
     /// `{uuid}` with braces.
     pub uuid: String,
@@ -78,57 +125,23 @@ impl Runner {
     }
 }
 
-/// A runner's `state.status` at Bitbucket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RunnerStatus {
-    /// Registered, never connected.
-    Unregistered,
-    /// Connected.
-    Online,
-    /// Was connected, is not.
-    Offline,
-    /// Takes no steps.
-    Disabled,
-    /// Enabled again.
-    Enabled,
-    /// Connected, failing.
-    Unhealthy,
-    /// No status, or one bbfleet does not know.
-    Unknown,
-}
-
-impl RunnerStatus {
-    /// From Bitbucket's `state.status` (absent or unknown: `Unknown`).
-    pub fn from_api(status: Option<&str>) -> RunnerStatus {
-        match status {
-            Some("UNREGISTERED") => RunnerStatus::Unregistered,
-            Some("ONLINE") => RunnerStatus::Online,
-            Some("OFFLINE") => RunnerStatus::Offline,
-            Some("DISABLED") => RunnerStatus::Disabled,
-            Some("ENABLED") => RunnerStatus::Enabled,
-            Some("UNHEALTHY") => RunnerStatus::Unhealthy,
-            _ => RunnerStatus::Unknown,
-        }
-    }
-
-    /// Bitbucket's spelling.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RunnerStatus::Unregistered => "UNREGISTERED",
-            RunnerStatus::Online => "ONLINE",
-            RunnerStatus::Offline => "OFFLINE",
-            RunnerStatus::Disabled => "DISABLED",
-            RunnerStatus::Enabled => "ENABLED",
-            RunnerStatus::Unhealthy => "UNHEALTHY",
-            RunnerStatus::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-impl std::fmt::Display for RunnerStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+spelled! {
+    /// A runner's `state.status` at Bitbucket.
+    pub enum RunnerStatus (unknown = Unknown) {
+        /// Registered, never connected.
+        Unregistered = "UNREGISTERED",
+        /// Connected.
+        Online = "ONLINE",
+        /// Was connected, is not.
+        Offline = "OFFLINE",
+        /// Takes no steps.
+        Disabled = "DISABLED",
+        /// Enabled again.
+        Enabled = "ENABLED",
+        /// Connected, failing.
+        Unhealthy = "UNHEALTHY",
+        /// No status, or one bbfleet does not know.
+        Unknown = "UNKNOWN",
     }
 }
 

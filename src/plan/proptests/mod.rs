@@ -214,7 +214,7 @@ fn build(config: &Config, w: &World) -> Observed {
             uuid: uuid.clone(),
             name: names::runner_name("ci", r.slot),
             labels,
-            status: RunnerStatus::from_api(Some(STATUSES[r.status])),
+            status: RunnerStatus::from_api(STATUSES[r.status]),
             busy: r.busy,
         });
         if r.param > 0 {

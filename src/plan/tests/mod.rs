@@ -37,7 +37,7 @@ fn runner(n: u32, status: &str, busy: bool) -> Runner {
         uuid: uuid(n),
         name: format!("bbfleet-ci-{n}"),
         labels: vec!["self.hosted".into(), "linux".into(), "spot".into()],
-        status: RunnerStatus::from_api(Some(status)),
+        status: RunnerStatus::from_api(status),
         busy,
     }
 }
