@@ -103,11 +103,12 @@ fn hold_busy_strays(
         .filter(|i| busy_hosts.contains(*i))
         .cloned()
         .collect();
-    if !held.is_empty() {
-        strays.retain(|i| !busy_hosts.contains(i));
+    // One warning per instance: a later plan may hold fewer of them (one that a launching
+    // request may own stops looking stray), and says nothing the first did not.
+    strays.retain(|i| !busy_hosts.contains(i));
+    for id in held {
         warnings.push(format!(
-            "stray instance(s) {} host a runner busy with a pipeline step: terminated when it is idle (run again later, or pass --force)",
-            held.join(", ")
+            "stray instance(s) {id} host a runner busy with a pipeline step: terminated when it is idle (run again later, or pass --force)"
         ));
     }
 }

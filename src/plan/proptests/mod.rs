@@ -470,3 +470,41 @@ fn healthy(o: &Observed) -> usize {
 }
 
 mod properties;
+
+/// Found by `applying_the_plan_leaves_nothing_to_do`: two busy orphans' hosts are held
+/// strays; once the new request is launching, the host no other request lists stops looking
+/// stray, and the second plan must not word the remaining one as a new warning.
+#[test]
+fn a_held_stray_that_stops_looking_stray_is_no_new_warning() {
+    let r = |slot, k| RunnerGen {
+        slot,
+        status: 0,
+        busy: true,
+        labels_ok: false,
+        param: 0,
+        claims: vec![(1, Holder::Instance(k))],
+    };
+    let w = World {
+        runners: vec![r(1, 0), r(2, 7)],
+        orphan_params: vec![],
+        foreign_claims: vec![],
+        instances: vec![0; 8],
+        fleets: vec![FleetGen {
+            live: false,
+            matching: false,
+            target: 0,
+            members: vec![0],
+        }],
+        key_usable: false,
+        launch_template: 0,
+        other_runners: 0,
+    };
+    let (c, d) = setup(0);
+    let o = build(&c, &w);
+    let first = runs(&c, &d, &o, false).unwrap();
+    let second = runs(&c, &d, &apply_model(&o, &first, &c, &d), false).unwrap();
+    assert!(second.is_empty(), "{:?}", second.actions);
+    for warning in &second.warnings {
+        assert!(first.warnings.contains(warning), "new warning {warning}");
+    }
+}
