@@ -315,8 +315,9 @@ async fn a_fleet_over_two_subnets_of_one_zone_or_two_vpcs_is_refused() {
     // A second subnet in us-east-1a of the default VPC, and a subnet of another VPC.
     let default_vpc = vpc_of(&ec2, &h.subnets[0].0).await;
     let twin = create_subnet(&ec2, &default_vpc, "172.31.200.0/24", "us-east-1a").await;
-    let vpc = create_vpc(&ec2, "10.77.0.0/16").await;
-    let foreign = create_subnet(&ec2, &vpc, "10.77.1.0/24", "us-east-1b").await;
+    // CIDRs no other test of this binary uses (they share one moto).
+    let vpc = create_vpc(&ec2, "10.78.0.0/16").await;
+    let foreign = create_subnet(&ec2, &vpc, "10.78.1.0/24", "us-east-1b").await;
     let a = h.subnets[0].0.as_str();
     let same_zone = request_fleet(&ec2, fleet_config(&lt, &[a, &twin], "r-subnets-1", 1))
         .await

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use support::harness::Harness;
+use support::world::vpc_of;
 
 fn query_values(body: &str, suffix: &str) -> Vec<String> {
     body.split('&')
@@ -554,16 +555,14 @@ async fn bad_input_changes_nothing() {
         "spot.subnets",
     )
     .await;
-    // Two subnets of one zone: refused before any write.
+    // Two subnets of one zone: refused before any write. (The default VPC, the one of the
+    // default subnets; a CIDR no other test of this binary uses, as they share one moto.)
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
-    let vpc = ec2.describe_vpcs().send().await.unwrap().vpcs()[0]
-        .vpc_id()
-        .unwrap()
-        .to_owned();
+    let vpc = vpc_of(&ec2, &h.subnets[0].0).await;
     let extra = ec2
         .create_subnet()
         .vpc_id(&vpc)
-        .cidr_block("172.31.240.0/24")
+        .cidr_block("172.31.241.0/24")
         .availability_zone("us-east-1a")
         .send()
         .await

@@ -147,7 +147,24 @@ async fn aws_evidence(h: &Harness, evidence: &mut Evidence) {
     evidence.add("ec2 DescribeTags", format!("{tags:?}"));
     let fleets = ec2.describe_spot_fleet_requests().send().await.unwrap();
     evidence.add("DescribeSpotFleetRequests", format!("{fleets:?}"));
-    let instances = ec2.describe_instances().send().await.unwrap();
+    // The fleet's instances (all of bbfleet's carry the fleet tag, from the launch
+    // template): the other tests of this binary share moto and launch hundreds more, each
+    // of whose user data would cost one call here.
+    let instances = ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:bbfleet:fleet")
+                .values(&h.fleet)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !instances.reservations().is_empty(),
+        "the fleet has instances"
+    );
     evidence.add("DescribeInstances", format!("{instances:?}"));
     for r in instances.reservations() {
         for i in r.instances() {
