@@ -54,7 +54,7 @@ macro_rules! kit {
 }
 
 /// The repository's root: the kit lives in its `testkit/` directory.
-pub fn repo_root() -> &'static std::path::Path {
+pub(crate) fn repo_root() -> &'static std::path::Path {
     let kit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     kit.parent().unwrap_or(kit)
 }
