@@ -4,16 +4,17 @@
 //! report (the tables of BENCHMARKS.md). It reports timings and never asserts them; it
 //! exits non-zero only when a no-op run writes, or a tick's calls grow with the fleet.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use bbfleet::execute::DEFAULT_CONCURRENCY;
 use bitbucket_fake::FakeConfig;
-use support::harness::Harness;
+use testkit::harness::Harness;
+
+/// The test kit: the release `bbfleet` of this bench build (its AWS requests are dumped
+/// into `target/tmp/aws-requests`, as the tests' are).
+const KIT: testkit::Kit = testkit::kit!();
 
 /// Latency the fake adds to every Bitbucket request: the round trip the bench assumes.
 const RTT: Duration = Duration::from_millis(100);
@@ -71,7 +72,7 @@ async fn world(fleet: &str, runners: u32) -> (Harness, String) {
         latency: RTT,
         ..FakeConfig::default()
     };
-    let h = Harness::with_fake(fleet, fake).await;
+    let h = Harness::with_fake(KIT, fleet, fake).await;
     let text = h.config(runners, None).replace(
         "max = 20\n",
         "max = 100\n\n[capacity.autoscale]\nmin = 1\nmax = 100\ncooldown_seconds = 0\n",
@@ -210,7 +211,7 @@ fn machine() -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported (one run, one report).
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_bbfleet"));
+    let binary = std::path::Path::new(KIT.bbfleet);
     let size = std::fs::metadata(binary).map_or(0, |m| m.len());
     let started = Instant::now();
     let concurrency = DEFAULT_CONCURRENCY as u32;
