@@ -41,7 +41,7 @@ SUPPRESSED = [
      r"\[(\{'action': 'ec2:(ModifySpotFleetRequest|RequestSpotFleet)', 'required_format': 'arn:\*:ec2:\*:\*:spot-fleet-request/\*'\}(, )?)+\]",
      "the Service Authorization Reference lists launch-template, image, subnet and security-group "
      "(ModifySpotFleetRequest: launch-template, subnet) as resource types of these actions, which "
-     "AWS authorizes when a request names them (tests/iam.rs); parliament 1.6.4's data knows only "
+     "AWS authorizes when a request names them (tests/it/iam.rs); parliament 1.6.4's data knows only "
      "spot-fleet-request"),
     ("instance.json", "UNKNOWN_CONDITION_FOR_ACTION", r"Unknown condition ec2:SourceInstanceARN for action ec2:TerminateInstances",
      "ec2:SourceInstanceArn is a global condition key (IAM User Guide, AWS global condition context "

@@ -2,7 +2,7 @@
 # Installs the test tools into .venv (idempotent, no root needed): moto's server, the aws
 # CLI and shellcheck, all from PyPI; parliament (the IAM policy linter of
 # scripts/lint-policies.sh) in its own .venv-lint, so its boto3 never moves moto's;
-# the IAM evaluator of tests/iam.rs (npm, pinned by scripts/iam/package-lock.json) in
+# the IAM evaluator of tests/it/iam.rs (npm, pinned by scripts/iam/package-lock.json) in
 # scripts/iam/node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."

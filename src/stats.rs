@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn without_the_hook_writes_are_only_counted() {
-        // A stats value with the hook set is exercised by tests/crash.rs (it exits the process).
+        // A stats value with the hook set is exercised by tests/it/crash.rs (it exits the process).
         let stats = CallStats::from_env(|_| None).unwrap();
         for _ in 0..1000 {
             stats.record("ssm", "PutParameter", CallKind::Write);

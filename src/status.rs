@@ -51,11 +51,13 @@ pub struct StatusView {
     pub orphan_parameters: Vec<String>,
     /// Busy / ONLINE runners.
     pub busy_ratio: Option<f64>,
+    /// The fleet API the fleet's requests go through (`Spot Fleet`).
+    pub fleet_api: &'static str,
 }
 
 impl StatusView {
     /// Builds the view.
-    pub fn new(fleet: &str, observed: &Observed) -> StatusView {
+    pub fn new(fleet: &str, fleet_api: &'static str, observed: &Observed) -> StatusView {
         let claims = newest_claims(observed);
         let runners: Vec<RunnerRow> = observed
             .runners
@@ -96,6 +98,7 @@ impl StatusView {
                     target: f.target,
                 }),
             busy_ratio: load.busy_ratio(),
+            fleet_api,
         }
     }
 }

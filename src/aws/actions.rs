@@ -2,7 +2,7 @@
 //!
 //! [`CALLED`] lists every AWS operation the code sends (IAM action = `service:Operation`).
 //! In debug builds (every test) the call counter refuses a call that is not listed here,
-//! so the table cannot fall behind the code; `tests/policies.rs` checks that
+//! so the table cannot fall behind the code; `tests/it/policies.rs` checks that
 //! `policies/operator.json` allows every entry, and that it allows nothing else but
 //! the [`IMPLIED`] actions AWS checks on bbfleet's behalf.
 

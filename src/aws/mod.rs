@@ -311,7 +311,7 @@ impl Aws {
         // jittered exponential back-off (each call waits on its own, so a wide fan-out of
         // 32 puts spreads out instead of failing); six attempts make a lost call rare.
         // Not adaptive mode: after one throttle its client-side limiter falls to 0.5
-        // requests/s per service for the rest of the run (tests/flaky.rs measured an apply
+        // requests/s per service for the rest of the run (tests/it/flaky.rs measured an apply
         // of capacity 5 going from ~1 s to 94 s with six throttles).
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
             aws_config::retry::RetryConfig::standard().with_max_attempts(AWS_MAX_ATTEMPTS),

@@ -105,3 +105,31 @@ async fn bad_config_files() {
         "a bad config made remote calls"
     );
 }
+
+/// With `--output json`, a refused config is also a JSON document on stdout naming every
+/// bad field (stderr keeps the paragraph).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_mode_reports_a_bad_config_as_a_document_naming_the_fields() {
+    let h = Harness::new(KIT, "badjson").await;
+    let bad = edit(&h.config(2, None), "max = 20", "max = 500");
+    let bad = edit(&bad, "default = 2", "default = \"two\"");
+    let path = h.write_config(&bad);
+    let cfg = path.to_str().expect("utf-8 temp path");
+    let run = h
+        .run(
+            &["--config", cfg, "--output", "json", "validate"],
+            &Harness::token(),
+        )
+        .await;
+    run.expect_code(1);
+    assert!(run.stderr.contains("error: config file"), "{}", run.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("a JSON document");
+    assert_eq!(doc["error"]["kind"], "config");
+    let fields: Vec<&str> = doc["error"]["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert!(fields.contains(&"capacity.default"), "{fields:?}");
+}

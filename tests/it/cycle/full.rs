@@ -337,6 +337,7 @@ async fn full_cycle_with_capacity_three() {
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(doc["runners"].as_array().unwrap().len(), 3);
     assert_eq!(doc["fleet_request"]["target"], 3);
+    assert_eq!(doc["fleet_api"], "Spot Fleet");
     assert!(doc["instances"].as_array().is_some());
 
     // destroy: nothing of the fleet remains but the key.
