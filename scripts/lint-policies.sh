@@ -9,7 +9,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # The binary the tests build (same features as `cargo test`, so after scripts/test.sh
 # this is a no-op; a plain `cargo run` would rebuild every dependency without dev features).
-cargo test --quiet --locked --test policies --no-run 2>/dev/null
+cargo test --quiet --workspace --locked --test it --no-run 2>/dev/null
 files=()
 for name in operator instance spot-fleet-trust instance-trust bitbucket-oidc-trust; do
     target/debug/bbfleet --config examples/bbfleet.toml policy "$name" \
