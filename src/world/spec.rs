@@ -74,3 +74,37 @@ pub fn hex16(digest: &[u8]) -> String {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fingerprints are tags on running fleets: a value that changes with a refactor
+    /// (a field renamed or reordered, another digest) gives every fleet a new launch
+    /// template version and a new request at its next apply. The values are the
+    /// first 16 hex digits of the SHA-256 of the specs' JSON, as the releases before this
+    /// one computed them (checked independently of this code).
+    #[test]
+    fn fingerprints_are_stable_across_releases() {
+        let lt = LaunchTemplateSpec {
+            name: "bbfleet-ci".into(),
+            fleet: "ci".into(),
+            image_id: "ami-0123abcd".into(),
+            root_device: "/dev/xvda".into(),
+            root_volume_gb: 40,
+            instance_profile: "bbfleet-runner".into(),
+            security_groups: vec!["sg-0123abcd".into()],
+            userdata: "#!/bin/bash\n".into(),
+        };
+        let fleet = FleetSpec {
+            fleet: "ci".into(),
+            role: "arn:aws:iam::123456789012:role/bbfleet-spot-fleet".into(),
+            strategy: AllocationStrategy::Diversified,
+            instance_types: vec!["m6i.large".into(), "c6i.large".into()],
+            subnets: vec!["subnet-0123abcd".into(), "subnet-0123abce".into()],
+            launch_template_fingerprint: lt.fingerprint(),
+        };
+        assert_eq!(lt.fingerprint(), "297fa086e093685f");
+        assert_eq!(fleet.fingerprint(), "e1e14814774f03ea");
+    }
+}
