@@ -117,12 +117,7 @@ pub fn decide(
     last: Option<&AutoscaleState>,
     now: jiff::Timestamp,
 ) -> Decision {
-    let ratio = RunnerLoad {
-        total: load.current,
-        online: load.online,
-        busy: load.busy,
-    }
-    .busy_ratio();
+    let ratio = crate::world::busy_ratio(load.busy, load.online);
     let clamp = |n: u32| n.clamp(cfg.min, cfg.max);
     if load.current != clamp(load.current) {
         return Decision {

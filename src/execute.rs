@@ -12,9 +12,10 @@ use crate::aws::fleet::FleetApi;
 use crate::aws::{ec2, kms, ssm, Aws, AwsError};
 use crate::bitbucket::{Bitbucket, BitbucketError};
 use crate::config::Config;
-use crate::observe::{scope, Observed};
+use crate::observe::scope;
 use crate::plan::{Action, Batch, Desired, Plan};
 use crate::runner_command::RunnerCommand;
+use crate::world::{ClaimHolder, Observed};
 
 /// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound):
 /// 100 runners, the most a scope holds, are registered and stored in 4 waves.
@@ -316,7 +317,8 @@ impl Executor<'_> {
     async fn release_claim(&self, runner: &str, generation: u64) -> Result<String, ActionError> {
         let fleet = &self.config.name;
         let written =
-            ssm::put_claim_if_absent(&self.aws.ssm, fleet, runner, generation, "free").await?;
+            ssm::put_claim_if_absent(&self.aws.ssm, fleet, runner, generation, ClaimHolder::FREE)
+                .await?;
         Ok(if written {
             format!("generation {generation} = free")
         } else {

@@ -1,6 +1,6 @@
 //! Reads the world (Bitbucket, SSM, KMS, EC2) into one `Observed` value. Read-only.
 
-use crate::aws::ec2::{self, ImageInfo};
+use crate::aws::ec2;
 use crate::aws::fleet::FleetApi;
 use crate::aws::kms;
 use crate::aws::ssm;
@@ -8,9 +8,9 @@ use crate::aws::{Aws, AwsError};
 use crate::bitbucket::{Bitbucket, BitbucketError, Scope};
 use crate::config::{AmiRef, Config};
 use crate::names;
-use crate::world::Runner;
+use crate::world::{ImageInfo, Runner};
 
-pub use crate::world::Observed;
+use crate::world::Observed;
 
 /// Reading the world failed.
 #[derive(Debug, thiserror::Error)]

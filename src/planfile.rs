@@ -140,11 +140,6 @@ fn sha256_json<T: Serialize + ?Sized>(value: &T) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// The fingerprint of what a plan depends on (see [`WorldFingerprint::of`]).
-pub fn world_fingerprint(observed: &Observed) -> WorldFingerprint {
-    WorldFingerprint::of(observed)
-}
-
 impl SavedPlan {
     /// A saved plan of `plan`, made from `observed` towards `desired`.
     pub fn new(
@@ -168,7 +163,7 @@ impl SavedPlan {
             desired: desired.clone(),
             actions: plan.actions.clone(),
             warnings: plan.warnings.clone(),
-            observed: world_fingerprint(observed),
+            observed: WorldFingerprint::of(observed),
             checksum: String::new(),
         };
         saved.seal();
@@ -293,7 +288,7 @@ impl SavedPlan {
                 now: region.to_owned(),
             });
         }
-        let now = world_fingerprint(observed);
+        let now = WorldFingerprint::of(observed);
         if now.sha256 != self.observed.sha256 {
             return Err(PlanfileError::Stale {
                 changed: self.observed.changed(&now),
@@ -483,12 +478,12 @@ mod tests {
         b.runners.reverse();
         b.runners[0].labels.reverse();
         b.fleets[0].instance_ids.reverse();
-        assert_eq!(world_fingerprint(&a), world_fingerprint(&b));
+        assert_eq!(WorldFingerprint::of(&a), WorldFingerprint::of(&b));
 
         let mut c = world();
         c.runners[1].busy = true;
         c.fleets[0].target = 3;
-        let (fa, fc) = (world_fingerprint(&a), world_fingerprint(&c));
+        let (fa, fc) = (WorldFingerprint::of(&a), WorldFingerprint::of(&c));
         assert_ne!(fa.sha256, fc.sha256);
         assert_eq!(fa.changed(&fc), vec!["runners", "fleet requests"]);
     }

@@ -16,8 +16,8 @@ use crate::names::FLEET_TAG;
 /// Prefix of the launch template version description that carries its fingerprint.
 const FINGERPRINT_PREFIX: &str = "bbfleet:sha256=";
 
-pub use crate::world::{
-    hex, hex16, ImageInfo, InstanceInfo, InstanceState, LaunchTemplateSpec, LaunchTemplateState,
+use crate::world::{
+    ImageInfo, InstanceInfo, InstanceState, LaunchTemplateSpec, LaunchTemplateState,
     SecurityGroupInfo, SubnetInfo,
 };
 

@@ -6,7 +6,7 @@
 
 use super::AwsError;
 
-pub use crate::world::{FleetPhase, FleetSpec, FleetState};
+use crate::world::{FleetSpec, FleetState};
 
 /// The operations bbfleet needs from a fleet API.
 #[async_trait::async_trait]

@@ -5,7 +5,7 @@ use aws_sdk_kms::types::{KeyManagerType, KeySpec, KeyState, KeyUsageType, Tag};
 use super::AwsError;
 use crate::names::FLEET_TAG;
 
-pub use crate::world::KeyStatus;
+use crate::world::KeyStatus;
 
 /// Looks the key up and checks it is customer managed, enabled and symmetric.
 pub async fn describe(kms: &aws_sdk_kms::Client, key: &str) -> Result<KeyStatus, AwsError> {

@@ -9,10 +9,11 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 
-use super::fleet::{DryRun, FleetApi, FleetPhase, FleetSpec, FleetState};
+use super::fleet::{DryRun, FleetApi};
 use super::AwsError;
 use crate::config::AllocationStrategy;
 use crate::names::{CONFIG_TAG, FLEET_TAG};
+use crate::world::{FleetPhase, FleetSpec, FleetState};
 
 /// Spot Fleet.
 #[derive(Debug, Clone)]

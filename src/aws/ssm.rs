@@ -7,7 +7,7 @@ use super::AwsError;
 use crate::names::{self, FLEET_TAG};
 use crate::runner_command::MAX_PARAMETER_BYTES;
 
-pub use crate::world::{Claim, ClaimHolder, RunnerParameter};
+use crate::world::{Claim, ClaimHolder, RunnerParameter};
 
 /// The fleet's runner parameters (one level under `/bbfleet/{fleet}/runners`).
 pub async fn list_runner_parameters(
@@ -157,8 +157,6 @@ pub async fn put_runner_command(
     Ok(name)
 }
 
-pub use crate::names::claim as claim_name;
-
 /// Writes a claim generation only if it does not exist yet (`Overwrite=false`, as the
 /// instances do): `Ok(false)` when it exists, i.e. someone moved the claim on first.
 pub async fn put_claim_if_absent(
@@ -171,7 +169,7 @@ pub async fn put_claim_if_absent(
     create_string(
         ssm,
         fleet,
-        &claim_name(fleet, runner_uuid, generation),
+        &names::claim(fleet, runner_uuid, generation),
         None,
         value,
     )

@@ -9,8 +9,8 @@ use super::context::{Context, Remote};
 use super::CliError;
 use crate::config::Config;
 use crate::execute::Executor;
-use crate::observe::Observed;
 use crate::plan::{Action, Desired, Plan};
+use crate::world::Observed;
 
 /// A plan with what it was computed from (`desired` is `None` for destroy).
 pub(super) type Planned = (Plan, Observed, Option<Desired>);

@@ -9,9 +9,10 @@ use crate::aws::fleet::{self, FleetApi};
 use crate::aws::{Aws, AwsError};
 use crate::bitbucket::{Bitbucket, Credentials, RetryPolicy, DEFAULT_API_URL};
 use crate::config::{Config, FieldError};
-use crate::observe::{observe, Depth, ObserveError, Observed};
+use crate::observe::{observe, Depth, ObserveError};
 use crate::stats::CallStats;
 use crate::userdata;
+use crate::world::Observed;
 
 /// A command's settings.
 pub(super) struct Context<'a> {

@@ -9,9 +9,10 @@ use super::context::{Context, Remote};
 use super::CliError;
 use crate::aws::AwsError;
 use crate::config::Capacity;
-use crate::observe::{Depth, Observed};
+use crate::observe::Depth;
 use crate::plan::{self, Desired, Plan, PlanOptions};
 use crate::planfile::SavedPlan;
+use crate::world::Observed;
 
 /// `bbfleet plan`.
 #[derive(Debug, Clone, clap::Args)]

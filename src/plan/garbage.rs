@@ -10,7 +10,7 @@ use super::scale_down::ScaleDown;
 use super::{Action, PlanOptions};
 use crate::config::Config;
 use crate::names::bare_uuid;
-use crate::world::{ClaimHolder, FleetState, InstanceInfo, Observed};
+use crate::world::{ClaimHolder, InstanceInfo};
 
 /// The garbage phase's hand-off.
 pub(super) struct Garbage {
@@ -53,14 +53,8 @@ pub(super) fn plan(
         .chain(&runners.orphan_instances)
         .cloned()
         .collect();
-    let mut strays = stray_instances(
-        world.observed,
-        fleet.keep,
-        fleet.target,
-        config.spot.stray_grace_seconds,
-        &cancelled,
-        &ended,
-    );
+    let grace = config.spot.stray_grace_seconds;
+    let mut strays = stray_instances(world, fleet, grace, &cancelled, &ended);
     if !options.force {
         hold_busy_strays(world, runners, &mut strays, &mut out.warnings);
     }
@@ -94,7 +88,7 @@ fn hold_busy_strays(
     let busy_hosts: BTreeSet<String> = world
         .runners
         .iter()
-        .filter(|(u, r)| r.busy && !runners.orphans_deleted.contains(*u) && !runners.removes(u))
+        .filter(|(u, r)| r.busy && !runners.removes(u))
         .filter_map(|(u, _)| world.claimant(u))
         .filter(|i| world.is_up(i))
         .collect();
@@ -166,19 +160,18 @@ fn release_and_prune(
 /// neither a listing nor its tag explains is a leftover once it is older than the grace,
 /// and while the kept request lists fewer instances than its target it may be that
 /// request's launch in flight, so it waits.
-pub(super) fn stray_instances(
-    observed: &Observed,
-    keep: Option<&FleetState>,
-    target: u32,
+fn stray_instances(
+    world: &Index,
+    fleet: &Fleet,
     grace_seconds: u64,
     cancelled_now: &[&String],
     already: &[String],
 ) -> Vec<String> {
-    let exists = |id: &String| observed.instances.iter().any(|i| &i.id == id);
+    let (observed, keep, target) = (world.observed, fleet.keep, fleet.target);
     // In flight now (fewer listed than the target) and after this plan (fewer left than
     // the new target): an instance flagged now would otherwise be flagged by the next plan.
     let launching = keep.is_some_and(|k| {
-        let listed = k.instance_ids.iter().filter(|i| exists(i));
+        let listed = k.instance_ids.iter().filter(|i| world.exists(i));
         (listed.clone().count() as i64) < i64::from(k.target)
             && listed.filter(|i| !already.contains(i)).count() < target as usize
     });

@@ -1,10 +1,10 @@
 //! The index of the observed world the phases share: runners and stored commands by
 //! runner, the newest claim of each runner, and who claims what.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::names::bare_uuid;
-use crate::world::{Claim, Observed, Runner, RunnerParameter};
+use crate::world::{Claim, InstanceInfo, Observed, Runner, RunnerParameter};
 
 /// The observed world, indexed.
 pub(super) struct Index<'a> {
@@ -16,8 +16,8 @@ pub(super) struct Index<'a> {
     pub params: BTreeMap<&'a str, &'a RunnerParameter>,
     /// The newest claim generation of each runner.
     pub claims: BTreeMap<&'a str, &'a Claim>,
-    /// Instances that exist (any state but terminated).
-    instances: BTreeSet<&'a str>,
+    /// Instances that exist (any state but terminated), by id.
+    instances: BTreeMap<&'a str, &'a InstanceInfo>,
 }
 
 impl<'a> Index<'a> {
@@ -36,13 +36,17 @@ impl<'a> Index<'a> {
                 .map(|p| (p.runner_uuid.as_str(), p))
                 .collect(),
             claims: newest_claims(observed),
-            instances: observed.instances.iter().map(|i| i.id.as_str()).collect(),
+            instances: observed
+                .instances
+                .iter()
+                .map(|i| (i.id.as_str(), i))
+                .collect(),
         }
     }
 
     /// Whether the instance exists.
     pub fn exists(&self, id: &str) -> bool {
-        self.instances.contains(id)
+        self.instances.contains_key(id)
     }
 
     /// The existing instance the runner's newest claim names.
@@ -61,10 +65,7 @@ impl<'a> Index<'a> {
 
     /// Pending or running: it may be running a runner.
     pub fn is_up(&self, id: &str) -> bool {
-        self.observed
-            .instances
-            .iter()
-            .any(|i| i.id == id && i.is_up())
+        self.instances.get(id).is_some_and(|i| i.is_up())
     }
 
     /// Its command is stored.

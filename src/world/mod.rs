@@ -170,8 +170,13 @@ impl RunnerLoad {
 
     /// busy / online, when any runner is online.
     pub fn busy_ratio(&self) -> Option<f64> {
-        (self.online > 0).then(|| f64::from(self.busy) / f64::from(self.online))
+        busy_ratio(self.busy, self.online)
     }
+}
+
+/// `busy / online`, when any runner is online: what `status` shows and `autoscale` decides on.
+pub fn busy_ratio(busy: u32, online: u32) -> Option<f64> {
+    (online > 0).then(|| f64::from(busy) / f64::from(online))
 }
 
 /// A stored runner command (metadata only, never the value).

@@ -272,7 +272,7 @@ async fn releasing_a_claim_never_overwrites_a_generation_someone_wrote_first() {
     let h = Harness::new(KIT, "release").await;
     let ssm = aws_sdk_ssm::Client::new(&h.sdk);
     let runner = "{5eed0000-0000-4000-8000-000000000000}";
-    let name = bbfleet::aws::ssm::claim_name("release", runner, 2);
+    let name = bbfleet::names::claim("release", runner, 2);
     assert_eq!(
         name,
         "/bbfleet/release/claims/5eed0000-0000-4000-8000-000000000000/2"
@@ -283,7 +283,7 @@ async fn releasing_a_claim_never_overwrites_a_generation_someone_wrote_first() {
     // A booting instance took generation 3 first: releasing it is a success that changes
     // nothing (Overwrite=false), not an error.
     ssm.put_parameter()
-        .name(bbfleet::aws::ssm::claim_name("release", runner, 3))
+        .name(bbfleet::names::claim("release", runner, 3))
         .value("i-0123456789abcdef0")
         .r#type(ParameterType::String)
         .overwrite(false)
