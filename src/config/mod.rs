@@ -47,6 +47,43 @@ pub struct Config {
     pub instance: InstanceConfig,
     /// The customer-managed KMS key for runner commands.
     pub kms: KmsConfig,
+    /// How launch template changes reach running hosts.
+    pub rollout: RolloutConfig,
+}
+
+/// How launch template changes reach running hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RolloutConfig {
+    /// Hosts replaced at once, at most.
+    pub batch: RolloutBatch,
+}
+
+/// `rollout.batch`: a count of hosts, or a percentage of the fleet's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutBatch {
+    /// At most this many hosts (at least 1).
+    Count(u32),
+    /// At most this percentage of the capacity, rounded up (1 to 100).
+    Percent(u32),
+}
+
+impl Default for RolloutBatch {
+    fn default() -> Self {
+        RolloutBatch::Count(1)
+    }
+}
+
+impl RolloutBatch {
+    /// Hosts that may be down at once in a fleet of `capacity` runners: at least one.
+    pub fn hosts(&self, capacity: u32) -> u32 {
+        match *self {
+            RolloutBatch::Count(n) => n.max(1),
+            RolloutBatch::Percent(p) => {
+                (u64::from(capacity) * u64::from(p)).div_ceil(100).max(1) as u32
+            }
+        }
+    }
 }
 
 /// Bitbucket settings.
@@ -109,6 +146,9 @@ pub struct SpotConfig {
     pub fleet_role: String,
     /// How long after its launch an unlisted, unclaimed-by-request instance is left alone.
     pub stray_grace_seconds: u64,
+    /// How long after its launch a host may hold no claim while a runner waits, or run a
+    /// runner that Bitbucket reports OFFLINE, before it is replaced.
+    pub host_grace_seconds: u64,
 }
 
 /// Spot allocation strategy.
@@ -202,6 +242,8 @@ pub struct InstanceConfig {
     pub root_volume_gb: u32,
     /// Swap file size in GiB; 0 = none.
     pub swap_gb: u32,
+    /// A host that has claimed no runner after this long terminates itself.
+    pub claim_timeout_seconds: u64,
 }
 
 /// KMS settings.

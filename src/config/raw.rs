@@ -13,6 +13,8 @@ pub(super) struct RawConfig {
     pub(super) instance: RawInstance,
     #[serde(default)]
     pub(super) kms: RawKms,
+    #[serde(default)]
+    pub(super) rollout: RawRollout,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,12 +89,20 @@ pub(super) struct RawSpot {
     pub(super) fleet_role: String,
     #[serde(default = "default_stray_grace")]
     pub(super) stray_grace_seconds: u64,
+    #[serde(default = "default_host_grace")]
+    pub(super) host_grace_seconds: u64,
 }
 
 /// A fleet-tagged instance that no request lists and whose launch tag names no request
 /// is a stray only after this long: DescribeSpotFleetInstances "might be out of date".
 fn default_stray_grace() -> u64 {
     600
+}
+
+/// A host that holds no claim while a runner waits, or whose runner is OFFLINE, is
+/// replaced once it is older than this (boot and claim take a few minutes).
+fn default_host_grace() -> u64 {
+    900
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +118,13 @@ pub(super) struct RawInstance {
     pub(super) root_volume_gb: u32,
     #[serde(default)]
     pub(super) swap_gb: u32,
+    #[serde(default = "default_claim_timeout")]
+    pub(super) claim_timeout_seconds: u64,
+}
+
+/// A host that has claimed no runner after this long gives up and terminates itself.
+fn default_claim_timeout() -> u64 {
+    1200
 }
 
 fn default_os() -> String {
@@ -121,4 +138,18 @@ fn default_root_volume() -> u32 {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKms {
     pub(super) key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRollout {
+    pub(super) batch: Option<RawBatch>,
+}
+
+/// `batch = 2` or `batch = "25%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawBatch {
+    Count(i64),
+    Text(String),
 }

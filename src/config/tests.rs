@@ -431,3 +431,42 @@ fn the_longest_region_is_the_longest_the_pattern_accepts() {
     );
     assert!(is_region(LONGEST_REGION));
 }
+
+#[test]
+fn rollout_batch_is_a_count_or_a_percentage() {
+    let parsed = |batch: &str| {
+        Config::parse(&format!("{GOOD}\n[rollout]\nbatch = {batch}\n"), "t.toml")
+            .map(|c| c.rollout.batch)
+    };
+    assert_eq!(
+        Config::parse(GOOD, "t.toml").unwrap().rollout.batch,
+        RolloutBatch::Count(1)
+    );
+    assert_eq!(parsed("3").unwrap(), RolloutBatch::Count(3));
+    assert_eq!(parsed("\"25%\"").unwrap(), RolloutBatch::Percent(25));
+    assert_eq!(RolloutBatch::Percent(25).hosts(10), 3);
+    assert_eq!(RolloutBatch::Percent(1).hosts(3), 1);
+    assert_eq!(RolloutBatch::Count(0).hosts(3), 1);
+    for bad in ["0", "-1", "101", "\"0%\"", "\"150%\"", "\"many\""] {
+        let errs = errors(&format!("{GOOD}\n[rollout]\nbatch = {bad}\n"));
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("rollout.batch: "),
+            "{bad}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn host_repair_timings_have_defaults_and_bounds() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(c.spot.host_grace_seconds, 900);
+    assert_eq!(c.instance.claim_timeout_seconds, 1200);
+    let errs = errors(&GOOD.replace(
+        "instance_profile = \"bbfleet-runner\"",
+        "instance_profile = \"bbfleet-runner\"\nclaim_timeout_seconds = 10",
+    ));
+    assert!(
+        errs.len() == 1 && errs[0].starts_with("instance.claim_timeout_seconds: "),
+        "{errs:?}"
+    );
+}

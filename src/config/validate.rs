@@ -8,13 +8,14 @@ use super::checks::{
     is_fleet_name, is_instance_profile, is_instance_type, is_role_arn, is_slug_or_uuid, parse_ami,
 };
 use super::raw::{
-    RawAutoscale, RawBitbucket, RawCapacity, RawConfig, RawInstance, RawKms, RawSpot, RawWindow,
+    RawAutoscale, RawBatch, RawBitbucket, RawCapacity, RawConfig, RawInstance, RawKms, RawRollout,
+    RawSpot, RawWindow,
 };
 use super::schedule::{parse_days, parse_hours, parse_timezone, ScheduleWindow};
 use super::{
     family, AllocationStrategy, AmiRef, Arch, AutoscaleConfig, BitbucketConfig, CapacityConfig,
-    Config, FieldError, InstanceConfig, KmsConfig, Os, SpotConfig, BITBUCKET_RUNNER_LIMIT,
-    DEFAULT_RUNNER_IMAGE, MAX_POOLS,
+    Config, FieldError, InstanceConfig, KmsConfig, Os, RolloutBatch, RolloutConfig, SpotConfig,
+    BITBUCKET_RUNNER_LIMIT, DEFAULT_RUNNER_IMAGE, MAX_POOLS,
 };
 use crate::names;
 
@@ -92,6 +93,7 @@ impl Validator {
         let spot = self.spot(raw.spot, instance_types);
         let instance = self.instance(raw.instance, arch);
         let kms = self.kms(raw.kms, &raw.name);
+        let rollout = self.rollout(raw.rollout);
         Some(Config {
             name: raw.name,
             region: raw.region,
@@ -100,7 +102,30 @@ impl Validator {
             spot: spot?,
             instance: instance?,
             kms,
+            rollout,
         })
+    }
+
+    fn rollout(&mut self, raw: RawRollout) -> RolloutConfig {
+        let field = "rollout.batch";
+        let batch = match raw.batch {
+            None => RolloutBatch::default(),
+            Some(RawBatch::Count(n)) => match u32::try_from(n) {
+                Ok(n @ 1..=BITBUCKET_RUNNER_LIMIT) => RolloutBatch::Count(n),
+                _ => {
+                    self.err(field, format!("{n} is out of range: 1 to {BITBUCKET_RUNNER_LIMIT} hosts, or a percentage such as \"25%\""));
+                    RolloutBatch::default()
+                }
+            },
+            Some(RawBatch::Text(t)) => match t.strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
+                Some(Ok(p @ 1..=100)) => RolloutBatch::Percent(p),
+                _ => {
+                    self.err(field, format!("{t:?} is not a host count (1, 2, ...) or a percentage from \"1%\" to \"100%\""));
+                    RolloutBatch::default()
+                }
+            },
+        };
+        RolloutConfig { batch }
     }
 
     fn bitbucket(&mut self, raw: RawBitbucket, arch: Arch) -> BitbucketConfig {
@@ -359,6 +384,7 @@ impl Validator {
             allocation_strategy: allocation_strategy?,
             fleet_role: raw.fleet_role,
             stray_grace_seconds: raw.stray_grace_seconds,
+            host_grace_seconds: raw.host_grace_seconds,
         })
     }
 
@@ -416,6 +442,14 @@ impl Validator {
                 raw.swap_gb
             ),
         );
+        self.check(
+            (300..=86_400).contains(&raw.claim_timeout_seconds),
+            "instance.claim_timeout_seconds",
+            format!(
+                "{} is out of range: 300 to 86400 (a host needs a few minutes to boot and claim)",
+                raw.claim_timeout_seconds
+            ),
+        );
         Some(InstanceConfig {
             os: os?,
             arch,
@@ -424,6 +458,7 @@ impl Validator {
             security_groups: raw.security_groups,
             root_volume_gb: raw.root_volume_gb,
             swap_gb: raw.swap_gb,
+            claim_timeout_seconds: raw.claim_timeout_seconds,
         })
     }
 
