@@ -6,6 +6,8 @@
 //! - `GET  /_fake/runners?workspace=&repository=`   runners (no secrets)
 //! - `POST /_fake/runners/{uuid}/status`    `{"status": "ONLINE"}`
 //! - `POST /_fake/runners/{uuid}/busy`      `{"busy": true}`
+//! - `POST /_fake/runners/{uuid}/step_on_disable` `{"busy": true}` arms (`false` disarms) the
+//!   drain race: the next API `PUT …/state {"status":"DISABLED"}` gives the runner a step first
 //! - `POST /_fake/runners/{uuid}/cordoned`  `{"cordoned": true}`
 //! - `POST /_fake/runners/{uuid}/version`   `{"version": "3.10.0", "current": "3.10.0"}` or `{"version": null}`
 //! - `POST /_fake/faults`                   see [`parse_fault`]
@@ -163,6 +165,12 @@ fn runner_hook(app: &App, uuid: &str, what: &str, body: &Map<String, Value>) -> 
                 return admin_error(StatusCode::BAD_REQUEST, "body needs a boolean 'busy'");
             };
             app.lock().set_busy(uuid, *busy)
+        }
+        "step_on_disable" => {
+            let Some(Value::Bool(busy)) = body.get("busy") else {
+                return admin_error(StatusCode::BAD_REQUEST, "body needs a boolean 'busy'");
+            };
+            app.lock().set_step_on_disable(uuid, *busy)
         }
         "cordoned" => {
             let Some(Value::Bool(c)) = body.get("cordoned") else {

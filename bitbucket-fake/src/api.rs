@@ -124,6 +124,7 @@ fn recorded_body(body: &[u8]) -> Option<Value> {
 
 /// Entry point for every request.
 pub(crate) async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Response {
+    let at = std::time::SystemTime::now();
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
@@ -194,6 +195,7 @@ pub(crate) async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Res
             resp.status().as_u16()
         },
         body: rec_body,
+        at,
     };
     app.lock().record(rec, !is_oauth && is_write(&parts.method));
     if let Some(switch) = drop_switch {
@@ -684,6 +686,7 @@ fn create_runner(app: &App, req: &Req<'_>, scope: Scope) -> Response {
         cordoned: false,
         version: None,
         step: None,
+        step_on_disable: false,
         created_on: ts.clone(),
         updated_on: ts,
         client_id: alnum(32),
@@ -781,8 +784,7 @@ fn runner_state(app: &App, req: &Req<'_>, scope: Scope, uuid: &str) -> Response 
         return runner_not_found(uuid);
     };
     let r = &mut st.runners[i];
-    r.status = (*status).to_owned();
-    r.state_updated_on = now();
+    r.put_state(status);
     json_response(StatusCode::OK, r.to_json(None))
 }
 

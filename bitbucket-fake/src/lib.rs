@@ -125,6 +125,35 @@ pub struct RecordedRequest {
     /// The request body as JSON (a JSON string if it was not JSON); `None` when
     /// empty, and always `None` for the OAuth token endpoint.
     pub body: Option<serde_json::Value>,
+    /// When the request arrived (before its body was read), so a test can order it
+    /// against calls recorded elsewhere in the process; in JSON, `at_us`: microseconds
+    /// since the Unix epoch. Requests are listed in the order their answers were
+    /// recorded, which a slow request can make differ from this order.
+    #[serde(rename = "at_us", with = "at_us", default = "at_us::epoch")]
+    pub at: std::time::SystemTime,
+}
+
+/// `RecordedRequest::at` as microseconds since the Unix epoch.
+mod at_us {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let us = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        s.serialize_u64(u64::try_from(us).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_micros(u64::deserialize(d)?))
+    }
+
+    pub(crate) fn epoch() -> SystemTime {
+        UNIX_EPOCH
+    }
 }
 
 /// A scripted fault; applies to the next matching `/2.0` request(s). `path_contains`
@@ -459,6 +488,18 @@ impl FakeBitbucket {
     /// Sets (`busy`) or clears `state.step`.
     pub fn set_busy(&self, runner_uuid: &str, busy: bool) -> bool {
         self.app.lock().set_busy(runner_uuid, busy).is_some()
+    }
+
+    /// Arms (`busy`) or disarms the drain race for one runner: the next
+    /// `PUT /internal/…/runners/{uuid}/state` with `{"status": "DISABLED"}` first gives
+    /// the runner a step (as if Bitbucket handed it one just before the disable landed),
+    /// then disables it, and disarms. Setting the status through [`Self::set_status`]
+    /// does not fire it. False if the runner is unknown.
+    pub fn set_step_on_disable(&self, runner_uuid: &str, busy: bool) -> bool {
+        self.app
+            .lock()
+            .set_step_on_disable(runner_uuid, busy)
+            .is_some()
     }
 
     /// Sets `state.cordoned`.

@@ -38,6 +38,8 @@ pub(crate) struct Runner {
     pub(crate) cordoned: bool,
     pub(crate) version: Option<(String, String)>,
     pub(crate) step: Option<String>,
+    /// The next API disable gives the runner a step first (the drain race).
+    pub(crate) step_on_disable: bool,
     pub(crate) created_on: String,
     pub(crate) updated_on: String,
     pub(crate) client_id: String,
@@ -46,6 +48,17 @@ pub(crate) struct Runner {
 impl Runner {
     pub(crate) fn in_scope(&self, scope: &Scope) -> bool {
         self.scope == *scope
+    }
+
+    /// A `PUT …/state` of the API: a `DISABLED` one armed by `step_on_disable` first
+    /// gives the runner a step. The step is kept either way: a disabled runner finishes
+    /// its step (BITBUCKET_API.md §3), and only a test hook clears it.
+    pub(crate) fn put_state(&mut self, status: &str) {
+        if status == "DISABLED" && std::mem::take(&mut self.step_on_disable) {
+            self.step.get_or_insert_with(|| random_uuid(4));
+        }
+        self.status = status.to_owned();
+        self.state_updated_on = now();
     }
 
     /// The runner object; `secret` is only ever passed by the create handler.
@@ -505,6 +518,12 @@ impl State {
         } else {
             r.step = None;
         }
+        Some(r.to_json(None))
+    }
+
+    pub(crate) fn set_step_on_disable(&mut self, uuid: &str, armed: bool) -> Option<Value> {
+        let r = self.runner_mut(uuid)?;
+        r.step_on_disable = armed;
         Some(r.to_json(None))
     }
 

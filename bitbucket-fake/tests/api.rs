@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+// Beside the crate root, not `tests/drain.rs`: cargo would build that as a test of its own.
+#[path = "api/drain.rs"]
+mod drain;
+
 struct Resp {
     status: u16,
     headers: Vec<(String, String)>,

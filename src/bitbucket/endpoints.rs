@@ -1,5 +1,5 @@
-//! The calls: workspace and repository lookups, and listing, registering, updating and
-//! deleting runners.
+//! The calls: workspace and repository lookups, and listing, reading, registering,
+//! updating, disabling or enabling, and deleting runners.
 
 use reqwest::Method;
 use serde::Deserialize;
@@ -51,6 +51,13 @@ impl Bitbucket {
                 "runners",
             ],
         }
+    }
+
+    /// The path of one runner: the scope's runners, then the braced UUID.
+    fn runner_segments<'a>(scope: &'a Scope, braced: &'a str) -> Vec<&'a str> {
+        let mut segments = Self::runners_segments(scope);
+        segments.push(braced);
+        segments
     }
 
     /// Looks up a workspace (slug or `{uuid}`).
@@ -230,12 +237,10 @@ impl Bitbucket {
         labels: &[String],
     ) -> Result<Runner, BitbucketError> {
         let braced = crate::names::braced_uuid(uuid);
-        let mut segments = Self::runners_segments(scope);
-        segments.push(&braced);
         let body = serde_json::json!({ "name": name, "labels": labels });
         self.json(
             Method::PUT,
-            self.url(&segments),
+            self.url(&Self::runner_segments(scope, &braced)),
             Body::Json(&body),
             &format!("runner {braced}"),
             "PUT runner",
@@ -246,10 +251,8 @@ impl Bitbucket {
     /// Deletes a runner; `Ok(false)` if it was already gone.
     pub async fn delete_runner(&self, scope: &Scope, uuid: &str) -> Result<bool, BitbucketError> {
         let braced = crate::names::braced_uuid(uuid);
-        let mut segments = Self::runners_segments(scope);
-        segments.push(&braced);
-        let url = self.url(&segments);
-        match self
+        let url = self.url(&Self::runner_segments(scope, &braced));
+        let sent = self
             .send(
                 Method::DELETE,
                 url,
@@ -257,12 +260,92 @@ impl Bitbucket {
                 &format!("runner {braced}"),
                 "DELETE runner",
             )
+            .await;
+        found(sent)
+    }
+
+    /// One runner, as `GET /2.0/…/runners/{uuid}` answers it; `None` if it is gone (404).
+    pub async fn get_runner(
+        &self,
+        scope: &Scope,
+        uuid: &str,
+    ) -> Result<Option<Runner>, BitbucketError> {
+        let braced = crate::names::braced_uuid(uuid);
+        let url = self.url(&Self::runner_segments(scope, &braced));
+        match self
+            .json(
+                Method::GET,
+                url,
+                Body::None,
+                &format!("runner {braced}"),
+                "GET runner",
+            )
             .await
         {
-            Ok(_) => Ok(true),
-            Err(BitbucketError::NotFound { .. }) => Ok(false),
+            Ok(runner) => Ok(Some(runner)),
+            Err(BitbucketError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Disables a runner (it takes no new step; a step it runs finishes) or enables it
+    /// again: `PUT /internal/…/runners/{uuid}/state` with `{"status": "DISABLED"}` or
+    /// `{"status": "ENABLED"}`, the undocumented endpoint Atlassian's own autoscaler uses
+    /// to drain a runner before deleting it (BITBUCKET_API.md §2.4, §2.6; the public
+    /// `/2.0` API has no way to disable a runner). Its URL is [`Bitbucket::internal_url`]'s.
+    /// Setting a state is idempotent, so the PUT is retried like any GET.
+    ///
+    /// `Ok(false)` when the runner is gone. A 404 is taken for that only once
+    /// `GET /2.0/…/runners/{uuid}` confirms it: should Bitbucket move or drop the
+    /// internal endpoint, its 404 must not pass for a deleted runner (the caller would go
+    /// on to end the host of a runner that may still take steps), so a runner that still
+    /// exists makes that 404 an [`BitbucketError::Unexpected`] error.
+    pub async fn set_runner_enabled(
+        &self,
+        scope: &Scope,
+        uuid: &str,
+        enabled: bool,
+    ) -> Result<bool, BitbucketError> {
+        let braced = crate::names::braced_uuid(uuid);
+        let mut segments = Self::runner_segments(scope, &braced);
+        segments.push("state");
+        let url = self.internal_url(&segments);
+        let call = format!("PUT {}", url.path());
+        let status = if enabled { "ENABLED" } else { "DISABLED" };
+        let body = serde_json::json!({ "status": status });
+        let what = format!("runner {braced}");
+        let sent = self
+            .send(
+                Method::PUT,
+                url,
+                Body::Json(&body),
+                &what,
+                "PUT runner state",
+            )
+            .await;
+        if found(sent)? {
+            return Ok(true);
+        }
+        match self.get_runner(scope, &braced).await? {
+            None => Ok(false),
+            Some(_) => Err(BitbucketError::Unexpected {
+                call,
+                status: 404,
+                message: format!(
+                    "Bitbucket's internal runner state endpoint has no {what}, which GET /2.0 still lists (the undocumented endpoint may have moved); the runner was not {}",
+                    if enabled { "enabled" } else { "disabled" }
+                ),
+            }),
+        }
+    }
+}
+
+/// The answer to a call on one runner: `false` when the runner is gone (404).
+fn found(sent: Result<Vec<u8>, BitbucketError>) -> Result<bool, BitbucketError> {
+    match sent {
+        Ok(_) => Ok(true),
+        Err(BitbucketError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -18,6 +18,10 @@
 //! request (nobody has its secret) is deleted, and only then is the POST sent again,
 //! within the same bounded attempts (see [`Bitbucket::create_runner`]).
 //!
+//! Disabling and enabling a runner (the drain before a scale-down) has no `/2.0` call:
+//! it goes to the undocumented `internal` API beside it, as Atlassian's own autoscaler does
+//! (see [`Bitbucket::set_runner_enabled`]), through the same transport, retries and budget.
+//!
 //! Layout: `transport` builds, sends and reads one request and words its errors;
 //! `retry` is the one retry loop every request goes through; `auth` signs requests and
 //! keeps the OAuth access token; `endpoints` holds the calls themselves.

@@ -32,7 +32,7 @@ pub struct RunnerState {
     /// The runner takes no new steps.
     #[serde(default)]
     pub cordoned: Option<bool>,
-    /// Last state change.
+    /// Last state change, RFC 3339 in UTC (see [`Runner::state_updated_on`]).
     #[serde(default)]
     pub updated_on: Option<String>,
 }
@@ -46,6 +46,12 @@ impl Runner {
     /// Busy = executing a step.
     pub fn is_busy(&self) -> bool {
         self.state.step.as_ref().is_some_and(|s| !s.is_null())
+    }
+
+    /// `state.updated_on`: when the status last changed (for an `OFFLINE` runner, about
+    /// when its heartbeats stopped). `None` when absent or not an RFC 3339 time.
+    pub fn state_updated_on(&self) -> Option<jiff::Timestamp> {
+        self.state.updated_on.as_deref()?.parse().ok()
     }
 }
 

@@ -346,3 +346,202 @@ async fn a_refused_connection_is_retried_without_a_listing() {
         "{err}"
     );
 }
+
+#[test]
+fn the_internal_api_sits_beside_the_configured_base() {
+    let internal = |base: &str| {
+        let bb = Bitbucket::new(
+            base,
+            Credentials::AccessToken("t".to_owned().into()),
+            RetryPolicy::default(),
+            CallStats::default(),
+        )
+        .unwrap();
+        bb.internal_url(&["workspaces", "acme", "{ab-1}", "state"])
+            .to_string()
+    };
+    let tail = "workspaces/acme/%7Bab-1%7D/state";
+    for (base, want) in [
+        (
+            "https://api.bitbucket.org/2.0",
+            "https://api.bitbucket.org/internal/",
+        ),
+        (
+            "https://api.bitbucket.org/2.0/",
+            "https://api.bitbucket.org/internal/",
+        ),
+        ("http://127.0.0.1:9/2.0", "http://127.0.0.1:9/internal/"),
+        (
+            "https://proxy.example/bitbucket/v2",
+            "https://proxy.example/bitbucket/internal/",
+        ),
+        ("https://proxy.example", "https://proxy.example/internal/"),
+    ] {
+        assert_eq!(internal(base), format!("{want}{tail}"), "{base}");
+    }
+}
+
+#[test]
+fn state_updated_on_is_read_as_a_timestamp() {
+    let runner = |updated_on: Option<&str>| Runner {
+        uuid: "{ab-1}".to_owned(),
+        name: "bbfleet-x-1".to_owned(),
+        labels: Vec::new(),
+        state: RunnerState {
+            updated_on: updated_on.map(str::to_owned),
+            ..RunnerState::default()
+        },
+    };
+    let at = runner(Some("2026-03-02T10:15:30.123456Z")).state_updated_on();
+    assert_eq!(at, Some("2026-03-02T10:15:30.123456Z".parse().unwrap()));
+    let nanos = runner(Some("2026-03-02T10:15:30.123456789Z")).state_updated_on();
+    assert_eq!(nanos.map(|t| t.subsec_nanosecond()), Some(123_456_789));
+    assert_eq!(runner(Some("yesterday")).state_updated_on(), None);
+    assert_eq!(runner(None).state_updated_on(), None);
+}
+
+fn app() -> Scope {
+    Scope {
+        workspace: "acme".to_owned(),
+        repository: Some("app".to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_and_enabling_go_to_the_internal_api_and_read_back() {
+    for (scope, prefix) in [
+        (acme(), "workspaces/acme"),
+        (app(), "repositories/acme/app"),
+    ] {
+        let fake = fake(None).await;
+        let bb = client(&fake, Duration::from_secs(1));
+        let uuid = bb
+            .create_runner(&scope, "bbfleet-x-1", &labels(), &[])
+            .await
+            .unwrap()
+            .runner
+            .uuid;
+        fake.clear_requests();
+        let bare = crate::names::bare_uuid(&uuid);
+        for (enabled, status) in [(false, "DISABLED"), (true, "ENABLED")] {
+            assert!(bb.set_runner_enabled(&scope, &bare, enabled).await.unwrap());
+            let read = bb.get_runner(&scope, &bare).await.unwrap().unwrap();
+            assert_eq!((read.uuid.as_str(), read.status()), (uuid.as_str(), status));
+            assert!(read.state_updated_on().is_some(), "{read:?}");
+        }
+        let sent: Vec<(String, String, Option<serde_json::Value>)> = fake
+            .requests()
+            .into_iter()
+            .map(|r| (r.method, r.path, r.body))
+            .collect();
+        let state = format!("/internal/{prefix}/pipelines-config/runners/{uuid}/state");
+        let item = format!("/2.0/{prefix}/pipelines-config/runners/{uuid}");
+        let put = |s: &str| Some(serde_json::json!({ "status": s }));
+        let get = || ("GET".to_owned(), item.clone(), None);
+        let expected = vec![
+            ("PUT".to_owned(), state.clone(), put("DISABLED")),
+            get(),
+            ("PUT".to_owned(), state.clone(), put("ENABLED")),
+            get(),
+        ];
+        assert_eq!(sent, expected, "{scope}");
+        let counted = bb.stats.summary().calls;
+        assert_eq!(counted.get("bitbucket:PUT runner state"), Some(&2));
+        assert_eq!(counted.get("bitbucket:GET runner"), Some(&2));
+        fake.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_is_gone_is_false_or_none() {
+    let fake = fake(None).await;
+    let bb = client(&fake, Duration::from_secs(1));
+    let gone = "{00000000-0000-5000-8000-000000000000}";
+    for scope in [acme(), app()] {
+        assert!(!bb.set_runner_enabled(&scope, gone, false).await.unwrap());
+        assert!(!bb.set_runner_enabled(&scope, gone, true).await.unwrap());
+        assert_eq!(bb.get_runner(&scope, gone).await.unwrap(), None);
+    }
+    // Each 404 of the state endpoint is confirmed by a GET of the runner.
+    let methods: Vec<(String, u16)> = calls(&fake);
+    let round = [
+        ("PUT", 404),
+        ("GET", 404),
+        ("PUT", 404),
+        ("GET", 404),
+        ("GET", 404),
+    ];
+    let expected: Vec<(String, u16)> = round
+        .iter()
+        .chain(round.iter())
+        .map(|(m, s)| ((*m).to_owned(), *s))
+        .collect();
+    assert_eq!(methods, expected);
+    fake.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_of_the_state_endpoint_for_a_listed_runner_is_an_error() {
+    let fake = fake(None).await;
+    let bb = client(&fake, Duration::from_secs(1));
+    let created = bb
+        .create_runner(&acme(), "bbfleet-x-1", &labels(), &[])
+        .await
+        .unwrap();
+    fake.inject(bitbucket_fake::Fault::ClientError {
+        status: 404,
+        message: "Resource not found".to_owned(),
+        count: 1,
+        path_contains: Some("/state".to_owned()),
+    });
+    let err = bb
+        .set_runner_enabled(&acme(), &created.runner.uuid, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BitbucketError::Unexpected { status: 404, ref call, .. } if call.starts_with("PUT /internal/")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("was not disabled"), "{err}");
+    fake.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_put_is_retried_after_a_429_or_a_5xx() {
+    use bitbucket_fake::Fault;
+    let state = || Some("/state".to_owned());
+    let cases = [
+        Fault::RateLimit {
+            retry_after: Some(1),
+            count: 1,
+            path_contains: state(),
+        },
+        // Replaying a PUT of a state is safe: done twice, it is done once.
+        Fault::ProcessedThenServerError {
+            status: 500,
+            count: 1,
+            path_contains: state(),
+        },
+    ];
+    for fault in cases {
+        let fake = fake(None).await;
+        let bb = client(&fake, Duration::from_secs(5));
+        let uuid = bb
+            .create_runner(&acme(), "bbfleet-x-1", &labels(), &[])
+            .await
+            .unwrap()
+            .runner
+            .uuid;
+        fake.clear_requests();
+        fake.inject(fault.clone());
+        assert!(bb.set_runner_enabled(&acme(), &uuid, false).await.unwrap());
+        let lost = fake.requests()[0].status;
+        assert!(matches!(lost, 429 | 500), "{fault:?}");
+        assert_eq!(
+            calls(&fake),
+            [("PUT".to_owned(), lost), ("PUT".to_owned(), 200)]
+        );
+        assert_eq!(fake.runners("acme", None)[0]["state"]["status"], "DISABLED");
+        fake.shutdown();
+    }
+}

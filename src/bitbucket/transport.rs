@@ -70,6 +70,21 @@ impl Bitbucket {
         url
     }
 
+    /// The base of Bitbucket's undocumented `internal` API with `segments` appended, each
+    /// percent-encoded: the configured base with its last path segment replaced by
+    /// `internal`, so `https://api.bitbucket.org/2.0` gives `https://api.bitbucket.org/internal`
+    /// (BITBUCKET_API.md §2.6: the internal paths mirror `/2.0`'s). A base whose last segment
+    /// is not `2.0` (a proxy's `https://proxy/bitbucket/v2`) has that segment replaced the same
+    /// way (`https://proxy/bitbucket/internal`); a base without a path gives `/internal`.
+    pub(super) fn internal_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        // The base always has a path, so this cannot fail; the fallback keeps the base.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().pop().push("internal").extend(segments);
+        }
+        url
+    }
+
     /// Sends a request and reads its answer as `T`.
     pub(super) async fn json<T: DeserializeOwned>(
         &self,
