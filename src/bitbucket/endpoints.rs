@@ -292,7 +292,9 @@ impl Bitbucket {
     /// again: `PUT /internal/…/runners/{uuid}/state` with `{"status": "DISABLED"}` or
     /// `{"status": "ENABLED"}`, the undocumented endpoint Atlassian's own autoscaler uses
     /// to drain a runner before deleting it (BITBUCKET_API.md §2.4, §2.6; the public
-    /// `/2.0` API has no way to disable a runner). Its URL is [`Bitbucket::internal_url`]'s.
+    /// `/2.0` API has no way to disable a runner). The internal base is the configured one
+    /// with its last path segment replaced by `internal` (`…/2.0` → `…/internal`; a proxy's
+    /// `https://proxy/bitbucket/v2` → `https://proxy/bitbucket/internal`).
     /// Setting a state is idempotent, so the PUT is retried like any GET.
     ///
     /// `Ok(false)` when the runner is gone. A 404 is taken for that only once
