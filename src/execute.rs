@@ -2,6 +2,7 @@
 //! with bounded concurrency. A failure stops new work, lets started calls finish, and
 //! reports what was done; the next apply converges from there.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -12,6 +13,7 @@ use crate::aws::fleet::FleetApi;
 use crate::aws::{ec2, kms, ssm, Aws, AwsError};
 use crate::bitbucket::{Bitbucket, BitbucketError};
 use crate::config::Config;
+use crate::names::bare_uuid;
 use crate::observe::scope;
 use crate::plan::{Action, Batch, Desired, Plan};
 use crate::runner_command::RunnerCommand;
@@ -75,6 +77,19 @@ pub struct Executor<'a> {
 struct State {
     key_arn: Option<String>,
     launch_template: Option<(String, i64)>,
+    /// Runners (bare uuids) that took a step while being drained: kept, with their hosts.
+    reprieved: BTreeSet<String>,
+    /// The hosts of reprieved runners: not terminated.
+    spared: BTreeSet<String>,
+}
+
+impl State {
+    /// Whether a claim or command parameter name belongs to a reprieved runner.
+    fn concerns_reprieved(&self, name: &str) -> bool {
+        self.reprieved
+            .iter()
+            .any(|u| name.split('/').any(|segment| segment == u))
+    }
 }
 
 impl State {
@@ -89,6 +104,7 @@ impl State {
                 .launch_template
                 .as_ref()
                 .map(|lt| (lt.id.clone(), lt.latest_version)),
+            ..State::default()
         }
     }
 }
@@ -154,7 +170,7 @@ impl Executor<'_> {
     /// starts nothing new after a failure (started calls finish).
     async fn run_batch(&self, batch: &[Action], state: &Mutex<State>) -> Outcomes {
         if batch[0].traits().batch == Batch::DeleteParameters {
-            return self.delete_parameters(batch).await;
+            return self.delete_parameters(batch, state).await;
         }
         let stop = AtomicBool::new(false);
         stream::iter(batch.iter().enumerate())
@@ -177,7 +193,7 @@ impl Executor<'_> {
     }
 
     /// One call per ten names rather than one per parameter.
-    async fn delete_parameters(&self, batch: &[Action]) -> Outcomes {
+    async fn delete_parameters(&self, batch: &[Action], state: &Mutex<State>) -> Outcomes {
         let names: Vec<String> = batch
             .iter()
             .filter_map(|a| match a {
@@ -185,6 +201,7 @@ impl Executor<'_> {
                 | Action::DeleteOrphanParameter { name, .. } => Some(name.clone()),
                 _ => None,
             })
+            .filter(|n| !lock(state).concerns_reprieved(n))
             .collect();
         match ssm::delete(&self.aws.ssm, &names).await {
             Ok(()) => (0..batch.len())
@@ -203,13 +220,29 @@ impl Executor<'_> {
             Action::CreateKey { alias } => self.create_key(alias, state).await,
             Action::RekeyParameter { name, .. } => self.rekey(name, state).await,
             Action::DeleteRunner { uuid, .. } => {
+                if lock(state).reprieved.contains(&bare_uuid(uuid)) {
+                    return Ok(KEPT.to_owned());
+                }
                 let existed = self.bitbucket.delete_runner(&scope, uuid).await?;
                 Ok(gone(existed))
+            }
+            Action::DrainRunner { uuid, instance, .. } => {
+                self.drain(uuid, instance.as_ref(), state).await
+            }
+            Action::EnableRunner { uuid, .. } => {
+                let existed = self
+                    .bitbucket
+                    .set_runner_enabled(&scope, uuid, true)
+                    .await?;
+                Ok(if existed { "enabled" } else { "already gone" }.to_owned())
             }
             Action::DeleteOrphanRunner { uuid, instance, .. } => {
                 self.delete_orphan_runner(uuid, instance.as_ref()).await
             }
             Action::DeleteParameter { name, .. } | Action::DeleteOrphanParameter { name, .. } => {
+                if lock(state).concerns_reprieved(name) {
+                    return Ok(KEPT.to_owned());
+                }
                 ssm::delete(&self.aws.ssm, std::slice::from_ref(name)).await?;
                 Ok("deleted".to_owned())
             }
@@ -228,23 +261,53 @@ impl Executor<'_> {
                 self.fleet_api.set_target(id, *to, false).await?;
                 Ok(format!("target {to}"))
             }
-            Action::CancelFleet { id, .. } => {
+            Action::ModifyFleet { id, to, .. } => self.modify_fleet(id, *to, state).await,
+            Action::CancelFleet {
+                id,
+                terminate_instances,
+                ..
+            } => {
                 self.fleet_api
-                    .cancel(std::slice::from_ref(id), true)
+                    .cancel(std::slice::from_ref(id), *terminate_instances)
                     .await?;
-                Ok("cancelled, instances terminating".to_owned())
+                Ok(if *terminate_instances {
+                    "cancelled, instances terminating"
+                } else {
+                    "cancelled, instances run on"
+                }
+                .to_owned())
             }
             Action::TerminateInstances { ids, .. } | Action::TerminateStrayInstances { ids } => {
-                ec2::terminate(&self.aws.ec2, ids).await?;
+                let ids: Vec<String> = {
+                    let st = lock(state);
+                    ids.iter()
+                        .filter(|i| !st.spared.contains(*i))
+                        .cloned()
+                        .collect()
+                };
+                ec2::terminate(&self.aws.ec2, &ids).await?;
                 Ok(format!("{} terminating", ids.len()))
             }
             Action::DeleteClaims { names, .. } | Action::PruneClaims { names } => {
-                ssm::delete(&self.aws.ssm, names).await?;
+                let names: Vec<String> = {
+                    let st = lock(state);
+                    names
+                        .iter()
+                        .filter(|n| !st.concerns_reprieved(n))
+                        .cloned()
+                        .collect()
+                };
+                ssm::delete(&self.aws.ssm, &names).await?;
                 Ok(format!("{} deleted", names.len()))
             }
             Action::ReleaseClaim {
                 runner, generation, ..
-            } => self.release_claim(runner, *generation).await,
+            } => {
+                if lock(state).reprieved.contains(runner) {
+                    return Ok(KEPT.to_owned());
+                }
+                self.release_claim(runner, *generation).await
+            }
             Action::DeleteLaunchTemplate { name } => {
                 let existed = ec2::delete_launch_template(&self.aws.ec2, name).await?;
                 Ok(gone(existed))
@@ -312,6 +375,53 @@ impl Executor<'_> {
         let (id, version) = launch_template(state)?;
         let fleet_id = self.fleet_api.request(spec, &id, version, target).await?;
         Ok(format!("{fleet_id} (target {target})"))
+    }
+
+    /// Disables the runner, reads it again, and keeps it (enabled again, its host spared)
+    /// if it took a step in between: Bitbucket may have handed it one after the plan's
+    /// snapshot. Later actions of the plan about it are skipped then.
+    async fn drain(
+        &self,
+        uuid: &str,
+        instance: Option<&String>,
+        state: &Mutex<State>,
+    ) -> Result<String, ActionError> {
+        let scope = scope(self.config);
+        if !self
+            .bitbucket
+            .set_runner_enabled(&scope, uuid, false)
+            .await?
+        {
+            return Ok("already gone".to_owned());
+        }
+        let now = self.bitbucket.get_runner(&scope, uuid).await?;
+        if !now.as_ref().is_some_and(|r| r.is_busy()) {
+            return Ok("disabled, no step".to_owned());
+        }
+        self.bitbucket
+            .set_runner_enabled(&scope, uuid, true)
+            .await?;
+        let mut st = lock(state);
+        st.reprieved.insert(bare_uuid(uuid));
+        st.spared.extend(instance.cloned());
+        tracing::warn!(runner = %uuid, "the runner took a step while being drained: enabled again and kept, with its host; the next plan counts it");
+        Ok(KEPT.to_owned())
+    }
+
+    async fn modify_fleet(
+        &self,
+        id: &str,
+        target: u32,
+        state: &Mutex<State>,
+    ) -> Result<String, ActionError> {
+        let spec = &self.desired()?.fleet;
+        let (lt, version) = launch_template(state)?;
+        self.fleet_api
+            .modify(id, spec, &lt, version, target)
+            .await?;
+        Ok(format!(
+            "launch template version {version}, target {target}, instances kept"
+        ))
     }
 
     async fn release_claim(&self, runner: &str, generation: u64) -> Result<String, ActionError> {
@@ -386,6 +496,9 @@ fn launch_template(state: &Mutex<State>) -> Result<(String, i64), ActionError> {
         .clone()
         .ok_or(ActionError::Missing("no launch template"))
 }
+
+/// What a skipped action of a reprieved runner reports.
+const KEPT: &str = "kept: its runner took a step while being drained";
 
 fn gone(existed: bool) -> String {
     if existed { "deleted" } else { "already gone" }.to_owned()

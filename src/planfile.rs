@@ -321,6 +321,7 @@ impl SavedPlan {
                 capacity: Some(self.capacity.clone()),
                 actions: self.actions.clone(),
                 warnings: self.warnings.clone(),
+                notes: replanned.notes,
             },
             self.desired.clone(),
         ))
@@ -334,6 +335,7 @@ mod tests {
 
     fn runner(uuid: &str, name: &str, labels: &[&str]) -> Runner {
         Runner {
+            status_since: None,
             uuid: uuid.into(),
             name: name.into(),
             labels: labels.iter().map(|l| (*l).to_owned()).collect(),
@@ -352,6 +354,8 @@ mod tests {
                 runner("{2}", "bbfleet-ci-2", &["linux", "self.hosted"]),
             ],
             fleets: vec![FleetState {
+                role: None,
+                strategy: None,
                 id: "sfr-1".into(),
                 state: FleetPhase::Active,
                 target: 2,

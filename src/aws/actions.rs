@@ -34,6 +34,7 @@ pub const CALLED: &[&str] = &[
     "ec2:TerminateInstances",
     // src/aws/spot_fleet.rs (the Spot Fleet backend)
     "ec2:CancelSpotFleetRequests",
+    "ec2:CreateTags",
     "ec2:DescribeSpotFleetInstances",
     "ec2:DescribeSpotFleetRequests",
     "ec2:ModifySpotFleetRequest",
@@ -49,10 +50,6 @@ pub const IMPLIED: &[(&str, &str)] = &[
     (
         "iam:PassRole",
         "RequestSpotFleet passes spot.fleet_role; launches pass the instance role",
-    ),
-    (
-        "ec2:CreateTags",
-        "tags given in CreateLaunchTemplate / RequestSpotFleet",
     ),
     (
         "ec2:RunInstances",

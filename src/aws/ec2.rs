@@ -23,6 +23,8 @@ use crate::world::{
 
 /// The tag EC2 puts on every instance a Spot Fleet launches, naming the request.
 pub const FLEET_REQUEST_TAG: &str = "aws:ec2spot:fleet-request-id";
+/// The launch template version an instance was launched from, tagged by EC2.
+pub const TEMPLATE_VERSION_TAG: &str = "aws:ec2launchtemplate:version";
 
 /// Subnets by id, in the order given; a missing one is a config error naming
 /// `spot.subnets[i]`.
@@ -405,6 +407,12 @@ pub async fn fleet_instances(
         let page = page.map_err(|e| AwsError::call("ec2:DescribeInstances", e))?;
         for r in page.reservations() {
             for i in r.instances() {
+                let tag = |key: &str| {
+                    i.tags()
+                        .iter()
+                        .find(|t| t.key() == Some(key))
+                        .and_then(|t| t.value())
+                };
                 out.push(InstanceInfo {
                     id: i.instance_id().unwrap_or_default().to_owned(),
                     instance_type: i.instance_type().map_or("", |t| t.as_str()).to_owned(),
@@ -416,12 +424,8 @@ pub async fn fleet_instances(
                     state: InstanceState::from_api(
                         i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()),
                     ),
-                    fleet_request: i
-                        .tags()
-                        .iter()
-                        .find(|t| t.key() == Some(FLEET_REQUEST_TAG))
-                        .and_then(|t| t.value())
-                        .map(str::to_owned),
+                    fleet_request: tag(FLEET_REQUEST_TAG).map(str::to_owned),
+                    template_version: tag(TEMPLATE_VERSION_TAG).and_then(|v| v.parse().ok()),
                     launched_at: i
                         .launch_time()
                         .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),

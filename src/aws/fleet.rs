@@ -36,6 +36,17 @@ pub trait FleetApi: Send + Sync {
         target: u32,
         terminate_excess: bool,
     ) -> Result<(), AwsError>;
+    /// Moves a request to `spec`'s launch template version and overrides (instance types x
+    /// subnets) and `target`, in place: its running instances stay. Only what the API can
+    /// modify may differ (the plan requests a new fleet when the role or strategy changed).
+    async fn modify(
+        &self,
+        id: &str,
+        spec: &FleetSpec,
+        launch_template_id: &str,
+        version: i64,
+        target: u32,
+    ) -> Result<(), AwsError>;
     /// Cancels requests.
     async fn cancel(&self, ids: &[String], terminate_instances: bool) -> Result<(), AwsError>;
     /// The request [`FleetApi::request`] would send, with `DryRun=true`: checks permissions

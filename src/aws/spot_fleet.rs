@@ -69,22 +69,40 @@ fn client_token() -> String {
     format!("bbfleet-{:016x}{:016x}", rng.u64(..), rng.u64(..))
 }
 
+/// The config's strategies with the API's names for them.
+const STRATEGIES: [(AllocationStrategy, Ec2Strategy); 4] = [
+    (AllocationStrategy::Diversified, Ec2Strategy::Diversified),
+    (
+        AllocationStrategy::PriceCapacityOptimized,
+        Ec2Strategy::PriceCapacityOptimized,
+    ),
+    (
+        AllocationStrategy::CapacityOptimized,
+        Ec2Strategy::CapacityOptimized,
+    ),
+    (AllocationStrategy::LowestPrice, Ec2Strategy::LowestPrice),
+];
+
 fn strategy(s: AllocationStrategy) -> Ec2Strategy {
-    match s {
-        AllocationStrategy::Diversified => Ec2Strategy::Diversified,
-        AllocationStrategy::PriceCapacityOptimized => Ec2Strategy::PriceCapacityOptimized,
-        AllocationStrategy::CapacityOptimized => Ec2Strategy::CapacityOptimized,
-        AllocationStrategy::LowestPrice => Ec2Strategy::LowestPrice,
-    }
+    STRATEGIES
+        .iter()
+        .find(|(c, _)| *c == s)
+        .map_or(Ec2Strategy::Diversified, |(_, e)| e.clone())
 }
 
-/// The Spot Fleet request bbfleet sends (also the pre-flight's DryRun).
-fn request_config(
+/// The config's name for a strategy a request reports (`None`: one bbfleet does not send).
+fn strategy_of(s: &Ec2Strategy) -> Option<AllocationStrategy> {
+    STRATEGIES.iter().find(|(_, e)| e == s).map(|(c, _)| *c)
+}
+
+/// The launch template and its overrides (instance types x subnets): the part of a
+/// request that ModifySpotFleetRequest can change in place (`LaunchTemplateConfigs`, EC2
+/// API Reference, ModifySpotFleetRequest).
+fn launch_template_config(
     spec: &FleetSpec,
     launch_template_id: &str,
     version: i64,
-    target: u32,
-) -> SpotFleetRequestConfigData {
+) -> LaunchTemplateConfig {
     let mut overrides = Vec::new();
     for t in &spec.instance_types {
         for s in &spec.subnets {
@@ -97,7 +115,7 @@ fn request_config(
             );
         }
     }
-    let config = LaunchTemplateConfig::builder()
+    LaunchTemplateConfig::builder()
         .launch_template_specification(
             FleetLaunchTemplateSpecification::builder()
                 .launch_template_id(launch_template_id)
@@ -105,7 +123,17 @@ fn request_config(
                 .build(),
         )
         .set_overrides(Some(overrides))
-        .build();
+        .build()
+}
+
+/// The Spot Fleet request bbfleet sends (also the pre-flight's DryRun).
+fn request_config(
+    spec: &FleetSpec,
+    launch_template_id: &str,
+    version: i64,
+    target: u32,
+) -> SpotFleetRequestConfigData {
+    let config = launch_template_config(spec, launch_template_id, version);
     let fingerprint = spec.fingerprint();
     SpotFleetRequestConfigData::builder()
         .iam_fleet_role(&spec.role)
@@ -148,6 +176,7 @@ impl FleetApi for SpotFleet {
     fn iam_actions(&self) -> &'static [&'static str] {
         &[
             "ec2:CancelSpotFleetRequests",
+            "ec2:CreateTags",
             "ec2:DescribeSpotFleetInstances",
             "ec2:DescribeSpotFleetRequests",
             "ec2:ModifySpotFleetRequest",
@@ -202,14 +231,17 @@ impl FleetApi for SpotFleet {
                 {
                     continue;
                 }
+                let config = r.spot_fleet_request_config();
                 found.push(FleetState {
                     id: r.spot_fleet_request_id().unwrap_or_default().to_owned(),
                     state,
-                    target: r
-                        .spot_fleet_request_config()
-                        .map_or(0, |c| c.target_capacity().unwrap_or(0)),
+                    target: config.map_or(0, |c| c.target_capacity().unwrap_or(0)),
                     fingerprint: tag(CONFIG_TAG),
                     instance_ids: Vec::new(),
+                    role: config.and_then(|c| c.iam_fleet_role()).map(str::to_owned),
+                    strategy: config
+                        .and_then(|c| c.allocation_strategy())
+                        .and_then(strategy_of),
                 });
             }
         }
@@ -263,6 +295,41 @@ impl FleetApi for SpotFleet {
         req.send()
             .await
             .map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
+        Ok(())
+    }
+
+    async fn modify(
+        &self,
+        id: &str,
+        spec: &FleetSpec,
+        launch_template_id: &str,
+        version: i64,
+        target: u32,
+    ) -> Result<(), AwsError> {
+        // The running instances stay (noTermination): bbfleet replaces outdated hosts itself,
+        // idle ones only. New launches use the new launch template version and overrides.
+        self.ec2
+            .modify_spot_fleet_request()
+            .spot_fleet_request_id(id)
+            .launch_template_configs(launch_template_config(spec, launch_template_id, version))
+            .target_capacity(target as i32)
+            .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
+        // The tag says which configuration the request has now; the next plan compares it.
+        self.ec2
+            .create_tags()
+            .resources(id)
+            .tags(
+                Tag::builder()
+                    .key(CONFIG_TAG)
+                    .value(spec.fingerprint())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| AwsError::call("ec2:CreateTags", e))?;
         Ok(())
     }
 

@@ -111,6 +111,7 @@ pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<C
             generation,
             name: p.name,
             holder: ClaimHolder::parse(&p.value),
+            written_at: p.last_modified,
         });
     }
     out.sort_by(|a, b| (&a.runner_uuid, a.generation).cmp(&(&b.runner_uuid, b.generation)));

@@ -63,6 +63,7 @@ impl From<&Runner> for crate::world::Runner {
             labels: r.labels.clone(),
             status: crate::world::RunnerStatus::from_api(r.state.status.as_deref().unwrap_or("")),
             busy: r.is_busy(),
+            status_since: r.state_updated_on(),
         }
     }
 }

@@ -223,6 +223,7 @@ mod tests {
                 })
                 .collect(),
             warnings: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

@@ -98,10 +98,51 @@ pub enum Action {
         /// New target.
         to: u32,
     },
-    /// Cancel a fleet request and terminate its instances.
+    /// Move a fleet request to the current launch template version and overrides in
+    /// place: its instances keep running (hosts on the old version are replaced later,
+    /// idle ones only).
+    ModifyFleet {
+        /// Request id.
+        id: String,
+        /// Target now.
+        from: i32,
+        /// New target.
+        to: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Cancel a fleet request; its instances terminate with it only when
+    /// `terminate_instances` (destroy). Otherwise they run on and are replaced host by
+    /// host, idle ones only.
     CancelFleet {
         /// Request id.
         id: String,
+        /// Why.
+        reason: String,
+        /// Terminate its instances with it.
+        #[serde(default = "terminate_by_default")]
+        terminate_instances: bool,
+    },
+    /// Drain a runner before its host goes: disable it at Bitbucket, read it again, and
+    /// keep it (enabled again) if it took a step meanwhile; the terminations, deletions and
+    /// claim releases of this plan that concern it are then skipped.
+    DrainRunner {
+        /// `{uuid}`.
+        uuid: String,
+        /// Name.
+        name: String,
+        /// The host it runs on, if any.
+        instance: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// Enable a runner again at Bitbucket (after its host was replaced, or left disabled
+    /// by an interrupted apply).
+    EnableRunner {
+        /// `{uuid}`.
+        uuid: String,
+        /// Name.
+        name: String,
         /// Why.
         reason: String,
     },
@@ -144,6 +185,11 @@ pub enum Action {
         /// Name.
         name: String,
     },
+}
+
+/// Plans saved before cancellations could keep instances cancelled with termination.
+fn terminate_by_default() -> bool {
+    true
 }
 
 /// Create, update or delete.
@@ -204,7 +250,10 @@ impl Action {
             Action::CreateLaunchTemplateVersion { .. } => traits(Update, "launch_template", Alone),
             Action::RequestFleet { .. } => traits(Create, "spot_fleet", Alone),
             Action::SetFleetTarget { .. } => traits(Update, "spot_fleet", Alone),
+            Action::ModifyFleet { .. } => traits(Update, "spot_fleet", Alone),
             Action::CancelFleet { .. } => traits(Delete, "spot_fleet", Alone),
+            Action::DrainRunner { .. } => traits(Update, "runner", FanOut),
+            Action::EnableRunner { .. } => traits(Update, "runner", FanOut),
             Action::TerminateInstances { .. } => traits(Delete, "instances", Alone),
             Action::DeleteClaims { .. } => traits(Delete, "claims", Alone),
             Action::ReleaseClaim { .. } => traits(Update, "claim", FanOut),

@@ -12,6 +12,7 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
         .map(|f| Action::CancelFleet {
             id: f.id.clone(),
             reason: "destroy (instances terminated)".to_owned(),
+            terminate_instances: true,
         })
         .collect();
     // Instances of the cancelled requests terminate with them; the others are terminated here.
@@ -63,5 +64,6 @@ pub fn plan_destroy(config: &Config, observed: &Observed) -> Plan {
         capacity: None,
         actions,
         warnings: Vec::new(),
+        notes: Vec::new(),
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::fleet::Fleet;
+use super::hosts::Hosts;
 use super::index::Index;
 use super::runners::Runners;
 use super::scale_down::ScaleDown;
@@ -27,6 +28,7 @@ pub(super) fn plan(
     runners: &Runners,
     fleet: &Fleet,
     scale_down: &ScaleDown,
+    hosts: &Hosts,
     options: PlanOptions,
 ) -> Garbage {
     let mut out = Garbage {
@@ -46,15 +48,15 @@ pub(super) fn plan(
             reason: "their runners no longer exist".to_owned(),
         });
     }
-    let cancelled = fleet.cancelled_instances();
     let ended: Vec<String> = scale_down
         .terminated
         .iter()
         .chain(&runners.orphan_instances)
+        .chain(&hosts.ended)
         .cloned()
         .collect();
     let grace = config.spot.stray_grace_seconds;
-    let mut strays = stray_instances(world, fleet, grace, &cancelled, &ended);
+    let mut strays = stray_instances(world, runners, fleet, grace, &ended);
     if !options.force {
         hold_busy_strays(world, runners, &mut strays, &mut out.warnings);
     }
@@ -67,10 +69,7 @@ pub(super) fn plan(
     // end it; otherwise the runner's next generation is written `free`, after the
     // terminations above, so the instance cannot still be using it.
     let alive = |id: &str| {
-        world.is_up(id)
-            && !ended.iter().any(|v| v == id)
-            && !strays.iter().any(|s| s == id)
-            && !cancelled.iter().any(|c| *c == id)
+        world.is_up(id) && !ended.iter().any(|v| v == id) && !strays.iter().any(|s| s == id)
     };
     release_and_prune(world, runners, &alive, &mut out.actions);
     out
@@ -153,18 +152,19 @@ fn release_and_prune(
 }
 
 /// Fleet-tagged instances that no live request owns, besides those this plan already
-/// ends (`already`, and the instances of requests it cancels). An instance belongs to the
-/// kept request if the request lists it or if its `aws:ec2spot:fleet-request-id` launch
-/// tag names it: DescribeSpotFleetInstances "might be out of date", the tag is set at
-/// launch. An instance listed by, or tagged with, another request is a leftover. One that
-/// neither a listing nor its tag explains is a leftover once it is older than the grace,
-/// and while the kept request lists fewer instances than its target it may be that
-/// request's launch in flight, so it waits.
+/// ends (`already`) and the hosts of kept runners (the hosts phase replaces those when
+/// their runner is idle, a batch at a time). An instance belongs to the kept request if
+/// the request lists it or if its `aws:ec2spot:fleet-request-id` launch tag names it:
+/// DescribeSpotFleetInstances "might be out of date", the tag is set at launch. An
+/// instance listed by, or tagged with, another request (a cancelled one: its instances
+/// run on) is a leftover. One that neither a listing nor its tag explains is a leftover
+/// once it is older than the grace, and while the kept request lists fewer instances than
+/// its target it may be that request's launch in flight, so it waits.
 fn stray_instances(
     world: &Index,
+    runners: &Runners,
     fleet: &Fleet,
     grace_seconds: u64,
-    cancelled_now: &[&String],
     already: &[String],
 ) -> Vec<String> {
     let (observed, keep, target) = (world.observed, fleet.keep, fleet.target);
@@ -190,8 +190,14 @@ fn stray_instances(
     observed
         .instances
         .iter()
-        .filter(|i| !owned(i))
-        .filter(|i| !cancelled_now.contains(&&i.id) && !already.contains(&i.id))
+        .filter(|i| !owned(i) && !already.contains(&i.id))
+        .filter(|i| {
+            !(i.is_up()
+                && world
+                    .held_by(&i.id)
+                    .iter()
+                    .any(|u| runners.kept().any(|r| bare_uuid(&r.uuid) == *u)))
+        })
         .filter(|i| i.fleet_request.is_some() || listed_by_other(&i.id) || !(launching || young(i)))
         .map(|i| i.id.clone())
         .collect()

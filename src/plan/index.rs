@@ -18,11 +18,20 @@ pub(super) struct Index<'a> {
     pub claims: BTreeMap<&'a str, &'a Claim>,
     /// Instances that exist (any state but terminated), by id.
     instances: BTreeMap<&'a str, &'a InstanceInfo>,
+    /// The runners (bare uuids) each instance holds by a newest claim.
+    holders: BTreeMap<&'a str, Vec<&'a str>>,
 }
 
 impl<'a> Index<'a> {
     /// Indexes `observed`.
     pub fn new(observed: &'a Observed) -> Index<'a> {
+        let claims = newest_claims(observed);
+        let mut holders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for c in claims.values() {
+            if let Some(i) = c.holder.instance() {
+                holders.entry(i).or_default().push(c.runner_uuid.as_str());
+            }
+        }
         Index {
             observed,
             runners: observed
@@ -35,13 +44,19 @@ impl<'a> Index<'a> {
                 .iter()
                 .map(|p| (p.runner_uuid.as_str(), p))
                 .collect(),
-            claims: newest_claims(observed),
+            claims,
             instances: observed
                 .instances
                 .iter()
                 .map(|i| (i.id.as_str(), i))
                 .collect(),
+            holders,
         }
+    }
+
+    /// The runners (bare uuids) whose newest claims name the instance.
+    pub fn held_by(&self, instance: &str) -> &[&'a str] {
+        self.holders.get(instance).map_or(&[], Vec::as_slice)
     }
 
     /// Whether the instance exists.

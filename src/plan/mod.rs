@@ -1,10 +1,11 @@
 //! The planner: a pure function from (config, desired state, observed world) to an
 //! ordered list of actions. Printing a plan and executing it use the same value.
 //!
-//! `plan_apply` runs seven phases, each a function with a typed hand-off to the next:
+//! `plan_apply` runs eight phases, each a function with a typed hand-off to the next:
 //! [`key`] (the customer key), [`zones`] (the network), [`runners`] (Bitbucket runners and
-//! their stored commands), [`template`] (the launch template), [`fleet`] (the fleet request),
-//! [`scale_down`] (instances of removed runners) and [`garbage`] (claims and strays). They
+//! their stored commands), [`template`] (the launch template), [`hosts`] (roll-outs and
+//! repair: which hosts are replaced), [`fleet`] (the fleet request), [`scale_down`]
+//! (instances of removed runners) and [`garbage`] (claims and strays). They
 //! read the world through one [`index::Index`]. The planner knows only the domain model
 //! ([`crate::world`]) and the config, never a provider's types.
 
@@ -13,6 +14,7 @@ mod desired;
 mod destroy;
 mod fleet;
 mod garbage;
+mod hosts;
 mod index;
 mod key;
 mod render;
@@ -54,6 +56,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Things the user should know (e.g. scale-down stopped short of busy runners).
     pub warnings: Vec<String>,
+    /// How a roll-out stands (hosts on an old configuration: replaced now, waiting).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -180,15 +184,47 @@ pub fn plan_apply(
     zones::plan(config, observed)?;
     let runners = runners::plan(config, &world, &key, desired.capacity.desired, options)?;
     let template = template::plan(&desired.launch_template, observed);
-    let fleet = fleet::plan(&desired.fleet, observed, runners.target());
-    let scale_down = scale_down::plan(config, &world, &runners, &fleet);
-    let garbage = garbage::plan(config, &world, &runners, &fleet, &scale_down, options);
+    let current = hosts::Current {
+        latest: observed
+            .launch_template
+            .as_ref()
+            .map(|lt| lt.latest_version),
+        new_version: template.is_some(),
+    };
+    let choice = fleet::choose(&desired.fleet, observed);
+    let hosts = hosts::plan(
+        config,
+        &world,
+        &runners,
+        choice,
+        &desired.fleet,
+        current,
+        options.force,
+    );
+    let target = runners.target().saturating_sub(hosts.held_elsewhere);
+    let fleet = fleet::plan(&desired.fleet, observed, choice, target);
+    let scale_down = scale_down::plan(config, &world, &runners, &fleet, &hosts.ended);
+    let garbage = garbage::plan(
+        config,
+        &world,
+        &runners,
+        &fleet,
+        &scale_down,
+        &hosts,
+        options,
+    );
     let mut actions = key.actions;
     actions.extend(runners.actions.iter().cloned());
     actions.extend(template);
-    actions.extend(fleet.actions.iter().cloned());
+    actions.extend(fleet.actions);
+    // Every drain before any termination: a runner that took a step keeps its host.
+    actions.extend(scale_down.drains);
+    actions.extend(hosts.drains);
     actions.extend(scale_down.actions);
+    actions.extend(hosts.terminations);
+    actions.extend(scale_down.deletions);
     actions.extend(garbage.actions);
+    actions.extend(hosts.enables);
     let mut warnings = runners.warnings.clone();
     warnings.extend(garbage.warnings);
     Ok(Plan {
@@ -196,6 +232,7 @@ pub fn plan_apply(
         capacity: Some(desired.capacity.clone()),
         actions,
         warnings,
+        notes: hosts.notes,
     })
 }
 

@@ -47,6 +47,8 @@ pub struct PlanView {
     pub summary: Summary,
     /// Warnings.
     pub warnings: Vec<String>,
+    /// What the plan does over several applies (roll-outs), for people.
+    pub notes: Vec<String>,
 }
 
 fn list(ids: &[String]) -> String {
@@ -114,7 +116,17 @@ impl Action {
             Action::SetFleetTarget { id, from, to } => (id.clone(),
                 format!("target capacity {from} -> {to}"),
             ),
-            Action::CancelFleet { id, reason } => (id.clone(), reason.clone()),
+            Action::ModifyFleet { id, from, to, reason } => (id.clone(),
+                format!("in place, instances kept: {reason} (target {from} -> {to})"),
+            ),
+            Action::CancelFleet { id, reason, .. } => (id.clone(), reason.clone()),
+            Action::DrainRunner { name, instance, reason, .. } => (name.clone(),
+                format!(
+                    "{reason}: disable, re-read, and go on only if it took no step{}",
+                    instance.as_ref().map(|i| format!(" (host {i})")).unwrap_or_default()
+                ),
+            ),
+            Action::EnableRunner { name, reason, .. } => (name.clone(), format!("enable: {reason}")),
             Action::TerminateInstances { ids, reason } => (list(ids), reason.clone()),
             Action::DeleteClaims { names, reason } => (format!("{} claim parameter(s)", names.len()),
                 reason.clone(),
@@ -174,6 +186,7 @@ impl Plan {
                 .collect(),
             summary: self.summary(),
             warnings: self.warnings.clone(),
+            notes: self.notes.clone(),
         }
     }
 }
@@ -191,6 +204,9 @@ impl fmt::Display for PlanView {
         }
         for w in &self.warnings {
             writeln!(f, "Warning: {w}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "{n}")?;
         }
         if self.actions.is_empty() {
             return if self.capacity.is_some() {

@@ -12,14 +12,24 @@ use crate::names;
 
 /// The scale-down phase's hand-off.
 pub(super) struct ScaleDown {
-    /// Terminations, runner and command deletions.
+    /// Drains of the removed runners (before any termination).
+    pub drains: Vec<Action>,
+    /// Terminations.
     pub actions: Vec<Action>,
+    /// Runner and command deletions.
+    pub deletions: Vec<Action>,
     /// The instances it terminates.
     pub terminated: Vec<String>,
 }
 
 /// Plans the scale-down of `runners.victims`.
-pub(super) fn plan(config: &Config, world: &Index, runners: &Runners, fleet: &Fleet) -> ScaleDown {
+pub(super) fn plan(
+    config: &Config,
+    world: &Index,
+    runners: &Runners,
+    fleet: &Fleet,
+    replaced: &[String],
+) -> ScaleDown {
     let mut terminated: Vec<String> = runners
         .victims
         .iter()
@@ -28,8 +38,18 @@ pub(super) fn plan(config: &Config, world: &Index, runners: &Runners, fleet: &Fl
         .collect();
     terminated.sort();
     terminated.dedup();
-    let spare = surplus(world, runners, fleet, &terminated);
+    let spare = surplus(world, runners, fleet, &terminated, replaced);
     terminated.extend(spare);
+    let drains = runners
+        .victims
+        .iter()
+        .map(|r| Action::DrainRunner {
+            uuid: r.uuid.clone(),
+            name: r.name.clone(),
+            instance: world.claimed_by(r),
+            reason: format!("scale-down to {}", fleet.target),
+        })
+        .collect();
     let mut actions = Vec::new();
     if !terminated.is_empty() {
         actions.push(Action::TerminateInstances {
@@ -37,8 +57,9 @@ pub(super) fn plan(config: &Config, world: &Index, runners: &Runners, fleet: &Fl
             reason: "scale-down: they hold removed runners or no runner at all".to_owned(),
         });
     }
+    let mut deletions = Vec::new();
     for r in &runners.victims {
-        actions.push(Action::DeleteRunner {
+        deletions.push(Action::DeleteRunner {
             uuid: r.uuid.clone(),
             name: r.name.clone(),
             reason: format!(
@@ -50,13 +71,15 @@ pub(super) fn plan(config: &Config, world: &Index, runners: &Runners, fleet: &Fl
         });
     }
     for r in &runners.victims {
-        actions.push(Action::DeleteParameter {
+        deletions.push(Action::DeleteParameter {
             name: names::runner_parameter(&config.name, &r.uuid),
             reason: format!("its runner {} is removed", r.name),
         });
     }
     ScaleDown {
+        drains,
         actions,
+        deletions,
         terminated,
     }
 }
@@ -65,7 +88,13 @@ pub(super) fn plan(config: &Config, world: &Index, runners: &Runners, fleet: &Fl
 /// kept runner go too. Checked at every apply, not only when the target drops: a run
 /// stopped between lowering the target and terminating leaves the fleet above target for
 /// good.
-fn surplus(world: &Index, runners: &Runners, fleet: &Fleet, terminated: &[String]) -> Vec<String> {
+fn surplus(
+    world: &Index,
+    runners: &Runners,
+    fleet: &Fleet,
+    terminated: &[String],
+    replaced: &[String],
+) -> Vec<String> {
     let Some(f) = fleet.keep else {
         return Vec::new();
     };
@@ -75,7 +104,9 @@ fn surplus(world: &Index, runners: &Runners, fleet: &Fleet, terminated: &[String
         .chain(runners.busy_orphans.iter().copied())
         .filter_map(|r| world.claimed_by(r))
         .collect();
-    let ended = |i: &String| terminated.contains(i) || runners.orphan_instances.contains(i);
+    let ended = |i: &String| {
+        terminated.contains(i) || runners.orphan_instances.contains(i) || replaced.contains(i)
+    };
     let alive: Vec<&String> = f
         .instance_ids
         .iter()

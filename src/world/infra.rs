@@ -78,6 +78,13 @@ pub struct FleetState {
     pub fingerprint: Option<String>,
     /// Its running instances.
     pub instance_ids: Vec<String>,
+    /// The fleet role it was requested with (`None` when the API did not say): a request's
+    /// role and strategy cannot be modified, its launch template and overrides can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Its allocation strategy (`None` when the API did not say, or one bbfleet does not know).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::config::AllocationStrategy>,
 }
 
 impl FleetState {
@@ -139,6 +146,12 @@ pub struct InstanceInfo {
     /// When it was launched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub launched_at: Option<jiff::Timestamp>,
+    /// The launch template version it was launched from: the `aws:ec2launchtemplate:version`
+    /// tag EC2 puts on instances launched from a launch template (EC2 User Guide, "Launch
+    /// EC2 instances using a launch template"). `None` when the tag is missing: such a
+    /// host is never taken for outdated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<i64>,
 }
 
 impl InstanceInfo {

@@ -116,6 +116,9 @@ pub struct Runner {
     pub status: RunnerStatus,
     /// Executing a step.
     pub busy: bool,
+    /// When its status last changed, if Bitbucket said (how long it has been OFFLINE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_since: Option<jiff::Timestamp>,
 }
 
 impl Runner {
@@ -210,6 +213,9 @@ pub struct Claim {
     pub generation: u64,
     /// Who holds the runner.
     pub holder: ClaimHolder,
+    /// When it was written (SSM's LastModifiedDate), if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_at: Option<jiff::Timestamp>,
 }
 
 /// Who a claim generation gives the runner to.

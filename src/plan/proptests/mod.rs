@@ -168,6 +168,7 @@ fn parameter(uuid: &str, on_key: bool) -> RunnerParameter {
 
 fn claim(uuid: &str, generation: u64, value: &str) -> Claim {
     Claim {
+        written_at: None,
         name: names::claim("ci", uuid, generation),
         runner_uuid: bare_uuid(uuid),
         generation,
@@ -211,6 +212,7 @@ fn build(config: &Config, w: &World) -> Observed {
             labels.pop();
         }
         o.runners.push(Runner {
+            status_since: None,
             uuid: uuid.clone(),
             name: names::runner_name("ci", r.slot),
             labels,
@@ -246,6 +248,7 @@ fn build(config: &Config, w: &World) -> Observed {
         .iter()
         .enumerate()
         .map(|(k, s)| InstanceInfo {
+            template_version: None,
             id: instance_id(k),
             instance_type: "m6i.large".into(),
             az: "us-east-1a".into(),
@@ -263,6 +266,8 @@ fn build(config: &Config, w: &World) -> Observed {
             members.sort();
             members.dedup();
             FleetState {
+                role: None,
+                strategy: None,
                 id: format!("sfr-{n}"),
                 state: if f.live {
                     FleetPhase::Active
@@ -349,6 +354,7 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 fresh += 1;
                 let arn = key_arn(&w);
                 w.runners.push(Runner {
+                    status_since: Some(w.observed_at),
                     uuid: uuid.clone(),
                     name: name.clone(),
                     labels: config.labels().to_vec(),
@@ -374,6 +380,8 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 fingerprint,
                 ..
             } => w.fleets.push(FleetState {
+                role: None,
+                strategy: None,
                 id: "sfr-new".into(),
                 state: FleetPhase::Active,
                 target: *target as i32,
@@ -385,16 +393,43 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                     f.target = *to as i32;
                 }
             }
-            Action::CancelFleet { id, .. } => {
+            Action::ModifyFleet { id, to, .. } => {
+                for f in w.fleets.iter_mut().filter(|f| &f.id == id) {
+                    f.target = *to as i32;
+                    f.fingerprint = Some(desired.fleet.fingerprint());
+                }
+            }
+            Action::CancelFleet {
+                id,
+                terminate_instances,
+                ..
+            } => {
                 let ids: Vec<String> = w
                     .fleets
                     .iter()
                     .filter(|f| &f.id == id)
                     .flat_map(|f| f.instance_ids.clone())
                     .collect();
-                terminate(&mut w, &ids);
+                if *terminate_instances {
+                    terminate(&mut w, &ids);
+                }
                 for f in w.fleets.iter_mut().filter(|f| &f.id == id) {
-                    f.state = FleetPhase::CancelledTerminating;
+                    f.state = if *terminate_instances {
+                        FleetPhase::CancelledTerminating
+                    } else {
+                        FleetPhase::CancelledRunning
+                    };
+                }
+            }
+            // Nobody hands out steps in the model: a drain always goes on.
+            Action::DrainRunner { uuid, .. } => {
+                for r in w.runners.iter_mut().filter(|r| &r.uuid == uuid) {
+                    r.status = RunnerStatus::Disabled;
+                }
+            }
+            Action::EnableRunner { uuid, .. } => {
+                for r in w.runners.iter_mut().filter(|r| &r.uuid == uuid) {
+                    r.status = RunnerStatus::Enabled;
                 }
             }
             Action::TerminateInstances { ids, .. } | Action::TerminateStrayInstances { ids } => {
@@ -407,7 +442,8 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 runner, generation, ..
             } => {
                 // Overwrite=false: an existing generation stays as it is.
-                let c = claim(runner, *generation, "free");
+                let mut c = claim(runner, *generation, "free");
+                c.written_at = Some(w.observed_at);
                 if !w.claims.iter().any(|x| x.name == c.name) {
                     w.claims.push(c);
                 }
@@ -444,7 +480,11 @@ fn reorder(o: &Observed, rot: usize) -> Observed {
 fn setup(n: u32) -> (Config, Desired) {
     static BASE: std::sync::OnceLock<(Config, Desired)> = std::sync::OnceLock::new();
     let (c, d) = BASE.get_or_init(|| {
-        let c = config();
+        let mut c = config();
+        // The model launches no replacement host, so a roll-out in batches would stall at
+        // its first batch: here every outdated idle host goes in one apply (the batch
+        // itself is tested in plan::tests).
+        c.rollout.batch = crate::config::RolloutBatch::Percent(100);
         let d = desired_for(&c, 0);
         (c, d)
     });
@@ -455,6 +495,35 @@ fn setup(n: u32) -> (Config, Desired) {
 
 fn runs(config: &Config, desired: &Desired, o: &Observed, force: bool) -> Option<Plan> {
     plan_apply(config, desired, o, PlanOptions { force }).ok()
+}
+
+/// Runners whose newest claim names an up instance of another request than the live
+/// `keep` (listed by it or launch-tagged with it). An instance no listing or tag explains
+/// counts as `keep`'s, as the planner takes it.
+fn held_elsewhere(o: &Observed, keep: Option<&FleetState>) -> usize {
+    let claims = newest_claims(o);
+    o.runners
+        .iter()
+        .filter(|r| {
+            claims
+                .get(bare_uuid(&r.uuid).as_str())
+                .and_then(|c| c.holder.instance())
+                .and_then(|id| o.instances.iter().find(|i| i.id == id))
+                .is_some_and(|i| {
+                    let other = |id: &str| keep.is_none_or(|k| k.id != id);
+                    let kept = keep.is_some_and(|k| {
+                        k.instance_ids.contains(&i.id)
+                            || i.fleet_request.as_deref() == Some(k.id.as_str())
+                    });
+                    i.is_up()
+                        && !kept
+                        && (i.fleet_request.as_deref().is_some_and(other)
+                            || o.fleets
+                                .iter()
+                                .any(|f| other(&f.id) && f.instance_ids.contains(&i.id)))
+                })
+        })
+        .count()
 }
 
 /// Runners holding a stored command.

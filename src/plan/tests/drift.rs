@@ -5,6 +5,7 @@ use super::*;
 fn claim_gen(n: u32, generation: u64, value: &str) -> Claim {
     let bare = bare_uuid(&uuid(n));
     Claim {
+        written_at: None,
         name: format!("/bbfleet/ci/claims/{bare}/{generation}"),
         runner_uuid: bare,
         generation,
@@ -14,6 +15,7 @@ fn claim_gen(n: u32, generation: u64, value: &str) -> Claim {
 
 fn instance(id: &str, state: &str) -> InstanceInfo {
     InstanceInfo {
+        template_version: None,
         id: id.into(),
         instance_type: "m6i.large".into(),
         az: "us-east-1a".into(),
@@ -145,17 +147,27 @@ fn pending_and_running_claimants_keep_their_claims_and_only_old_generations_go()
 fn claims_of_instances_this_plan_terminates_are_released_after_them() {
     let c = config();
     let mut o = converged(&c, 2);
-    // No live request any more: both instances are strays, and their runners' claims
-    // would name dead instances on the next plan unless released now.
+    // No live request any more: its instances run on, and are replaced a batch at a time
+    // (a new request hosts the runners whose hosts go); each replaced host's claim would
+    // name a dead instance on the next plan unless released now, after the termination.
     o.fleets[0].state = FleetPhase::CancelledRunning;
     let p = plan(&c, 2, &o);
     let k = kinds(&p);
-    let stray = k
-        .iter()
-        .position(|x| x == "terminate_stray_instances")
-        .unwrap();
+    let terminated = k.iter().position(|x| x == "terminate_instances").unwrap();
     let first_release = k.iter().position(|x| x == "release_claim").unwrap();
-    assert!(stray < first_release, "{k:?}");
+    assert!(terminated < first_release, "{k:?}");
+    assert_eq!(k.iter().filter(|x| *x == "release_claim").count(), 1);
+    assert!(
+        matches!(p.actions[0], Action::RequestFleet { target: 1, .. }),
+        "{k:?}"
+    );
+    // With a batch of 2, both go at once, and both claims are released after them.
+    let mut c = c;
+    c.rollout.batch = crate::config::RolloutBatch::Count(2);
+    let k = kinds(&plan(&c, 2, &o));
+    let terminated = k.iter().position(|x| x == "terminate_instances").unwrap();
+    let first_release = k.iter().position(|x| x == "release_claim").unwrap();
+    assert!(terminated < first_release, "{k:?}");
     assert_eq!(k.iter().filter(|x| *x == "release_claim").count(), 2);
 }
 
@@ -291,6 +303,9 @@ fn running_strays_of_busy_runners_wait_but_stopped_ones_go_with_their_claim() {
     let c = config();
     let mut o = converged(&c, 2);
     o.fleets.clear(); // no live request: both instances are strays
+    for i in &mut o.instances {
+        i.fleet_request = Some("sfr-1".into()); // the launch tag of the gone request
+    }
     o.runners[0] = runner(1, "ONLINE", true);
     o.runners[1] = runner(2, "ONLINE", true);
     o.instances[1].state = InstanceState::Stopped; // i-2
@@ -303,10 +318,19 @@ fn running_strays_of_busy_runners_wait_but_stopped_ones_go_with_their_claim() {
         panic!("{:?}", p.actions)
     };
     assert_eq!(ids, &["i-2".to_owned()]);
-    assert!(p
-        .warnings
-        .iter()
-        .any(|w| w.contains("stray instance(s) i-1 host a runner busy")));
+    // The busy runner's host is a host of the replaced request: it waits, as the roll-out
+    // note says, and is never terminated.
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("1 host on fleet request sfr-1 (replaced)")
+                && n.contains("1 busy wait")),
+        "{:?}",
+        p.notes
+    );
+    assert!(!p.actions.iter().any(
+        |a| matches!(a, Action::TerminateInstances { ids, .. } if ids.contains(&"i-1".to_owned()))
+    ));
     assert!(p
         .actions
         .iter()
@@ -315,8 +339,19 @@ fn running_strays_of_busy_runners_wait_but_stopped_ones_go_with_their_claim() {
         .actions
         .iter()
         .any(|a| matches!(a, Action::ReleaseClaim { instance, .. } if instance == "i-1")));
+    // --force replaces the busy runner's host too (drained first, like every replacement),
+    // within the batch (runner 2, whose host is stopped, already counts as down).
+    let mut c = c;
+    c.rollout.batch = crate::config::RolloutBatch::Count(2);
     let forced = plan_apply(&c, &desired_for(&c, 2), &o, PlanOptions { force: true }).unwrap();
     assert!(forced.actions.contains(&Action::TerminateStrayInstances {
-        ids: vec!["i-1".into(), "i-2".into()]
+        ids: vec!["i-2".into()]
     }));
+    assert!(forced
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::DrainRunner { instance: Some(i), .. } if i == "i-1")));
+    assert!(forced.actions.iter().any(
+        |a| matches!(a, Action::TerminateInstances { ids, .. } if ids == &["i-1".to_owned()])
+    ));
 }

@@ -34,6 +34,7 @@ fn uuid(n: u32) -> String {
 
 fn runner(n: u32, status: &str, busy: bool) -> Runner {
     Runner {
+        status_since: None,
         uuid: uuid(n),
         name: format!("bbfleet-ci-{n}"),
         labels: vec!["self.hosted".into(), "linux".into(), "spot".into()],
@@ -55,6 +56,7 @@ fn param(n: u32) -> RunnerParameter {
 fn claim(n: u32, instance: &str) -> Claim {
     let bare = bare_uuid(&uuid(n));
     Claim {
+        written_at: None,
         name: format!("/bbfleet/ci/claims/{bare}/1"),
         runner_uuid: bare,
         generation: 1,
@@ -95,6 +97,8 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
             fingerprint: Some(d.launch_template.fingerprint()),
         }),
         fleets: vec![FleetState {
+            role: Some(config.spot.fleet_role.clone()),
+            strategy: Some(config.spot.allocation_strategy),
             id: "sfr-1".into(),
             state: FleetPhase::Active,
             target: n as i32,
@@ -103,6 +107,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
         }],
         instances: (1..=n)
             .map(|i| InstanceInfo {
+                template_version: Some(1),
                 id: format!("i-{i}"),
                 instance_type: "m6i.large".into(),
                 az: "us-east-1a".into(),
@@ -210,10 +215,22 @@ fn scale_down_prefers_unclaimed_then_offline_and_never_busy() {
         })
         .collect();
     assert_eq!(removed, ["bbfleet-ci-4", "bbfleet-ci-2"]);
-    // Lower first, then terminate exactly the instances of the removed runners (and the
-    // surplus one that held no claim), then delete.
+    // Lower first, then drain the removed runners (disable, re-read), then terminate
+    // exactly the instances of the removed runners (and the surplus one that held no
+    // claim), then delete.
     assert_eq!(kinds(&p)[0], "set_fleet_target");
-    let Action::TerminateInstances { ids, .. } = &p.actions[1] else {
+    let drained: Vec<(&str, Option<&str>)> = p.actions[1..3]
+        .iter()
+        .map(|a| match a {
+            Action::DrainRunner { name, instance, .. } => (name.as_str(), instance.as_deref()),
+            other => panic!("a drain before any termination, not {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        drained,
+        [("bbfleet-ci-4", None), ("bbfleet-ci-2", Some("i-2"))]
+    );
+    let Action::TerminateInstances { ids, .. } = &p.actions[3] else {
         panic!("{:?}", p.actions)
     };
     assert_eq!(ids, &["i-2".to_owned(), "i-4".to_owned()]);
@@ -268,32 +285,71 @@ fn orphans_are_repaired() {
 }
 
 #[test]
-fn config_changes_replace_the_fleet_and_version_the_template() {
+fn config_changes_modify_the_fleet_in_place_and_version_the_template() {
     let mut c = config();
     let o = converged(&c, 2);
     c.spot.instance_types.push("r6i.large".into());
     let p = plan(&c, 2, &o);
-    // The old request's instances terminate with it: their claims are released.
+    // The request is modified in place: no host of a still-configured type is touched.
+    assert_eq!(kinds(&p), ["modify_fleet"]);
+    assert!(
+        matches!(&p.actions[0], Action::ModifyFleet { id, from: 2, to: 2, .. } if id == "sfr-1")
+    );
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    let mut c = config();
+    c.instance.root_volume_gb = 80;
+    let p = plan(&c, 2, &o);
+    // A new template version: the request moves to it, and one idle host (the batch)
+    // is drained and replaced; its claim is released after the termination.
+    assert_eq!(
+        kinds(&p),
+        [
+            "create_launch_template_version",
+            "modify_fleet",
+            "drain_runner",
+            "terminate_instances",
+            "release_claim",
+            "prune_claims",
+            "enable_runner"
+        ]
+    );
+    assert_eq!(
+        p.notes,
+        ["Roll-out: 2 hosts on launch template v1, current v2: 1 idle replaced now, 1 idle wait for a later batch (rollout.batch = 1, hosts without a runner count as down)."]
+    );
+}
+
+#[test]
+fn a_role_change_replaces_the_request_without_terminating_its_instances() {
+    let mut c = config();
+    let o = converged(&c, 3);
+    c.spot.fleet_role = "arn:aws:iam::123456789012:role/other".into();
+    let p = plan(&c, 3, &o);
+    // The new request hosts only the runner whose old host is replaced now; the other
+    // two old hosts keep their runners until a later batch.
     assert_eq!(
         kinds(&p),
         [
             "request_fleet",
             "cancel_fleet",
+            "drain_runner",
+            "terminate_instances",
             "release_claim",
-            "release_claim",
-            "prune_claims"
+            "prune_claims",
+            "enable_runner"
         ]
     );
-    c.instance.root_volume_gb = 80;
-    let p = plan(&c, 2, &o);
-    assert_eq!(
-        kinds(&p)[..3],
-        [
-            "create_launch_template_version",
-            "request_fleet",
-            "cancel_fleet"
-        ]
-    );
+    assert!(matches!(
+        p.actions[0],
+        Action::RequestFleet { target: 1, .. }
+    ));
+    assert!(matches!(
+        p.actions[1],
+        Action::CancelFleet {
+            terminate_instances: false,
+            ..
+        }
+    ));
 }
 
 #[test]

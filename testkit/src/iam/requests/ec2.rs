@@ -69,6 +69,32 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
                 );
             }
         }
+        "ec2:CreateTags" => {
+            // CreateTags on existing resources (a roll-out re-tags the modified fleet
+            // request): each resource with its own tags, plus aws:RequestTag and
+            // aws:TagKeys for the tags given (Service Authorization Reference, CreateTags).
+            let mut tags = Vec::new();
+            for j in 1..=50 {
+                let Some(k) = q(&params, &format!("Tag.{j}.Key")) else {
+                    break;
+                };
+                let v = q(&params, &format!("Tag.{j}.Value")).unwrap_or_default();
+                tags.push((k.to_owned(), v.to_owned()));
+            }
+            for id in q_list(&params, "ResourceId.", "") {
+                b.tag_fleet(&tags_vec(world, &id));
+                let mut ctx = resource_context(world, &id);
+                ctx.extend(request_tag_context(&tags));
+                let kind = if id.starts_with("sfr-") {
+                    "spot-fleet-request"
+                } else if id.starts_with("lt-") {
+                    "launch-template"
+                } else {
+                    "instance"
+                };
+                b.push(action, ec2_arn(kind, &id), ctx);
+            }
+        }
         "ec2:TerminateInstances" => {
             for id in q_list(&params, "InstanceId.", "") {
                 b.tag_fleet(&tags_vec(world, &id));
