@@ -53,6 +53,8 @@ pub struct StatusView {
     pub busy_ratio: Option<f64>,
     /// The fleet API the fleet's requests go through (`Spot Fleet`).
     pub fleet_api: &'static str,
+    /// The launch template's newest version (hosts on an older one are rolled out).
+    pub launch_template_version: Option<i64>,
 }
 
 impl StatusView {
@@ -88,6 +90,10 @@ impl StatusView {
                 .collect(),
             runners,
             instances: observed.instances.clone(),
+            launch_template_version: observed
+                .launch_template
+                .as_ref()
+                .map(|lt| lt.latest_version),
             fleet_request: observed
                 .fleets
                 .iter()
@@ -170,14 +176,22 @@ impl StatusView {
     fn fmt_instances(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "\n{:<21} {:<14} {:<12} STATE",
-            "INSTANCE", "TYPE", "ZONE"
+            "\n{:<21} {:<14} {:<12} {:<14} TEMPLATE",
+            "INSTANCE", "TYPE", "ZONE", "STATE"
         )?;
         for i in &self.instances {
+            let template = match (i.template_version, self.launch_template_version) {
+                (Some(v), Some(latest)) if v < latest => format!("v{v} (old, current v{latest})"),
+                (Some(v), _) => format!("v{v}"),
+                (None, _) => "?".to_owned(),
+            };
             writeln!(
                 f,
-                "{:<21} {:<14} {:<12} {}",
-                i.id, i.instance_type, i.az, i.state
+                "{:<21} {:<14} {:<12} {:<14} {template}",
+                i.id,
+                i.instance_type,
+                i.az,
+                i.state.to_string()
             )?;
         }
         if self.instances.is_empty() {

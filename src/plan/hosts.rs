@@ -154,10 +154,23 @@ pub(super) fn plan(
         });
     }
     disabled_left(runners, &mut out);
+    // Busy orphans stay on their hosts too (they wait to be deleted when idle).
+    let orphans: BTreeSet<String> = runners
+        .busy_orphans
+        .iter()
+        .map(|r| bare_uuid(&r.uuid))
+        .collect();
     out.held_elsewhere = hosts
         .iter()
         .filter(|h| !h.owned && h.runner.is_some() && !out.ended.contains(&h.instance.id))
-        .count() as u32;
+        .count() as u32
+        + world
+            .observed
+            .instances
+            .iter()
+            .filter(|i| i.is_up() && !choice.owns(i) && !unexplained(world, i))
+            .filter(|i| world.held_by(&i.id).iter().any(|u| orphans.contains(*u)))
+            .count() as u32;
     out
 }
 

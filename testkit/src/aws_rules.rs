@@ -38,6 +38,12 @@ pub struct Rules {
     tokens: HashMap<(String, String), (String, Answer)>,
     /// When the layer first saw each instance id.
     first_seen: HashMap<String, Instant>,
+    /// The launch template (id, version) each Spot Fleet request launches from now.
+    fleet_templates: HashMap<String, (String, String)>,
+    /// Instances the layer gave their launch template tags.
+    template_tagged: BTreeSet<String>,
+    /// Tags written with CreateTags on Spot Fleet requests, by request id.
+    fleet_tags: HashMap<String, BTreeMap<String, String>>,
     /// Calls the layer answered itself, by rule (for the rule tests).
     pub refused: BTreeMap<&'static str, u32>,
 }
@@ -133,13 +139,126 @@ pub async fn after(up: &Upstream, call: &AwsCall, answer: Answer) -> Answer {
                     .map(|s| s.to_string())
             };
             if let Some(id) = id {
+                remember_fleet_template(up, op, &id, &q);
                 tag_fleet_instances(up, &id).await;
             }
             answer
         }
         "ec2:DescribeSpotFleetInstances" => hide_new_instances(up, answer),
+        "ec2:CreateTags" => {
+            remember_fleet_tags(up, &q);
+            answer
+        }
+        "ec2:DescribeSpotFleetRequests" => show_fleet_tags(up, answer),
         _ => answer,
     }
+}
+
+/// EC2 API Reference, CreateTags: "Adds or overwrites only the specified tags for the
+/// specified Amazon EC2 resource", a Spot Fleet request included (EC2 User Guide, "Tag a
+/// Spot Fleet"), and DescribeSpotFleetRequests then shows them. moto accepts the call but
+/// keeps a request's tags from its creation only, so the layer remembers them.
+fn remember_fleet_tags(up: &Upstream, q: &[(String, String)]) {
+    let ids: Vec<&str> = values(q, |k| k.starts_with("ResourceId."))
+        .into_iter()
+        .filter(|id| id.starts_with("sfr-"))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let mut tags = BTreeMap::new();
+    for j in 1..=50 {
+        let key = values(q, |k| k == format!("Tag.{j}.Key"));
+        let Some(key) = key.first() else { break };
+        let value = values(q, |k| k == format!("Tag.{j}.Value"));
+        tags.insert(key.to_string(), value.first().unwrap_or(&"").to_string());
+    }
+    let mut shared = up.shared.lock().unwrap();
+    for id in ids {
+        let known = shared.rules.fleet_tags.entry(id.to_owned()).or_default();
+        known.extend(tags.clone());
+    }
+}
+
+/// DescribeSpotFleetRequests with the tags [`remember_fleet_tags`] kept: each request's
+/// remembered tag replaces the value of the same key in its `tagSet`, or is added.
+fn show_fleet_tags(up: &Upstream, answer: Answer) -> Answer {
+    let remembered = up.shared.lock().unwrap().rules.fleet_tags.clone();
+    if remembered.is_empty() {
+        return answer;
+    }
+    let (status, headers, body) = answer;
+    let xml = String::from_utf8_lossy(&body).into_owned();
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml.as_str();
+    // Each request is one top-level <item> of spotFleetRequestConfigSet.
+    while let Some((before, item, after)) = top_level_item(rest) {
+        out.push_str(before);
+        let id = xml_values(item.as_bytes(), "spotFleetRequestId")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        match remembered.get(&id) {
+            Some(tags) => out.push_str(&retag(item, tags)),
+            None => out.push_str(item),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    (status, headers, Bytes::from(out))
+}
+
+/// The first `<item>...</item>` of `xml` with its nested items, and what is around it.
+fn top_level_item(xml: &str) -> Option<(&str, &str, &str)> {
+    let start = xml.find("<item>")?;
+    let mut depth = 0usize;
+    let mut at = start;
+    while at < xml.len() {
+        let open = xml[at..].find("<item>").map(|i| i + at);
+        let close = xml[at..].find("</item>").map(|i| i + at)?;
+        match open {
+            Some(o) if o < close => {
+                depth += 1;
+                at = o + "<item>".len();
+            }
+            _ => {
+                depth -= 1;
+                at = close + "</item>".len();
+                if depth == 0 {
+                    return Some((&xml[..start], &xml[start..at], &xml[at..]));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `item` with each of `tags` set in its `tagSet`.
+fn retag(item: &str, tags: &BTreeMap<String, String>) -> String {
+    let mut item = item.to_owned();
+    for (k, v) in tags {
+        let key = format!("<key>{k}</key>");
+        match item.find(&key) {
+            Some(at) => {
+                let after = at + key.len();
+                if let (Some(vs), Some(ve)) = (
+                    item[after..].find("<value>"),
+                    item[after..].find("</value>"),
+                ) {
+                    item.replace_range(after + vs + "<value>".len()..after + ve, v);
+                }
+            }
+            None => {
+                if let Some(at) = item.find("<tagSet>") {
+                    item.insert_str(
+                        at + "<tagSet>".len(),
+                        &format!("<item><key>{k}</key><value>{v}</value></item>"),
+                    );
+                }
+            }
+        }
+    }
+    item
 }
 
 // ---- SSM ----
@@ -400,6 +519,62 @@ async fn describe_subnets(up: &Upstream, ids: &BTreeSet<&str>) -> Vec<(String, S
         .collect()
 }
 
+/// The launch template version a request names (RequestSpotFleet, or a
+/// ModifySpotFleetRequest that changes LaunchTemplateConfigs): new instances launch from it.
+fn remember_fleet_template(up: &Upstream, op: &str, id: &str, q: &[(String, String)]) {
+    let spec = if op == "ec2:RequestSpotFleet" {
+        "SpotFleetRequestConfig.LaunchTemplateConfigs.1.LaunchTemplateSpecification"
+    } else {
+        "LaunchTemplateConfig.1.LaunchTemplateSpecification"
+    };
+    let lt = values(q, |k| k == format!("{spec}.LaunchTemplateId"));
+    let version = values(q, |k| k == format!("{spec}.Version"));
+    if let (Some(lt), Some(version)) = (lt.first(), version.first()) {
+        up.shared
+            .lock()
+            .unwrap()
+            .rules
+            .fleet_templates
+            .insert(id.to_owned(), (lt.to_string(), version.to_string()));
+    }
+}
+
+/// EC2 User Guide, "Launch EC2 instances using a launch template": instances launched
+/// from a launch template carry the tags `aws:ec2launchtemplate:id` and
+/// `aws:ec2launchtemplate:version`. moto's Spot Fleet copies the newest version's data and
+/// tags neither, so the layer tags each new instance of a request with the version the
+/// request names (AWS launches from that version).
+async fn tag_template_versions(up: &Upstream, id: &str, instances: &[String]) {
+    let (template, fresh) = {
+        let mut shared = up.shared.lock().unwrap();
+        let template = shared.rules.fleet_templates.get(id).cloned();
+        let fresh: Vec<String> = instances
+            .iter()
+            .filter(|i| shared.rules.template_tagged.insert((*i).clone()))
+            .cloned()
+            .collect();
+        (template, fresh)
+    };
+    let Some((lt, version)) = template else {
+        return;
+    };
+    for instance in fresh {
+        moto_ec2(
+            up,
+            &[
+                ("Action", "CreateTags"),
+                ("Version", "2016-11-15"),
+                ("ResourceId.1", &instance),
+                ("Tag.1.Key", "aws:ec2launchtemplate:id"),
+                ("Tag.1.Value", &lt),
+                ("Tag.2.Key", "aws:ec2launchtemplate:version"),
+                ("Tag.2.Value", &version),
+            ],
+        )
+        .await;
+    }
+}
+
 /// Tags the fleet's instances with [`FLEET_REQUEST_TAG`], as AWS does at launch.
 async fn tag_fleet_instances(up: &Upstream, id: &str) {
     let xml = moto_ec2(
@@ -415,6 +590,7 @@ async fn tag_fleet_instances(up: &Upstream, id: &str) {
     if instances.is_empty() {
         return;
     }
+    tag_template_versions(up, id, &instances).await;
     let keys: Vec<String> = (1..=instances.len())
         .map(|i| format!("ResourceId.{i}"))
         .collect();

@@ -27,6 +27,8 @@ pub struct AwsCall {
     pub access_key: String,
     /// HTTP status of the answer (0 while the call is in flight).
     pub status: u16,
+    /// When the request arrived (to order AWS calls against the Bitbucket fake's).
+    pub at: std::time::SystemTime,
     /// The answer's body, as the client got it (from moto or from the rules layer).
     pub response: String,
 }
@@ -180,6 +182,7 @@ async fn forward(
         throttled: false,
         access_key: access_key(&headers),
         status: 0,
+        at: std::time::SystemTime::now(),
         response: String::new(),
     };
     let (index, hooks): (usize, Vec<Hook>) = {

@@ -12,6 +12,7 @@ mod aws_rules;
 mod bad_input;
 mod crash;
 mod cycle;
+mod day_two;
 mod drift;
 mod flaky;
 mod iam;

@@ -423,3 +423,4 @@ fn plan_text_follows_terraform_habits() {
 }
 
 mod drift;
+mod hosts;
