@@ -82,37 +82,46 @@ pub(super) fn plan(
         .collect();
     let kept: BTreeSet<String> = runners.kept().map(|r| bare_uuid(&r.uuid)).collect();
     let hosts = hosts(world, &kept, &gone, choice, spec, current);
-    let waiting: Vec<&&Runner> = runners
+    let waiting: Vec<&Runner> = runners
         .kept()
+        .copied()
         .filter(|r| {
             world
                 .claimed_by(r)
                 .is_none_or(|i| !world.is_up(&i) || gone.contains(&i))
         })
         .collect();
-    let grace = config.spot.host_grace_seconds;
-    let old = |i: &InstanceInfo| older_than(world, i.launched_at, grace);
-    // A runner waits long when it has been free for the grace: its newest claim (free, or
-    // naming a gone host) is that old, or it never had one and is that old. A new runner,
-    // or one just released, may be claimed by a claimless host any second.
-    let waiting_long: Vec<&&&Runner> = waiting
-        .iter()
-        .filter(|r| {
-            let since = match world.claims.get(bare_uuid(&r.uuid).as_str()) {
-                Some(c) => c.written_at,
-                None => r.status_since,
-            };
-            !r.is_online() && older_than(world, since, grace)
-        })
+    let batch = config
+        .rollout
+        .batch
+        .hosts(kept.len() as u32)
+        .saturating_sub(waiting.len() as u32) as usize;
+    let replaced: Vec<(&Host, Why)> = candidates(world, config, &hosts, force)
+        .into_iter()
+        .take(batch)
         .collect();
-    // Claimless hosts serve nothing: they go without counting against the batch.
-    let claimless: Vec<String> = hosts
+    let now: BTreeSet<&str> = replaced
         .iter()
-        .filter(|h| h.runner.is_none() && h.owned && old(h.instance) && !waiting_long.is_empty())
-        .map(|h| h.instance.id.clone())
+        .map(|(h, _)| h.instance.id.as_str())
         .collect();
-    let mut candidates: Vec<(&Host, Why)> = Vec::new();
-    for h in &hosts {
+    out.notes.extend(note(&hosts, current, &now, config));
+    replace(&replaced, &mut out);
+    claimless(world, config, &hosts, &waiting, &mut out);
+    disabled_left(runners, &mut out);
+    out.held_elsewhere = held_elsewhere(world, runners, choice, &hosts, &out.ended);
+    out
+}
+
+/// Hosts to replace, the broken first, then the outdated with an idle runner (any with
+/// `force`), not-online runners and older hosts first.
+fn candidates<'h, 'a>(
+    world: &Index,
+    config: &Config,
+    hosts: &'h [Host<'a>],
+    force: bool,
+) -> Vec<(&'h Host<'a>, Why)> {
+    let mut candidates = Vec::new();
+    for h in hosts {
         let Some(r) = h.runner else { continue };
         if let Some(why) = broken(world, config, h, r) {
             candidates.push((h, Why::Broken(why)));
@@ -128,50 +137,72 @@ pub(super) fn plan(
             h.instance.id.clone(),
         )
     });
-    let batch = config
-        .rollout
-        .batch
-        .hosts(runners.kept().count() as u32)
-        .saturating_sub(waiting.len() as u32) as usize;
-    let replaced: Vec<(&Host, Why)> = candidates.into_iter().take(batch).collect();
-    let now: BTreeSet<&str> = replaced
+    candidates
+}
+
+/// Hosts of the kept request older than the grace that hold no claim, while a runner has
+/// been free as long: they serve nothing, so they go without counting against the batch.
+/// A runner is free that long when its newest claim (free, or naming a gone host) is that
+/// old, or it never had one and is that old: a new runner, or one just released, may be
+/// claimed by a claimless host any second.
+fn claimless(world: &Index, config: &Config, hosts: &[Host], waiting: &[&Runner], out: &mut Hosts) {
+    let grace = config.spot.host_grace_seconds;
+    let Some(waits) = waiting.iter().find(|r| {
+        let since = match world.claims.get(bare_uuid(&r.uuid).as_str()) {
+            Some(c) => c.written_at,
+            None => r.status_since,
+        };
+        !r.is_online() && older_than(world, since, grace)
+    }) else {
+        return;
+    };
+    let ids: Vec<String> = hosts
         .iter()
-        .map(|(h, _)| h.instance.id.as_str())
+        .filter(|h| {
+            h.runner.is_none() && h.owned && older_than(world, h.instance.launched_at, grace)
+        })
+        .map(|h| h.instance.id.clone())
         .collect();
-    if let Some(n) = note(&hosts, current, &now, config) {
-        out.notes.push(n);
+    if ids.is_empty() {
+        return;
     }
-    replace(&replaced, &mut out);
-    if !claimless.is_empty() {
-        out.ended.extend(claimless.iter().cloned());
-        out.terminations.push(Action::TerminateInstances {
-            ids: claimless,
-            reason: format!(
-                "repair: they hold no claim {} after their launch while {} waits for a host",
-                minutes(grace),
-                waiting_long[0].name
-            ),
-        });
-    }
-    disabled_left(runners, &mut out);
-    // Busy orphans stay on their hosts too (they wait to be deleted when idle).
+    out.ended.extend(ids.iter().cloned());
+    out.terminations.push(Action::TerminateInstances {
+        ids,
+        reason: format!(
+            "repair: they hold no claim {} after their launch while {} waits for a host",
+            minutes(grace),
+            waits.name
+        ),
+    });
+}
+
+/// Hosts outside the kept request that still run a kept runner (or a busy orphan, which
+/// waits on its host to be deleted when idle) after this plan.
+fn held_elsewhere(
+    world: &Index,
+    runners: &Runners,
+    choice: Choice,
+    hosts: &[Host],
+    ended: &[String],
+) -> u32 {
     let orphans: BTreeSet<String> = runners
         .busy_orphans
         .iter()
         .map(|r| bare_uuid(&r.uuid))
         .collect();
-    out.held_elsewhere = hosts
+    let kept = hosts
         .iter()
-        .filter(|h| !h.owned && h.runner.is_some() && !out.ended.contains(&h.instance.id))
-        .count() as u32
-        + world
-            .observed
-            .instances
-            .iter()
-            .filter(|i| i.is_up() && !choice.owns(i) && !unexplained(world, i))
-            .filter(|i| world.held_by(&i.id).iter().any(|u| orphans.contains(*u)))
-            .count() as u32;
-    out
+        .filter(|h| !h.owned && h.runner.is_some() && !ended.contains(&h.instance.id))
+        .count();
+    let orphaned = world
+        .observed
+        .instances
+        .iter()
+        .filter(|i| i.is_up() && !choice.owns(i) && !unexplained(world, i))
+        .filter(|i| world.held_by(&i.id).iter().any(|u| orphans.contains(*u)))
+        .count();
+    (kept + orphaned) as u32
 }
 
 /// The up hosts of kept runners, and the kept request's up instances, with what makes
