@@ -24,6 +24,7 @@ use crate::config::{Config, Os};
 const AL2023: &str = include_str!("../userdata/al2023.sh.hbs");
 const UBUNTU: &str = include_str!("../userdata/ubuntu.sh.hbs");
 const COMMON: &str = include_str!("../userdata/common.sh.hbs");
+const AGENT: &str = include_str!("../userdata/agent.sh.hbs");
 
 /// Default instance metadata endpoint; tests override it with a loopback fake.
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254";
@@ -43,20 +44,29 @@ pub struct UserdataVars {
     pub imds_endpoint: String,
     /// Log file of the runner container's output.
     pub runner_log: String,
-    /// Root-only directory for the claimed runner's command and state (a tmpfs on the host).
+    /// Root-only directory for the claimed runner's command and state, on the root volume
+    /// so that the claim and the runner survive a reboot.
     pub state_dir: String,
-    /// How many rounds the instance tries to claim a free runner before giving up.
-    pub claim_attempts: u32,
-    /// Upper bound of the back-off between claim rounds, in seconds.
-    pub claim_backoff_max_secs: u32,
+    /// How long the instance tries to claim a free runner before it gives up and
+    /// terminates itself, in seconds (`instance.claim_timeout_seconds`).
+    pub claim_timeout_secs: u64,
+    /// How many times each step that calls AWS, IMDS or a package mirror is tried.
+    pub retry_attempts: u32,
+    /// Upper bound of the back-off between tries and between claim rounds, in seconds.
+    pub backoff_max_secs: u32,
     /// Log file of the agent (runner supervisor and spot notice watcher).
     pub agent_log: String,
     /// How often the agent polls IMDS for spot notices and checks the runner, in milliseconds.
     pub poll_interval_ms: u32,
     /// How many polls the agent makes before it stops; 0 = for the instance's lifetime.
     pub agent_max_polls: u32,
-    /// How many times the agent restarts a runner container that exited by itself.
+    /// How many times the agent restarts a runner container that exited by itself within
+    /// [`UserdataVars::runner_failure_window_secs`]; one exit more and the instance
+    /// releases its claim and terminates itself.
     pub runner_restarts: u32,
+    /// The window in which runner exits are counted, in seconds: a runner that has run
+    /// this long has a clean record again.
+    pub runner_failure_window_secs: u32,
     /// Pause before each restart, in seconds.
     pub restart_delay_secs: u32,
     /// `docker container stop --time`: how long the runner gets to stop before it is killed.
@@ -66,7 +76,10 @@ pub struct UserdataVars {
 impl UserdataVars {
     /// The values for a validated config, with production defaults.
     pub fn from_config(config: &Config, region: &str) -> Self {
-        UserdataVars::new(&config.name, region, config.instance.swap_gb)
+        UserdataVars {
+            claim_timeout_secs: config.instance.claim_timeout_seconds,
+            ..UserdataVars::new(&config.name, region, config.instance.swap_gb)
+        }
     }
 
     /// The production values for fleet `fleet` in `region`.
@@ -78,14 +91,19 @@ impl UserdataVars {
             swap_gb,
             imds_endpoint: IMDS_ENDPOINT.to_owned(),
             runner_log: "/var/log/bbfleet-runner.log".to_owned(),
-            state_dir: "/run/bbfleet".to_owned(),
-            claim_attempts: 60,
-            claim_backoff_max_secs: 30,
+            state_dir: "/var/lib/bbfleet".to_owned(),
+            // The default of `instance.claim_timeout_seconds`: 20 minutes.
+            claim_timeout_secs: 1200,
+            // 1 + 2 + 4 + 8 + 16 + 30 + 30 s: at most about a minute and a half per step.
+            retry_attempts: 8,
+            backoff_max_secs: 30,
             agent_log: "/var/log/bbfleet-agent.log".to_owned(),
             // AWS recommends checking for the interruption notice every 5 seconds.
             poll_interval_ms: 5000,
             agent_max_polls: 0,
-            runner_restarts: 10,
+            // 5 exits within 10 minutes: the host gives up.
+            runner_restarts: 4,
+            runner_failure_window_secs: 600,
             restart_delay_secs: 10,
             // Well inside the 2-minute interruption notice.
             stop_timeout_secs: 60,
@@ -254,6 +272,7 @@ pub fn render(os: Os, vars: &UserdataVars) -> Result<String, UserdataError> {
         source: Box::new(e.into()),
     };
     hb.register_partial("common", COMMON).map_err(wrap)?;
+    hb.register_partial("agent", AGENT).map_err(wrap)?;
     hb.register_template_string(name, body).map_err(wrap)?;
     hb.render(name, vars).map_err(|e| UserdataError::Render {
         template: name,

@@ -6,7 +6,9 @@ use std::fs;
 
 use bbfleet::config::Os;
 
-use super::aws::{claims, instance_state, launch_instances, put_runner};
+use super::aws::{
+    claims, host_proxy, instance_state, launch_instances, put_runner, self_terminations,
+};
 use super::host::{assert_ok, assert_runner_started, wait_for, Host, AGENT_TIMEOUT};
 
 /// A fleet of one runner and an instance whose bootstrap started it.
@@ -40,6 +42,8 @@ fn agent_line(host: &Host, line: &str) -> usize {
 fn an_interruption_notice_releases_the_claim_and_stops_the_runner() {
     let (fleet, uuid) = ("interrupt", "4e4f0fad-0000-4000-8000-000000000001");
     let host = running_host(fleet, uuid);
+    // Two minutes left: a running step does not hold the runner back.
+    fs::write(host.path("steps"), "step-1_build\n").expect("step container");
     host.imds.set_spot_instance_action(Some(
         r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#,
     ));
@@ -77,6 +81,7 @@ fn assert_rebalanced(host: &Host, fleet: &str, uuid: &str) {
         agent_line(host, "stopping the runner container") < agent_line(host, "released runner")
     );
     assert!(agent_line(host, "released runner") < agent_line(host, "terminating instance"));
+    assert_eq!(self_terminations(host_proxy(), &host.instance_id), 1);
     let state = instance_state(&host.instance_id);
     assert!(
         state == "terminated" || state == "shutting-down",
@@ -126,7 +131,7 @@ fn a_rebalance_recommendation_waits_for_the_running_step() {
 }
 
 #[test]
-fn the_agent_restarts_a_crashing_runner_a_bounded_number_of_times() {
+fn a_runner_that_keeps_failing_is_restarted_a_bounded_number_of_times_then_released() {
     let (fleet, uuid) = ("crashy", "4e4f0fad-0000-4000-8000-000000000004");
     let command = put_runner(fleet, uuid);
     let id = launch_instances(1).remove(0);
@@ -142,13 +147,32 @@ fn the_agent_restarts_a_crashing_runner_a_bounded_number_of_times() {
         "one start, two restarts"
     );
     assert!(host.agent_log().contains("restart 2 of 2"));
-    // The agent still watches the notices.
-    host.imds.set_spot_instance_action(Some(
-        r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#,
-    ));
-    host.wait_for_agent("agent: done (interrupted)");
+    // Three exits within the window: the host frees the runner and leaves.
+    host.wait_for_agent("agent: done (the runner keeps failing)");
     assert_eq!(
         claims(fleet, uuid),
         BTreeMap::from([(1, id.clone()), (2, "free".to_owned())])
     );
+    assert!(agent_line(&host, "released runner") < agent_line(&host, "terminating instance"));
+    assert_eq!(self_terminations(host_proxy(), &id), 1);
+    let state = instance_state(&id);
+    assert!(
+        state == "terminated" || state == "shutting-down",
+        "instance is {state}"
+    );
+    assert_eq!(host.state("failures").lines().count(), 3);
+    // systemd starting the unit again (a reboot before the end) starts no runner.
+    wait_for("the agent exits", AGENT_TIMEOUT, || {
+        host.agent_pid().is_none()
+    })
+    .unwrap();
+    host.reset_docker();
+    host.start_unit();
+    host.wait_for_agent("not starting the runner");
+    wait_for("the agent exits", AGENT_TIMEOUT, || {
+        host.agent_pid().is_none()
+    })
+    .unwrap();
+    assert_eq!(host.read("docker.runs").lines().count(), 3);
+    assert_eq!(claims(fleet, uuid).len(), 2);
 }

@@ -69,12 +69,30 @@ pub(super) fn host_proxy() -> &'static Recorder {
     PROXY.get_or_init(|| runtime().block_on(Recorder::start(&moto().endpoint, KIT.dump_dir())))
 }
 
+/// A recording proxy of its own, for a test that makes it misbehave (the hosts' shared one
+/// serves tests running in parallel); its calls are dumped for the IAM evaluation too.
+pub(super) fn own_proxy() -> Recorder {
+    runtime().block_on(Recorder::start(&moto().endpoint, KIT.dump_dir()))
+}
+
+/// The successful TerminateInstances calls of `instance_id` on itself through `proxy`,
+/// signed with its instance role's access key.
+pub(super) fn self_terminations(proxy: &Recorder, instance_id: &str) -> usize {
+    let key = testkit::iam::instance_access_key(instance_id);
+    proxy
+        .calls()
+        .iter()
+        .filter(|c| c.operation == "ec2:TerminateInstances" && c.access_key == key)
+        .filter(|c| c.status == 200 && c.body.contains(&format!("InstanceId.1={instance_id}")))
+        .count()
+}
+
 /// Tags `instance_id` as an instance of `fleet`, as the launch template's tag
 /// specification does for the fleet's instances (the policies key on that tag). Through
-/// the hosts' proxy, so the IAM evaluation learns the tag, signed as the harness (not
-/// evaluated).
-pub(super) fn tag_as_fleet_instance(instance_id: &str, fleet: &str) {
-    let endpoint = host_proxy().endpoint.clone();
+/// the host's proxy at `endpoint`, so the IAM evaluation learns the tag, signed as the
+/// harness (not evaluated).
+pub(super) fn tag_as_fleet_instance(endpoint: &str, instance_id: &str, fleet: &str) {
+    let endpoint = endpoint.to_owned();
     runtime().block_on(async {
         let sdk = testkit::moto::harness_sdk(&endpoint).await;
         aws_sdk_ec2::Client::new(&sdk)

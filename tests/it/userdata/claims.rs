@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use bbfleet::config::Os;
 
-use super::aws::{all_claims, aws, claims, launch_instances, put_runner};
+use super::aws::{
+    all_claims, aws, claims, host_proxy, instance_state, launch_instances, put_runner,
+    self_terminations,
+};
 use super::host::{
     assert_ok, assert_runner_started, kill_group, wait_for, Host, Run, AGENT_TIMEOUT,
 };
@@ -217,8 +220,8 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
         .iter()
         .map(|id| {
             Host::with(Os::Al2023, fleet, id, |v| {
-                v.claim_attempts = 100;
-                v.claim_backoff_max_secs = 4;
+                v.claim_timeout_secs = 400;
+                v.backoff_max_secs = 4;
                 v.poll_interval_ms = 1000;
             })
         })
@@ -374,6 +377,13 @@ fn an_instance_gives_up_when_the_fleet_has_no_runner() {
         run.stderr
     );
     assert!(!host.path("docker.done").exists());
+    // It does not stay, billed, running nothing: it terminates its own instance.
+    assert_eq!(self_terminations(host_proxy(), &instance_id), 1);
+    let state = instance_state(&instance_id);
+    assert!(
+        state == "terminated" || state == "shutting-down",
+        "instance is {state}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bbfleet::config::Os;
 use bbfleet::userdata::{render, UserdataVars};
 use testkit::imds::FakeImds;
+use testkit::recorder::Recorder;
 
 use super::aws::{host_proxy, moto_env, shell_words, tag_as_fleet_instance};
 use super::{RUNNER_TIMEOUT, SCRIPT_TIMEOUT};
@@ -28,6 +29,9 @@ pub(super) const STUBS: [&str; 11] = [
     "mount",
 ];
 
+/// The runner's unit file, under the host root.
+pub(super) const UNIT: &str = "etc/systemd/system/bbfleet-runner.service";
+
 /// The agent's poll interval in the tests.
 pub(super) const TEST_POLL_MS: u32 = 200;
 
@@ -39,6 +43,8 @@ pub(super) struct Host {
     pub(super) instance_id: String,
     pub(super) imds: FakeImds,
     pub(super) script: String,
+    /// The recording proxy this host reaches moto through.
+    endpoint: String,
 }
 
 /// How one run of the script ended.
@@ -60,8 +66,19 @@ impl Host {
         instance_id: &str,
         tweak: impl FnOnce(&mut UserdataVars),
     ) -> Host {
+        Host::through(host_proxy(), os, fleet, instance_id, tweak)
+    }
+
+    /// [`Host::with`], reaching moto through `proxy` (one a test may make misbehave).
+    pub(super) fn through(
+        proxy: &Recorder,
+        os: Os,
+        fleet: &str,
+        instance_id: &str,
+        tweak: impl FnOnce(&mut UserdataVars),
+    ) -> Host {
         let dir = tempfile::tempdir().expect("temp dir");
-        tag_as_fleet_instance(instance_id, fleet);
+        tag_as_fleet_instance(&proxy.endpoint, instance_id, fleet);
         let imds = FakeImds::start(instance_id);
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin).expect("stub dir");
@@ -95,10 +112,16 @@ impl Host {
                 ),
                 // /tmp is a tmpfs, as on AL2023.
                 "findmnt" => body += "echo tmpfs\n",
-                // Docker must first start with the log rotation config in place.
+                // Docker must first start with the log rotation config in place. `enable
+                // --now` of the runner's unit runs its ExecStart detached (own session, no
+                // stdio), as systemd would.
                 "systemctl" => body += &format!(
                     "if [ -e '{0}/root/etc/docker/daemon.json' ]; then d=present; else d=absent; fi\n\
-                     echo \"systemctl: daemon.json $d\" >>'{1}'\n",
+                     echo \"systemctl: daemon.json $d\" >>'{1}'\n\
+                     if [ \"$*\" = 'enable --now bbfleet-runner.service' ]; then\n\
+                       cmd=$(sed -n 's/^ExecStart=//p' '{0}/root/{UNIT}')\n\
+                       setsid $cmd </dev/null >/dev/null 2>&1 &\n\
+                     fi\n",
                     dir.path().display(),
                     log.display()
                 ),
@@ -112,8 +135,9 @@ impl Host {
             imds_endpoint: imds.endpoint.clone(),
             runner_log: dir.path().join("log/runner.log").display().to_string(),
             state_dir: dir.path().join("state").display().to_string(),
-            claim_attempts: 3,
-            claim_backoff_max_secs: 1,
+            claim_timeout_secs: 3,
+            retry_attempts: 4,
+            backoff_max_secs: 1,
             agent_log: dir.path().join("log/agent.log").display().to_string(),
             poll_interval_ms: TEST_POLL_MS,
             // Bounded: the agent ends by itself after about two minutes.
@@ -131,6 +155,7 @@ impl Host {
             instance_id: instance_id.to_owned(),
             imds,
             script,
+            endpoint: proxy.endpoint.clone(),
         }
     }
 
@@ -142,19 +167,26 @@ impl Host {
         fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
     }
 
-    /// Starts the script as cloud-init would (bash, as this user), with the stubs first on PATH.
-    pub(super) fn spawn(&self) -> Child {
-        let mut bash = Command::new("bash");
-        moto_env(&mut bash);
-        bash.env("AWS_ENDPOINT_URL", &host_proxy().endpoint).env(
+    /// `program` in this host's environment: moto through its proxy with its instance's
+    /// access key, the stubs first on PATH, the host root.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        moto_env(&mut cmd);
+        cmd.env("AWS_ENDPOINT_URL", &self.endpoint).env(
             "AWS_ACCESS_KEY_ID",
             testkit::iam::instance_access_key(&self.instance_id),
         );
         let path = std::env::var("PATH").unwrap_or_default();
-        bash.arg(self.path("bootstrap.sh"))
-            .env("PATH", format!("{}:{path}", self.path("bin").display()))
+        cmd.env("PATH", format!("{}:{path}", self.path("bin").display()))
             .env("BBFLEET_HOST_ROOT", self.path("root"))
-            .current_dir(self.dir.path())
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Starts the script as cloud-init would (bash, as this user), with the stubs first on PATH.
+    pub(super) fn spawn(&self) -> Child {
+        let mut bash = self.command("bash");
+        bash.arg(self.path("bootstrap.sh"))
             // Its own process group, so a test can stop it with every child.
             .process_group(0)
             .stdin(Stdio::null())
@@ -238,6 +270,44 @@ impl Host {
         if let Some(pid) = self.agent_pid() {
             kill_group(pid);
             let _ = fs::remove_file(self.path("state/agent.pid"));
+        }
+    }
+
+    /// The runner's systemd unit, as the script wrote it.
+    pub(super) fn unit(&self) -> String {
+        self.read(&format!("root/{UNIT}"))
+    }
+
+    /// The unit's ExecStart, split into words (the script writes plain words only).
+    pub(super) fn exec_start(&self) -> Vec<String> {
+        let unit = self.unit();
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("no ExecStart in the unit:\n{unit}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Starts the unit's ExecStart as systemd does at boot (after a reboot, say): detached,
+    /// in its own process group, without stdio.
+    pub(super) fn start_unit(&self) {
+        let argv = self.exec_start();
+        let mut child = self
+            .command(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the unit's ExecStart");
+        std::thread::spawn(move || child.wait());
+    }
+
+    /// Forgets that the runner started (the docker stub's markers), before it starts again.
+    pub(super) fn reset_docker(&self) {
+        for marker in ["docker.argv", "docker.done", "stopped"] {
+            let _ = fs::remove_file(self.path(marker));
         }
     }
 

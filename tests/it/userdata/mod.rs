@@ -1,5 +1,6 @@
 //! The userdata scripts: rendered, linted with shellcheck, and run for real with bash
-//! against moto (SSM, EC2), a fake IMDSv2 and stub system commands.
+//! against moto (SSM, EC2), a fake IMDSv2 and stub system commands (systemctl among them:
+//! `enable --now` of the runner's unit runs its ExecStart, as systemd would).
 //!
 //! Needs on PATH: `shellcheck` (apt-get install -y shellcheck), `aws` (pip install awscli),
 //! `moto_server` (pip install 'moto[server]'), `curl`, `bash`, coreutils `shuf` and `setsid`.
@@ -7,6 +8,7 @@
 mod agent;
 mod aws;
 mod claims;
+mod heal;
 mod host;
 mod hostile;
 mod imds;

@@ -53,10 +53,18 @@ fn both_templates_render_to_clean_bash() {
             "{name}: no bash shebang"
         );
         assert!(script.contains("set -euo pipefail"), "{name}");
-        assert!(
-            script.contains("nohup setsid bash"),
-            "{name}: runner not detached"
-        );
+        // The runner is not detached from cloud-init with nohup: systemd runs its agent.
+        assert!(!script.contains("nohup"), "{name}: nohup");
+        for line in [
+            "ExecStart=/bin/bash $AGENT agent",
+            "Restart=always",
+            "WantedBy=multi-user.target",
+            "systemctl enable --now bbfleet-runner.service",
+            "readonly STATE_DIR='/var/lib/bbfleet'",
+            "readonly CLAIM_TIMEOUT=1200",
+        ] {
+            assert!(script.contains(line), "{name}: {line:?} missing");
+        }
         assert!(
             script.contains("'/bbfleet/ci'"),
             "{name}: SSM prefix missing"
@@ -126,6 +134,7 @@ instance_profile = "{iam}"
 security_groups = ["sg-0123456789abcdef0", "sg-0123456789abcdef1", "sg-0123456789abcdef2", "sg-0123456789abcdef3", "sg-0123456789abcdef4"]
 root_volume_gb = 16384
 swap_gb = 64
+claim_timeout_seconds = 86400
 
 [kms]
 key = "alias/{iam}"
@@ -150,6 +159,9 @@ fn the_longest_legal_config_fits_into_a_launch_template() {
         let script = render(os, &vars).expect("render");
         assert!(script.contains(&format!("readonly REGION='{region}'")));
         assert!(script.contains("readonly SWAP_GB=64"));
+        // instance.claim_timeout_seconds, rendered.
+        assert_eq!(config.instance.claim_timeout_seconds, 86_400);
+        assert!(script.contains("readonly CLAIM_TIMEOUT=86400"));
         let encoded =
             bbfleet::userdata::check_fits(os, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
         eprintln!(
