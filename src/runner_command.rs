@@ -1,5 +1,5 @@
 //! The `docker container run` command Bitbucket shows for a Linux Docker runner
-//! (the "Add runner" dialog of Bitbucket Cloud, Linux Docker), without `-it`: the host starts it under nohup.
+//! (the "Add runner" dialog of Bitbucket Cloud, Linux Docker), without `-it`: the host's runner agent (a systemd unit) starts it.
 
 use secrecy::{ExposeSecret, SecretString};
 

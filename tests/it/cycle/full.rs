@@ -232,8 +232,8 @@ async fn full_cycle_with_capacity_three() {
     assert_eq!(userdata, rendered.stdout, "launch template user data");
     assert!(userdata.starts_with("#!/bin/bash"));
     assert!(
-        userdata.contains("nohup"),
-        "userdata starts the runner with nohup"
+        userdata.contains("Restart=always") && !userdata.contains("nohup"),
+        "userdata runs the runner agent as a systemd unit that always restarts"
     );
     assert!(
         userdata.contains("/bbfleet/cycle"),
