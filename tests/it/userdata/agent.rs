@@ -11,15 +11,15 @@ use super::aws::{
 };
 use super::host::{assert_ok, assert_runner_started, wait_for, Host, AGENT_TIMEOUT};
 
-/// A fleet of one runner and an instance whose bootstrap started it.
-fn running_host(fleet: &str, uuid: &str) -> Host {
+/// A fleet of one runner and an instance whose bootstrap started it; the stored command.
+pub(super) fn running_host(fleet: &str, uuid: &str) -> (Host, String) {
     let command = put_runner(fleet, uuid);
     let id = launch_instances(1).remove(0);
     let host = Host::new(Os::Al2023, fleet, &id);
     let run = host.run();
     assert_ok(&host, &run);
     assert_runner_started(&host, &command);
-    host
+    (host, command)
 }
 
 /// How many times the agent has polled `spot/instance-action`.
@@ -41,7 +41,7 @@ fn agent_line(host: &Host, line: &str) -> usize {
 #[test]
 fn an_interruption_notice_releases_the_claim_and_stops_the_runner() {
     let (fleet, uuid) = ("interrupt", "4e4f0fad-0000-4000-8000-000000000001");
-    let host = running_host(fleet, uuid);
+    let (host, _) = running_host(fleet, uuid);
     // Two minutes left: a running step does not hold the runner back.
     fs::write(host.path("steps"), "step-1_build\n").expect("step container");
     host.imds.set_spot_instance_action(Some(
@@ -92,7 +92,7 @@ fn assert_rebalanced(host: &Host, fleet: &str, uuid: &str) {
 #[test]
 fn a_rebalance_recommendation_on_an_idle_host_terminates_the_instance() {
     let (fleet, uuid) = ("rebalance-idle", "4e4f0fad-0000-4000-8000-000000000002");
-    let host = running_host(fleet, uuid);
+    let (host, _) = running_host(fleet, uuid);
     host.imds
         .set_rebalance_recommendation(Some(r#"{"noticeTime": "2026-01-01T00:00:00Z"}"#));
     assert_rebalanced(&host, fleet, uuid);
@@ -101,7 +101,7 @@ fn a_rebalance_recommendation_on_an_idle_host_terminates_the_instance() {
 #[test]
 fn a_rebalance_recommendation_waits_for_the_running_step() {
     let (fleet, uuid) = ("rebalance-busy", "4e4f0fad-0000-4000-8000-000000000003");
-    let host = running_host(fleet, uuid);
+    let (host, _) = running_host(fleet, uuid);
     fs::write(host.path("steps"), "step-1_build\nstep-1_clone\n").expect("step containers");
     host.imds
         .set_rebalance_recommendation(Some(r#"{"noticeTime": "2026-01-01T00:00:00Z"}"#));

@@ -8,22 +8,12 @@ use std::os::unix::fs::PermissionsExt;
 
 use bbfleet::config::Os;
 
+use super::agent::running_host;
 use super::aws::{
     aws, claims, host_proxy, instance_state, launch_instances, own_proxy, put_runner,
     self_terminations,
 };
 use super::host::{assert_ok, assert_runner_started, wait_for, Host, AGENT_TIMEOUT};
-
-/// A fleet of one runner and an instance whose bootstrap started it; the stored command.
-fn running_host(fleet: &str, uuid: &str) -> (Host, String) {
-    let command = put_runner(fleet, uuid);
-    let id = launch_instances(1).remove(0);
-    let host = Host::new(Os::Al2023, fleet, &id);
-    let run = host.run();
-    assert_ok(&host, &run);
-    assert_runner_started(&host, &command);
-    (host, command)
-}
 
 fn assert_leaving(id: &str) {
     let state = instance_state(id);
