@@ -17,13 +17,9 @@ pub(super) struct Choice<'a> {
 }
 
 impl Choice<'_> {
-    /// Whether the instance belongs to the kept request: listed by it, or launch-tagged
-    /// with it (DescribeSpotFleetInstances "might be out of date"; the tag is set at launch).
+    /// Whether the instance belongs to the kept request ([`FleetState::owns`]).
     pub fn owns(&self, instance: &crate::world::InstanceInfo) -> bool {
-        self.keep.is_some_and(|k| {
-            k.instance_ids.contains(&instance.id)
-                || instance.fleet_request.as_deref() == Some(k.id.as_str())
-        })
+        self.keep.is_some_and(|k| k.owns(instance))
     }
 }
 

@@ -175,12 +175,7 @@ fn stray_instances(
         (listed.clone().count() as i64) < i64::from(k.target)
             && listed.filter(|i| !already.contains(i)).count() < target as usize
     });
-    let owned = |i: &InstanceInfo| {
-        keep.is_some_and(|k| {
-            k.instance_ids.contains(&i.id) || i.fleet_request.as_deref() == Some(k.id.as_str())
-        })
-    };
-    let listed_by_other = |id: &String| observed.fleets.iter().any(|f| f.instance_ids.contains(id));
+    let owned = |i: &InstanceInfo| keep.is_some_and(|k| k.owns(i));
     let grace = jiff::SignedDuration::from_secs(i64::try_from(grace_seconds).unwrap_or(i64::MAX));
     // Without a launch time (never on EC2's answers) an instance counts as old.
     let young = |i: &InstanceInfo| {
@@ -191,14 +186,8 @@ fn stray_instances(
         .instances
         .iter()
         .filter(|i| !owned(i) && !already.contains(&i.id))
-        .filter(|i| {
-            !(i.is_up()
-                && world
-                    .held_by(&i.id)
-                    .iter()
-                    .any(|u| runners.kept().any(|r| bare_uuid(&r.uuid) == *u)))
-        })
-        .filter(|i| i.fleet_request.is_some() || listed_by_other(&i.id) || !(launching || young(i)))
+        .filter(|i| !(i.is_up() && world.held_by(&i.id).iter().any(|u| runners.keeps(u))))
+        .filter(|i| world.explained(i) || !(launching || young(i)))
         .map(|i| i.id.clone())
         .collect()
 }

@@ -80,8 +80,7 @@ pub(super) fn plan(
         .filter_map(|r| world.claimed_by(r))
         .chain(runners.orphan_instances.iter().cloned())
         .collect();
-    let kept: BTreeSet<String> = runners.kept().map(|r| bare_uuid(&r.uuid)).collect();
-    let hosts = hosts(world, &kept, &gone, choice, spec, current);
+    let hosts = hosts(world, runners, &gone, choice, spec, current);
     let waiting: Vec<&Runner> = runners
         .kept()
         .copied()
@@ -94,7 +93,7 @@ pub(super) fn plan(
     let batch = config
         .rollout
         .batch
-        .hosts(kept.len() as u32)
+        .hosts(runners.kept().count() as u32)
         .saturating_sub(waiting.len() as u32) as usize;
     let replaced: Vec<(&Host, Why)> = candidates(world, config, &hosts, force)
         .into_iter()
@@ -199,7 +198,7 @@ fn held_elsewhere(
         .observed
         .instances
         .iter()
-        .filter(|i| i.is_up() && !choice.owns(i) && !unexplained(world, i))
+        .filter(|i| i.is_up() && !choice.owns(i) && world.explained(i))
         .filter(|i| world.held_by(&i.id).iter().any(|u| orphans.contains(*u)))
         .count();
     (kept + orphaned) as u32
@@ -209,7 +208,7 @@ fn held_elsewhere(
 /// each outdated.
 fn hosts<'a>(
     world: &Index<'a>,
-    kept: &BTreeSet<String>,
+    runners: &Runners,
     gone: &BTreeSet<String>,
     choice: Choice,
     spec: &FleetSpec,
@@ -231,9 +230,12 @@ fn hosts<'a>(
             let runner = world
                 .held_by(&i.id)
                 .iter()
-                .find(|u| kept.contains(**u))
+                .find(|u| runners.keeps(u))
                 .and_then(|u| world.runners.get(*u).copied());
-            let owned = choice.owns(i) || unexplained(world, i);
+            // An instance no request explains counts as the kept request's (or the new
+            // one's): on AWS every fleet instance carries its request's launch tag, and a
+            // listing lags; only one another request lists or tags is of a replaced one.
+            let owned = choice.owns(i) || !world.explained(i);
             if !owned && runner.is_none() {
                 return None; // a stray: the garbage phase's
             }
@@ -268,19 +270,6 @@ fn hosts<'a>(
             })
         })
         .collect()
-}
-
-/// An instance that neither a listing nor a launch tag explains counts as the kept
-/// request's (or the new one's): on AWS every fleet instance carries its request's launch
-/// tag, and a listing lags; only an instance that another request lists or tags is a host
-/// of a replaced request.
-fn unexplained(world: &Index, i: &InstanceInfo) -> bool {
-    i.fleet_request.is_none()
-        && !world
-            .observed
-            .fleets
-            .iter()
-            .any(|f| f.instance_ids.contains(&i.id))
 }
 
 /// A host whose runner has not been connected for longer than the grace, although the

@@ -78,6 +78,17 @@ impl<'a> Index<'a> {
             .map(str::to_owned)
     }
 
+    /// Whether a request explains the instance: some request lists it, or its launch tag
+    /// names one. On AWS every fleet instance carries its request's launch tag.
+    pub fn explained(&self, instance: &InstanceInfo) -> bool {
+        instance.fleet_request.is_some()
+            || self
+                .observed
+                .fleets
+                .iter()
+                .any(|f| f.instance_ids.contains(&instance.id))
+    }
+
     /// Pending or running: it may be running a runner.
     pub fn is_up(&self, id: &str) -> bool {
         self.instances.get(id).is_some_and(|i| i.is_up())

@@ -42,6 +42,11 @@ impl Runners<'_> {
             || self.victims.iter().any(|v| bare_uuid(&v.uuid) == uuid)
     }
 
+    /// Whether the plan keeps the runner (bare uuid) with its command: one of [`Self::kept`].
+    pub fn keeps(&self, uuid: &str) -> bool {
+        self.kept().any(|r| bare_uuid(&r.uuid) == uuid)
+    }
+
     /// Healthy runners the plan keeps, by slot.
     pub fn kept(&self) -> impl Iterator<Item = &&Runner> {
         self.healthy

@@ -92,6 +92,13 @@ impl FleetState {
     pub fn is_live(&self) -> bool {
         self.state.is_live()
     }
+
+    /// Whether the instance is this request's: listed by it, or launch-tagged with it
+    /// (DescribeSpotFleetInstances "might be out of date"; the tag is set at launch).
+    pub fn owns(&self, instance: &InstanceInfo) -> bool {
+        self.instance_ids.contains(&instance.id)
+            || instance.fleet_request.as_deref() == Some(self.id.as_str())
+    }
 }
 
 spelled! {

@@ -166,17 +166,11 @@ fn remember_fleet_tags(up: &Upstream, q: &[(String, String)]) {
     if ids.is_empty() {
         return;
     }
-    let mut tags = BTreeMap::new();
-    for j in 1..=50 {
-        let key = values(q, |k| k == format!("Tag.{j}.Key"));
-        let Some(key) = key.first() else { break };
-        let value = values(q, |k| k == format!("Tag.{j}.Value"));
-        tags.insert(key.to_string(), value.first().unwrap_or(&"").to_string());
-    }
+    let tags: BTreeMap<String, String> = crate::iam::query::q_tag_list(q, "").into_iter().collect();
     let mut shared = up.shared.lock().unwrap();
     for id in ids {
         let known = shared.rules.fleet_tags.entry(id.to_owned()).or_default();
-        known.extend(tags.clone());
+        known.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }
 

@@ -510,17 +510,11 @@ fn held_elsewhere(o: &Observed, keep: Option<&FleetState>) -> usize {
                 .and_then(|c| c.holder.instance())
                 .and_then(|id| o.instances.iter().find(|i| i.id == id))
                 .is_some_and(|i| {
-                    let other = |id: &str| keep.is_none_or(|k| k.id != id);
-                    let kept = keep.is_some_and(|k| {
-                        k.instance_ids.contains(&i.id)
-                            || i.fleet_request.as_deref() == Some(k.id.as_str())
-                    });
+                    // Not `keep`'s, so a launch tag or a listing names another request.
                     i.is_up()
-                        && !kept
-                        && (i.fleet_request.as_deref().is_some_and(other)
-                            || o.fleets
-                                .iter()
-                                .any(|f| other(&f.id) && f.instance_ids.contains(&i.id)))
+                        && !keep.is_some_and(|k| k.owns(i))
+                        && (i.fleet_request.is_some()
+                            || o.fleets.iter().any(|f| f.instance_ids.contains(&i.id)))
                 })
         })
         .count()

@@ -14,7 +14,7 @@
 
 mod dumps;
 mod evaluate;
-mod query;
+pub(crate) mod query;
 mod requests;
 mod world;
 mod xml;

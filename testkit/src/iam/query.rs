@@ -42,13 +42,21 @@ pub(super) fn q_tags(
             Some(_) => continue,
             None => break,
         }
-        for j in 1..=50 {
-            let Some(k) = q(params, &format!("{spec}.Tag.{j}.Key")) else {
-                break;
-            };
-            let v = q(params, &format!("{spec}.Tag.{j}.Value")).unwrap_or_default();
-            out.push((k.to_owned(), v.to_owned()));
-        }
+        out.extend(q_tag_list(params, &format!("{spec}.")));
+    }
+    out
+}
+
+/// The query's `{prefix}Tag.N.Key` / `{prefix}Tag.N.Value` pairs (CreateTags names them
+/// at the top level, a tag specification under its own prefix).
+pub(crate) fn q_tag_list(params: &[(String, String)], prefix: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for j in 1..=50 {
+        let Some(k) = q(params, &format!("{prefix}Tag.{j}.Key")) else {
+            break;
+        };
+        let v = q(params, &format!("{prefix}Tag.{j}.Value")).unwrap_or_default();
+        out.push((k.to_owned(), v.to_owned()));
     }
     out
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use super::{ec2_arn, request_tag_context, resource_context, Builder, NEW};
-use crate::iam::query::{q, q_list, q_tags, query};
+use crate::iam::query::{q, q_list, q_tag_list, q_tags, query};
 use crate::iam::world::World;
 use crate::iam::xml::Xml;
 use crate::iam::{Recorded, ACCOUNT};
@@ -73,14 +73,7 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
             // CreateTags on existing resources (a roll-out re-tags the modified fleet
             // request): each resource with its own tags, plus aws:RequestTag and
             // aws:TagKeys for the tags given (Service Authorization Reference, CreateTags).
-            let mut tags = Vec::new();
-            for j in 1..=50 {
-                let Some(k) = q(&params, &format!("Tag.{j}.Key")) else {
-                    break;
-                };
-                let v = q(&params, &format!("Tag.{j}.Value")).unwrap_or_default();
-                tags.push((k.to_owned(), v.to_owned()));
-            }
+            let tags = q_tag_list(&params, "");
             for id in q_list(&params, "ResourceId.", "") {
                 b.tag_fleet(&tags_vec(world, &id));
                 let mut ctx = resource_context(world, &id);
