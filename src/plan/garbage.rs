@@ -186,7 +186,7 @@ fn stray_instances(
         .instances
         .iter()
         .filter(|i| !owned(i) && !already.contains(&i.id))
-        .filter(|i| !(i.is_up() && world.held_by(&i.id).iter().any(|u| runners.keeps(u))))
+        .filter(|i| !(i.is_up() && runners.occupy(world, &i.id)))
         .filter(|i| world.explained(i) || !(launching || young(i)))
         .map(|i| i.id.clone())
         .collect()

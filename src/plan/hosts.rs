@@ -54,6 +54,8 @@ struct Host<'a> {
     instance: &'a InstanceInfo,
     runner: Option<&'a Runner>,
     owned: bool,
+    /// A busy runner holds it (its own, or another whose claim names it too).
+    busy: bool,
     outdated: Option<String>,
 }
 
@@ -78,6 +80,7 @@ pub(super) fn plan(
         .victims
         .iter()
         .filter_map(|r| world.claimed_by(r))
+        .filter(|i| !runners.occupy(world, i))
         .chain(runners.orphan_instances.iter().cloned())
         .collect();
     let hosts = hosts(world, runners, &gone, choice, spec, current);
@@ -105,7 +108,7 @@ pub(super) fn plan(
         .collect();
     out.notes.extend(note(&hosts, current, &now, config));
     replace(&replaced, &mut out);
-    claimless(world, config, &hosts, &waiting, &mut out);
+    claimless(world, config, runners, &hosts, &waiting, &mut out);
     disabled_left(runners, &mut out);
     out.held_elsewhere = held_elsewhere(world, runners, choice, &hosts, &out.ended);
     out
@@ -124,7 +127,7 @@ fn candidates<'h, 'a>(
         let Some(r) = h.runner else { continue };
         if let Some(why) = broken(world, config, h, r) {
             candidates.push((h, Why::Broken(why)));
-        } else if let Some(why) = h.outdated.as_ref().filter(|_| force || !r.busy) {
+        } else if let Some(why) = h.outdated.as_ref().filter(|_| force || !h.busy) {
             candidates.push((h, Why::Outdated(why.clone())));
         }
     }
@@ -144,7 +147,14 @@ fn candidates<'h, 'a>(
 /// A runner is free that long when its newest claim (free, or naming a gone host) is that
 /// old, or it never had one and is that old: a new runner, or one just released, may be
 /// claimed by a claimless host any second.
-fn claimless(world: &Index, config: &Config, hosts: &[Host], waiting: &[&Runner], out: &mut Hosts) {
+fn claimless(
+    world: &Index,
+    config: &Config,
+    runners: &Runners,
+    hosts: &[Host],
+    waiting: &[&Runner],
+    out: &mut Hosts,
+) {
     let grace = config.spot.host_grace_seconds;
     let Some(waits) = waiting.iter().find(|r| {
         let since = match world.claims.get(bare_uuid(&r.uuid).as_str()) {
@@ -158,7 +168,10 @@ fn claimless(world: &Index, config: &Config, hosts: &[Host], waiting: &[&Runner]
     let ids: Vec<String> = hosts
         .iter()
         .filter(|h| {
-            h.runner.is_none() && h.owned && older_than(world, h.instance.launched_at, grace)
+            h.runner.is_none()
+                && h.owned
+                && !runners.occupy(world, &h.instance.id)
+                && older_than(world, h.instance.launched_at, grace)
         })
         .map(|h| h.instance.id.clone())
         .collect();
@@ -193,15 +206,16 @@ fn held_elsewhere(
     let kept = hosts
         .iter()
         .filter(|h| !h.owned && h.runner.is_some() && !ended.contains(&h.instance.id))
-        .count();
+        .map(|h| h.instance.id.as_str());
     let orphaned = world
         .observed
         .instances
         .iter()
         .filter(|i| i.is_up() && !choice.owns(i) && world.explained(i))
         .filter(|i| world.held_by(&i.id).iter().any(|u| orphans.contains(*u)))
-        .count();
-    (kept + orphaned) as u32
+        .map(|i| i.id.as_str());
+    // One host runs one runner, also when two runners' newest claims name it.
+    kept.chain(orphaned).collect::<BTreeSet<&str>>().len() as u32
 }
 
 /// The up hosts of kept runners, and the kept request's up instances, with what makes
@@ -266,6 +280,7 @@ fn hosts<'a>(
                 instance: i,
                 runner,
                 owned,
+                busy: runners.busy_on(world, &i.id),
                 outdated,
             })
         })
@@ -278,7 +293,7 @@ fn broken(world: &Index, config: &Config, h: &Host, r: &Runner) -> Option<String
     let grace = config.spot.host_grace_seconds;
     let claim = world.claims.get(bare_uuid(&r.uuid).as_str())?;
     let down = matches!(r.status, RunnerStatus::Offline | RunnerStatus::Unregistered)
-        && !r.busy
+        && !h.busy
         && older_than(world, h.instance.launched_at, grace)
         && older_than(world, claim.written_at, grace)
         && older_than(world, r.status_since, grace);
@@ -376,7 +391,7 @@ fn note(hosts: &[Host], current: Current, now: &BTreeSet<&str>, config: &Config)
         .count();
     let busy = old
         .iter()
-        .filter(|h| !now.contains(h.instance.id.as_str()) && h.runner.is_some_and(|r| r.busy))
+        .filter(|h| !now.contains(h.instance.id.as_str()) && h.busy)
         .count();
     let waiting = old.len() - replaced - busy;
     let mut parts = vec![format!("{replaced} idle replaced now")];

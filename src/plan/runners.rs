@@ -47,6 +47,26 @@ impl Runners<'_> {
         self.kept().any(|r| bare_uuid(&r.uuid) == uuid)
     }
 
+    /// Whether the runner (bare uuid) is there after the plan: kept, or a busy orphan.
+    pub fn stays(&self, uuid: &str) -> bool {
+        self.keeps(uuid) || self.busy_orphans.iter().any(|r| bare_uuid(&r.uuid) == uuid)
+    }
+
+    /// Whether a runner that [stays](Self::stays) holds the instance by its newest claim:
+    /// it may be running a step there, so the instance stays too.
+    pub fn occupy(&self, world: &Index, instance: &str) -> bool {
+        world.held_by(instance).iter().any(|u| self.stays(u))
+    }
+
+    /// Whether a busy runner that [stays](Self::stays) holds the instance.
+    pub fn busy_on(&self, world: &Index, instance: &str) -> bool {
+        world
+            .held_by(instance)
+            .iter()
+            .filter(|u| self.stays(u))
+            .any(|u| world.runners.get(*u).is_some_and(|r| r.busy))
+    }
+
     /// Healthy runners the plan keeps, by slot.
     pub fn kept(&self) -> impl Iterator<Item = &&Runner> {
         self.healthy
@@ -141,14 +161,23 @@ fn orphans<'a>(world: &Index<'a>, options: PlanOptions, out: &mut Runners<'a>) {
         }
         if r.busy && !options.force {
             out.busy_orphans.push(*r);
-            continue;
+        } else {
+            out.orphans_deleted.insert(uuid.clone());
         }
-        out.orphans_deleted.insert(uuid.clone());
-        // The instance running it can never run another runner (it claimed this one).
-        let instance = world
-            .claimant(uuid)
-            .filter(|i| !out.orphan_instances.contains(i));
+    }
+    for uuid in &out.orphans_deleted {
+        // The instance running it can never run another runner (it claimed this one); it
+        // goes with it unless another runner that stays names it too (a stale claim on one
+        // side, but which side is not known, so the instance stays).
+        let instance = world.claimant(uuid).filter(|i| {
+            !out.orphan_instances.contains(i)
+                && world
+                    .held_by(i)
+                    .iter()
+                    .all(|u| out.orphans_deleted.contains(*u) || !world.runners.contains_key(*u))
+        });
         out.orphan_instances.extend(instance.clone());
+        let r = world.runners[uuid];
         out.actions.push(Action::DeleteOrphanRunner {
             uuid: r.uuid.clone(),
             name: r.name.clone(),

@@ -34,7 +34,7 @@ pub(super) fn plan(
         .victims
         .iter()
         .filter_map(|r| world.claimed_by(r))
-        .filter(|i| !runners.orphan_instances.contains(i))
+        .filter(|i| !runners.orphan_instances.contains(i) && !runners.occupy(world, i))
         .collect();
     terminated.sort();
     terminated.dedup();

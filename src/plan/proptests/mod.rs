@@ -497,27 +497,28 @@ fn runs(config: &Config, desired: &Desired, o: &Observed, force: bool) -> Option
     plan_apply(config, desired, o, PlanOptions { force }).ok()
 }
 
-/// Runners whose newest claim names an up instance of another request than the live
+/// Hosts named by runners' newest claims that are up instances of another request than the live
 /// `keep` (listed by it or launch-tagged with it). An instance no listing or tag explains
 /// counts as `keep`'s, as the planner takes it.
 fn held_elsewhere(o: &Observed, keep: Option<&FleetState>) -> usize {
     let claims = newest_claims(o);
-    o.runners
+    let hosts: BTreeSet<&str> = o
+        .runners
         .iter()
-        .filter(|r| {
-            claims
-                .get(bare_uuid(&r.uuid).as_str())
-                .and_then(|c| c.holder.instance())
-                .and_then(|id| o.instances.iter().find(|i| i.id == id))
-                .is_some_and(|i| {
-                    // Not `keep`'s, so a launch tag or a listing names another request.
-                    i.is_up()
-                        && !keep.is_some_and(|k| k.owns(i))
-                        && (i.fleet_request.is_some()
-                            || o.fleets.iter().any(|f| f.instance_ids.contains(&i.id)))
-                })
+        .filter_map(|r| claims.get(bare_uuid(&r.uuid).as_str()))
+        .filter_map(|c| c.holder.instance())
+        .filter_map(|id| o.instances.iter().find(|i| i.id == id))
+        .filter(|i| {
+            // Not `keep`'s, so a launch tag or a listing names another request.
+            i.is_up()
+                && !keep.is_some_and(|k| k.owns(i))
+                && (i.fleet_request.is_some()
+                    || o.fleets.iter().any(|f| f.instance_ids.contains(&i.id)))
         })
-        .count()
+        .map(|i| i.id.as_str())
+        .collect();
+    // One host runs one runner, also when two runners' claims name it (one is stale).
+    hosts.len()
 }
 
 /// Runners holding a stored command.
