@@ -308,6 +308,7 @@ impl Executor<'_> {
                 }
                 self.release_claim(runner, *generation).await
             }
+            Action::OfferRunner { runner } => self.offer(runner).await,
             Action::DeleteLaunchTemplate { name } => {
                 let existed = ec2::delete_launch_template(&self.aws.ec2, name).await?;
                 Ok(gone(existed))
@@ -424,8 +425,11 @@ impl Executor<'_> {
         ))
     }
 
+    /// Unbinds the runner's command first (so a free claim never names a command still
+    /// bound to the gone instance), then writes the free generation.
     async fn release_claim(&self, runner: &str, generation: u64) -> Result<String, ActionError> {
         let fleet = &self.config.name;
+        ssm::unbind_runner(&self.aws.ssm, fleet, runner).await?;
         let written =
             ssm::put_claim_if_absent(&self.aws.ssm, fleet, runner, generation, ClaimHolder::FREE)
                 .await?;
@@ -434,6 +438,25 @@ impl Executor<'_> {
         } else {
             // A booting instance wrote this generation first: the claim moved on.
             format!("generation {generation} exists: an instance took the runner over")
+        })
+    }
+
+    /// Offers a runner to the hosts: its claim generation 0 = free (hosts see only the
+    /// runners that have a claim; the first host claims generation 1). `Overwrite=false`:
+    /// a generation that exists is left.
+    async fn offer(&self, runner: &str) -> Result<String, ActionError> {
+        let written = ssm::put_claim_if_absent(
+            &self.aws.ssm,
+            &self.config.name,
+            runner,
+            0,
+            ClaimHolder::FREE,
+        )
+        .await?;
+        Ok(if written {
+            "generation 0 = free".to_owned()
+        } else {
+            "generation 0 exists".to_owned()
         })
     }
 
@@ -464,7 +487,13 @@ impl Executor<'_> {
         )
         .await
         {
-            Ok(parameter) => Ok(format!("{} stored in {parameter}", created.runner.uuid)),
+            Ok(parameter) => {
+                self.offer(&bare_uuid(&created.runner.uuid)).await?;
+                Ok(format!(
+                    "{} stored in {parameter}, offered to the hosts",
+                    created.runner.uuid
+                ))
+            }
             Err(e) => {
                 if let Err(undo) = self
                     .bitbucket

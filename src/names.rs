@@ -2,6 +2,13 @@
 
 /// Tag key carried by every AWS resource bbfleet creates.
 pub const FLEET_TAG: &str = "bbfleet:fleet";
+/// The tag on a runner's stored command naming the one instance that may read it (its
+/// instance ARN), or `free` ([`HOLDER_FREE`]): `policies/instance.json` lets an instance
+/// read a command only while the tag names it, and set the tag only from free to itself
+/// and back.
+pub const HOLDER_TAG: &str = "bbfleet:holder";
+/// [`HOLDER_TAG`]'s value while no instance holds the runner.
+pub const HOLDER_FREE: &str = "free";
 /// Tag on the spot fleet request: fingerprint of the configuration it was requested with.
 pub const CONFIG_TAG: &str = "bbfleet:config";
 

@@ -1,6 +1,8 @@
 //! SSM Parameter Store: runner commands (SecureString), claims, AMI parameters.
 
-use aws_sdk_ssm::types::{ParameterStringFilter, ParameterTier, ParameterType, Tag};
+use aws_sdk_ssm::types::{
+    ParameterStringFilter, ParameterTier, ParameterType, ResourceTypeForTagging, Tag,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AwsError;
@@ -152,10 +154,48 @@ pub async fn put_runner_command(
         .tier(ParameterTier::Standard)
         .overwrite(false)
         .tags(tag)
+        .tags(free_holder()?)
         .send()
         .await
         .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
     Ok(name)
+}
+
+fn free_holder() -> Result<Tag, AwsError> {
+    Tag::builder()
+        .key(names::HOLDER_TAG)
+        .value(names::HOLDER_FREE)
+        .build()
+        .map_err(|e| AwsError::build("ssm:AddTagsToResource", e))
+}
+
+/// Unbinds a runner's stored command from the instance that held it (tag
+/// [`names::HOLDER_TAG`] = free), so the next instance to claim the runner may bind it:
+/// AddTagsToResource overwrites a tag whose key exists (SSM API Reference,
+/// AddTagsToResource). `Ok(false)` when the parameter does not exist
+/// (`InvalidResourceId`).
+pub async fn unbind_runner(
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+    runner_uuid: &str,
+) -> Result<bool, AwsError> {
+    let r = ssm
+        .add_tags_to_resource()
+        .resource_type(ResourceTypeForTagging::Parameter)
+        .resource_id(names::runner_parameter(fleet, runner_uuid))
+        .tags(free_holder()?)
+        .send()
+        .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_invalid_resource_id()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(AwsError::call("ssm:AddTagsToResource", e)),
+    }
 }
 
 /// Writes a claim generation only if it does not exist yet (`Overwrite=false`, as the

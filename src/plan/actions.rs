@@ -170,6 +170,12 @@ pub enum Action {
         /// The instance the newest claim names.
         instance: String,
     },
+    /// Drift: a kept runner with a stored command but no claim at all (hosts see only the
+    /// runners that have one): write its generation 0 as `free`.
+    OfferRunner {
+        /// Runner uuid, bare.
+        runner: String,
+    },
     /// Garbage: delete superseded claim generations of kept runners (never the newest).
     PruneClaims {
         /// Parameter names.
@@ -257,6 +263,7 @@ impl Action {
             Action::TerminateInstances { .. } => traits(Delete, "instances", Alone),
             Action::DeleteClaims { .. } => traits(Delete, "claims", Alone),
             Action::ReleaseClaim { .. } => traits(Update, "claim", FanOut),
+            Action::OfferRunner { .. } => traits(Create, "offer", FanOut),
             Action::PruneClaims { .. } => traits(Delete, "old_claims", Alone),
             Action::TerminateStrayInstances { .. } => traits(Delete, "stray_instances", Alone),
             Action::DeleteLaunchTemplate { .. } => traits(Delete, "launch_template", Alone),

@@ -120,6 +120,7 @@ fn release_and_prune(
     for r in runners.kept() {
         let uuid = bare_uuid(&r.uuid);
         let Some(newest) = world.claims.get(uuid.as_str()) else {
+            actions.push(Action::OfferRunner { runner: uuid });
             continue;
         };
         let released = match &newest.holder {

@@ -190,6 +190,16 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     stream.flush()
 }
 
+/// The instance identity document, as EC2 formats it (pretty-printed JSON).
+fn identity_document(state: &State) -> String {
+    let az = &state.availability_zone;
+    let region = az.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    format!(
+        "{{\n  \"accountId\" : \"123456789012\",\n  \"availabilityZone\" : \"{az}\",\n  \"instanceId\" : \"{}\",\n  \"region\" : \"{region}\"\n}}",
+        state.instance_id
+    )
+}
+
 fn respond<'h>(
     state: &mut State,
     method: &str,
@@ -209,7 +219,10 @@ fn respond<'h>(
         }
         ("PUT", _) => (403, String::new()),
         ("GET", _) => {
-            let Some(item) = path.strip_prefix("/latest/meta-data/") else {
+            let Some(item) = path
+                .strip_prefix("/latest/meta-data/")
+                .or_else(|| path.strip_prefix("/latest/"))
+            else {
                 return (404, String::new());
             };
             if !header("x-aws-ec2-metadata-token").is_some_and(|t| state.tokens.contains(t)) {
@@ -217,6 +230,9 @@ fn respond<'h>(
             }
             let found = match item {
                 "instance-id" => Some(state.instance_id.clone()),
+                "services/partition" => Some("aws".to_owned()),
+                // EC2 User Guide, "Instance identity documents" (moto's account).
+                "dynamic/instance-identity/document" => Some(identity_document(state)),
                 "placement/availability-zone" => Some(state.availability_zone.clone()),
                 "spot/instance-action" => state.spot_instance_action.clone(),
                 "events/recommendations/rebalance" => state.rebalance_recommendation.clone(),

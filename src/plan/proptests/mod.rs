@@ -365,6 +365,8 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 p.key_id = Some(arn);
                 w.parameters.push(p);
                 w.scope_runner_count += 1;
+                // Stored, then offered to the hosts.
+                write_free(&mut w, &bare_uuid(&uuid), 0);
             }
             Action::CreateLaunchTemplate { fingerprint, .. }
             | Action::CreateLaunchTemplateVersion { fingerprint, .. } => {
@@ -440,18 +442,21 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
             }
             Action::ReleaseClaim {
                 runner, generation, ..
-            } => {
-                // Overwrite=false: an existing generation stays as it is.
-                let mut c = claim(runner, *generation, "free");
-                c.written_at = Some(w.observed_at);
-                if !w.claims.iter().any(|x| x.name == c.name) {
-                    w.claims.push(c);
-                }
-            }
+            } => write_free(&mut w, runner, *generation),
+            Action::OfferRunner { runner } => write_free(&mut w, runner, 0),
             Action::DeleteLaunchTemplate { .. } => w.launch_template = None,
         }
     }
     w
+}
+
+/// A claim generation written `free` with Overwrite=false: an existing one stays as it is.
+fn write_free(w: &mut Observed, runner: &str, generation: u64) {
+    let mut c = claim(runner, generation, "free");
+    c.written_at = Some(w.observed_at);
+    if !w.claims.iter().any(|x| x.name == c.name) {
+        w.claims.push(c);
+    }
 }
 
 /// The same world with every list in another order.

@@ -24,6 +24,9 @@ pub(super) struct World {
     pub(super) keys: BTreeMap<String, String>,
     /// KMS key ARN of each SecureString parameter, by name.
     pub(super) parameter_keys: BTreeMap<String, String>,
+    /// Tags by SSM parameter name, from PutParameter, AddTagsToResource and
+    /// ListTagsForResource.
+    pub(super) parameter_tags: BTreeMap<String, BTreeMap<String, String>>,
     /// Launch template ids of each Spot Fleet request, from its RequestSpotFleet.
     pub(super) fleet_templates: BTreeMap<String, BTreeSet<String>>,
 }
@@ -119,6 +122,19 @@ impl World {
             .get(&(id.to_owned(), version))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The key of a SecureString a PutParameter stores.
+    fn learn_secure_string(&mut self, req: &Value) {
+        if req["Type"] != "SecureString" {
+            return;
+        }
+        if let Some(name) = req["Name"].as_str() {
+            let key = req["KeyId"].as_str().unwrap_or("alias/aws/ssm");
+            if let Some(k) = self.key(key) {
+                self.parameter_keys.insert(name.to_owned(), k);
+            }
+        }
     }
 
     /// Learns from one call, after it is evaluated.
@@ -250,13 +266,21 @@ impl World {
                     }
                 }
             }
-            "ssm:PutParameter" if req["Type"] == "SecureString" => {
-                if let Some(name) = req["Name"].as_str() {
-                    let key = req["KeyId"].as_str().unwrap_or("alias/aws/ssm");
-                    if let Some(k) = self.key(key) {
-                        self.parameter_keys.insert(name.to_owned(), k);
+            "ssm:PutParameter" | "ssm:AddTagsToResource" | "ssm:ListTagsForResource" => {
+                let (name, list) = match c.operation.as_str() {
+                    "ssm:PutParameter" => (req["Name"].as_str(), &req["Tags"]),
+                    "ssm:AddTagsToResource" => (req["ResourceId"].as_str(), &req["Tags"]),
+                    _ => (req["ResourceId"].as_str(), &res["TagList"]),
+                };
+                if let Some(name) = name {
+                    let tags = self.parameter_tags.entry(name.to_owned()).or_default();
+                    for t in list.as_array().into_iter().flatten() {
+                        if let (Some(k), Some(v)) = (t["Key"].as_str(), t["Value"].as_str()) {
+                            tags.insert(k.to_owned(), v.to_owned());
+                        }
                     }
                 }
+                self.learn_secure_string(&req);
             }
             "ssm:DescribeParameters" => {
                 for p in res["Parameters"].as_array().into_iter().flatten() {

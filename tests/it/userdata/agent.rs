@@ -50,7 +50,11 @@ fn an_interruption_notice_releases_the_claim_and_stops_the_runner() {
     host.wait_for_agent("agent: done (interrupted)");
     assert_eq!(
         claims(fleet, uuid),
-        BTreeMap::from([(1, host.instance_id.clone()), (2, "free".to_owned())])
+        BTreeMap::from([
+            (0, "free".to_owned()),
+            (1, host.instance_id.clone()),
+            (2, "free".to_owned())
+        ])
     );
     assert!(
         agent_line(&host, "released runner") < agent_line(&host, "stopping the runner container"),
@@ -74,7 +78,11 @@ fn assert_rebalanced(host: &Host, fleet: &str, uuid: &str) {
     host.wait_for_agent("agent: done (rebalanced)");
     assert_eq!(
         claims(fleet, uuid),
-        BTreeMap::from([(1, host.instance_id.clone()), (2, "free".to_owned())])
+        BTreeMap::from([
+            (0, "free".to_owned()),
+            (1, host.instance_id.clone()),
+            (2, "free".to_owned())
+        ])
     );
     assert!(host.stub_log().contains("docker container stop"));
     assert!(
@@ -120,7 +128,7 @@ fn a_rebalance_recommendation_waits_for_the_running_step() {
     assert!(!host.path("stopped").exists());
     assert_eq!(
         claims(fleet, uuid),
-        BTreeMap::from([(1, host.instance_id.clone())])
+        BTreeMap::from([(0, "free".to_owned()), (1, host.instance_id.clone())])
     );
     assert_eq!(instance_state(&host.instance_id), "running");
     assert!(host.agent_pid().is_some());
@@ -151,7 +159,11 @@ fn a_runner_that_keeps_failing_is_restarted_a_bounded_number_of_times_then_relea
     host.wait_for_agent("agent: done (the runner keeps failing)");
     assert_eq!(
         claims(fleet, uuid),
-        BTreeMap::from([(1, id.clone()), (2, "free".to_owned())])
+        BTreeMap::from([
+            (0, "free".to_owned()),
+            (1, id.clone()),
+            (2, "free".to_owned())
+        ])
     );
     assert!(agent_line(&host, "released runner") < agent_line(&host, "terminating instance"));
     assert_eq!(self_terminations(host_proxy(), &id), 1);
@@ -174,5 +186,5 @@ fn a_runner_that_keeps_failing_is_restarted_a_bounded_number_of_times_then_relea
     })
     .unwrap();
     assert_eq!(host.read("docker.runs").lines().count(), 3);
-    assert_eq!(claims(fleet, uuid).len(), 2);
+    assert_eq!(claims(fleet, uuid).len(), 3);
 }

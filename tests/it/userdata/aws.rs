@@ -131,23 +131,47 @@ pub(super) fn launch_instances(count: usize) -> Vec<String> {
     ids
 }
 
-/// Stores a runner command the way bbfleet does; returns the command.
+/// Stores a runner command the way bbfleet does (tagged with the fleet and as free, then
+/// offered to the hosts: claim generation 0 = free); returns the command.
 pub(super) fn put_runner(fleet: &str, uuid: &str) -> String {
-    let command = format!(
-        "docker container run -e 'OAUTH_CLIENT_SECRET=canary-{uuid}' --name runner-{uuid} image:1"
-    );
+    let command = put_unoffered_runner(fleet, uuid, true);
     aws(&[
         "ssm",
         "put-parameter",
         "--name",
-        &format!("/bbfleet/{fleet}/runners/{uuid}"),
+        &format!("/bbfleet/{fleet}/claims/{uuid}/0"),
+        "--type",
+        "String",
+        "--value",
+        "free",
+    ]);
+    command
+}
+
+/// Stores a runner command without offering it; `tagged`: with bbfleet's tags (an older
+/// bbfleet stored untagged ones).
+pub(super) fn put_unoffered_runner(fleet: &str, uuid: &str, tagged: bool) -> String {
+    let command = format!(
+        "docker container run -e 'OAUTH_CLIENT_SECRET=canary-{uuid}' --name runner-{uuid} image:1"
+    );
+    let name = format!("/bbfleet/{fleet}/runners/{uuid}");
+    let mut args = vec![
+        "ssm",
+        "put-parameter",
+        "--name",
+        &name,
         "--type",
         "SecureString",
         "--key-id",
         "alias/aws/ssm",
         "--value",
         &command,
-    ]);
+    ];
+    let tags = format!("Key=bbfleet:fleet,Value={fleet}");
+    if tagged {
+        args.extend(["--tags", &tags, "Key=bbfleet:holder,Value=free"]);
+    }
+    aws(&args);
     command
 }
 
@@ -246,4 +270,23 @@ pub(super) fn instance_state(id: &str) -> String {
         "--output",
         "text",
     ])
+}
+
+/// Releases a runner's claim the way bbfleet's `release_claim` action does (unbind its
+/// command, then write `generation` = free), through the hosts' proxy so that the IAM
+/// evaluation learns the binding is free again (signed as the harness: not evaluated).
+pub(super) fn release_as_bbfleet(fleet: &str, uuid: &str, generation: u64) {
+    let endpoint = host_proxy().endpoint.clone();
+    runtime().block_on(async {
+        let sdk = testkit::moto::harness_sdk(&endpoint).await;
+        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        let bound = bbfleet::aws::ssm::unbind_runner(&ssm, fleet, uuid)
+            .await
+            .expect("unbind the runner");
+        assert!(bound, "runner {uuid} has a stored command");
+        let written = bbfleet::aws::ssm::put_claim_if_absent(&ssm, fleet, uuid, generation, "free")
+            .await
+            .expect("write the free generation");
+        assert!(written, "generation {generation} of {uuid} was new");
+    });
 }

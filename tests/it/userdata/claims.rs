@@ -11,7 +11,7 @@ use bbfleet::config::Os;
 
 use super::aws::{
     all_claims, aws, claims, host_proxy, instance_state, launch_instances, put_runner,
-    self_terminations,
+    release_as_bbfleet, self_terminations,
 };
 use super::host::{
     assert_ok, assert_runner_started, kill_group, wait_for, Host, Run, AGENT_TIMEOUT,
@@ -49,12 +49,13 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
     let claim = format!("/bbfleet/{fleet}/claims/{uuid}/1");
     assert_eq!(
         claims(fleet, &uuid),
-        BTreeMap::from([(1, instance_id.clone())])
+        BTreeMap::from([(0, "free".to_owned()), (1, instance_id.clone())])
     );
     assert_eq!(host.state("claim"), claim);
     for other in uuids.iter().filter(|u| **u != uuid) {
-        assert!(
-            claims(fleet, other).is_empty(),
+        assert_eq!(
+            claims(fleet, other),
+            BTreeMap::from([(0, "free".to_owned())]),
             "runner {other} was claimed too"
         );
     }
@@ -141,18 +142,18 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
         .into_iter()
         .map(|r| (r.method, r.path, r.status))
         .collect();
+    let get = |path: &str| ("GET".to_owned(), path.to_owned(), 200);
     assert_eq!(
-        imds[..2],
+        imds[..4],
         [
             ("PUT".to_owned(), "/latest/api/token".to_owned(), 200),
-            (
-                "GET".to_owned(),
-                "/latest/meta-data/instance-id".to_owned(),
-                200
-            )
+            get("/latest/meta-data/instance-id"),
+            // For the instance's ARN, which the binding of its runner names.
+            get("/latest/meta-data/services/partition"),
+            get("/latest/dynamic/instance-identity/document"),
         ]
     );
-    for (method, path, status) in &imds[2..] {
+    for (method, path, status) in &imds[4..] {
         assert!(
             matches!(
                 (method.as_str(), path.as_str(), status),
@@ -179,7 +180,7 @@ fn an_instance_claims_a_runner_and_starts_exactly_its_command() {
     assert_eq!(host.state("claim"), claim);
     assert_eq!(
         claims(fleet, &uuid),
-        BTreeMap::from([(1, instance_id.clone())])
+        BTreeMap::from([(0, "free".to_owned()), (1, instance_id.clone())])
     );
     assert_runner_started(&host, command);
     assert_eq!(host.read("root/etc/fstab"), "/swapfile none swap sw 0 0\n");
@@ -205,7 +206,7 @@ fn reap(hosts: &[Host], children: &mut [Option<Child>], finished: &mut BTreeMap<
 }
 
 #[test]
-fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
+fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over_once_bbfleet_releases_it() {
     let fleet = "race";
     let uuids: Vec<String> = (0..10)
         .map(|i| format!("2c2d0d9b-0000-4000-8000-0000000000{i:02}"))
@@ -258,7 +259,8 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     );
     let winners: Vec<&Host> = finished.keys().map(|i| &hosts[*i]).collect();
 
-    // Each runner claimed exactly once, by a different winner, at generation 1.
+    // Each runner claimed exactly once, by a different winner, at generation 1 (bbfleet
+    // offered it at generation 0).
     let claimed = all_claims(fleet);
     assert_eq!(
         claimed.keys().collect::<Vec<_>>(),
@@ -268,10 +270,11 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     for (uuid, claims) in &claimed {
         assert_eq!(
             claims.len(),
-            1,
+            2,
             "runner {uuid}: {claims:?}\n{}",
             report(&finished)
         );
+        assert_eq!(claims[&0], "free");
         holders.insert(claims[&1].clone());
     }
     let winner_ids: BTreeSet<String> = winners.iter().map(|h| h.instance_id.clone()).collect();
@@ -300,7 +303,10 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
         );
     }
 
-    // A claimer's instance dies; one waiter takes its runner over at generation 2.
+    // A claimer's instance dies. Its runner's command stays bound to it, so no waiter can
+    // take it (the waiters poll at most 4 s apart: 10 s is two rounds each) until bbfleet's
+    // next apply releases the claim as ReleaseClaim does (unbind, then generation 2 =
+    // free); then one waiter claims it at generation 3.
     let dead = winners[0];
     let dead_uuid = dead.state("runner-uuid");
     dead.kill_agent();
@@ -310,6 +316,11 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
         "--instance-ids",
         &dead.instance_id,
     ]);
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    reap(&hosts, &mut children, &mut finished);
+    assert_eq!(finished.len(), 10, "{}", report(&finished));
+    assert_eq!(all_claims(fleet), claimed, "no host took a bound runner");
+    release_as_bbfleet(fleet, &dead_uuid, 2);
     let takeover = Instant::now();
     wait_for("a waiter takes the dead claim over", SCRIPT_TIMEOUT, || {
         reap(&hosts, &mut children, &mut finished);
@@ -327,7 +338,7 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     assert_eq!(late.state("runner-uuid"), dead_uuid);
     assert_eq!(
         late.state("claim"),
-        format!("/bbfleet/{fleet}/claims/{dead_uuid}/2")
+        format!("/bbfleet/{fleet}/claims/{dead_uuid}/3")
     );
     assert_runner_started(late, &commands[&dead_uuid]);
 
@@ -335,7 +346,7 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
     for &i in waiters.iter().filter(|i| children[**i].is_some()) {
         let stderr = hosts[i].read("stderr");
         assert!(
-            stderr.contains("bbfleet: no free runner among the 10 listed")
+            stderr.contains("bbfleet: no free runner among the 10 offered")
                 || stderr.contains("another instance claimed it first"),
             "{}:\n{stderr}",
             hosts[i].instance_id
@@ -346,12 +357,13 @@ fn twenty_instances_share_ten_runners_and_a_dead_claim_is_taken_over() {
         let mut child = child;
         let _ = child.wait();
     }
-    // Exactly one more claim: the takeover at generation 2.
+    // Exactly two more claims: bbfleet's release at generation 2, the takeover at 3.
     let mut expected = claimed;
-    expected
+    let dead_claims = expected
         .get_mut(&dead_uuid)
-        .expect("the dead runner's claims")
-        .insert(2, late.instance_id.clone());
+        .expect("the dead runner's claims");
+    dead_claims.insert(2, "free".to_owned());
+    dead_claims.insert(3, late.instance_id.clone());
     assert_eq!(all_claims(fleet), expected);
 }
 
@@ -412,7 +424,7 @@ fn the_ubuntu_script_installs_from_apt_and_starts_its_runner() {
     );
     assert_eq!(
         claims(fleet, uuid),
-        BTreeMap::from([(1, instance_id.clone())])
+        BTreeMap::from([(0, "free".to_owned()), (1, instance_id.clone())])
     );
     assert_runner_started(&host, &command);
     assert!(!run.stderr.contains("canary") && !run.stdout.contains("canary"));

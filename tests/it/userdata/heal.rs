@@ -94,7 +94,10 @@ fn after_a_reboot_the_unit_starts_the_same_runner_on_the_same_claim() {
     host.start_unit();
     assert_runner_started(&host, &command);
     assert_eq!(host.read("docker.runs").lines().count(), 2);
-    assert_eq!(claims(fleet, uuid), BTreeMap::from([(1, id.clone())]));
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(0, "free".to_owned()), (1, id.clone())])
+    );
     assert_eq!(host.state("claim"), claim);
     let starts = host
         .agent_log()
@@ -114,7 +117,10 @@ fn after_a_reboot_the_unit_starts_the_same_runner_on_the_same_claim() {
         run.stderr
     );
     assert_runner_started(&host, &command);
-    assert_eq!(claims(fleet, uuid), BTreeMap::from([(1, id)]));
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(0, "free".to_owned()), (1, id)])
+    );
     assert_eq!(host.state("claim"), claim);
 }
 
@@ -140,7 +146,7 @@ fn an_agent_whose_claim_was_taken_over_while_it_was_down_starts_no_runner() {
     assert!(!host.path("docker.done").exists(), "a second runner ran");
     assert_eq!(
         claims(fleet, uuid),
-        BTreeMap::from([(1, id.clone()), (2, other)])
+        BTreeMap::from([(0, "free".to_owned()), (1, id.clone()), (2, other)])
     );
     assert_eq!(self_terminations(host_proxy(), &id), 1);
     assert_leaving(&id);
@@ -165,7 +171,7 @@ fn a_host_that_cannot_claim_within_the_timeout_terminates_itself() {
     // It kept trying for the whole timeout (bash counts whole seconds), then gave up.
     assert!(started.elapsed().as_secs() >= 7, "{:?}", started.elapsed());
     for line in [
-        "bbfleet: no free runner among the 2 listed",
+        "bbfleet: no free runner among the 2 offered",
         "bbfleet: claim round 1",
         "bbfleet: gave up: no runner of fleet full could be claimed within 8 s",
         "bbfleet: bootstrap failed",
@@ -182,7 +188,10 @@ fn a_host_that_cannot_claim_within_the_timeout_terminates_itself() {
     // The claimants are untouched, and so are their claims.
     for (uuid, holder) in uuids.iter().zip(&ids) {
         assert_eq!(instance_state(holder), "running");
-        assert_eq!(claims(fleet, uuid), BTreeMap::from([(1, holder.clone())]));
+        assert_eq!(
+            claims(fleet, uuid),
+            BTreeMap::from([(0, "free".to_owned()), (1, holder.clone())])
+        );
     }
     assert!(!host.path("docker.done").exists());
     assert!(!host
@@ -197,9 +206,10 @@ fn a_throttled_get_parameter_is_retried_and_the_runner_starts() {
     let id = launch_instances(1).remove(0);
     let proxy = own_proxy();
     let host = Host::through(&proxy, Os::Al2023, fleet, &id, |_| {});
-    // From the claim write on, AWS throttles: the command's GetParameter is refused once.
+    // From the bind (after the claim write) on, AWS throttles: the command's GetParameter
+    // is refused once.
     let p = proxy.clone();
-    proxy.on_operation("ssm:PutParameter", move || p.throttle_every(1));
+    proxy.on_operation("ssm:AddTagsToResource", move || p.throttle_every(1));
     let p = proxy.clone();
     proxy.on_operation("ssm:GetParameter", move || p.throttle_every(0));
     let run = host.run();
@@ -223,7 +233,10 @@ fn a_throttled_get_parameter_is_retried_and_the_runner_starts() {
             run.stderr
         );
     }
-    assert_eq!(claims(fleet, uuid), BTreeMap::from([(1, id)]));
+    assert_eq!(
+        claims(fleet, uuid),
+        BTreeMap::from([(0, "free".to_owned()), (1, id)])
+    );
     wait_for("the agent runs", AGENT_TIMEOUT, || {
         host.agent_pid().is_some()
     })

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{parameter_arn, request_tag_context, Builder, NEW};
+use super::{parameter_arn, request_tag_context, tag_context, Builder, NEW};
 use crate::iam::world::{key_arn, World};
 use crate::iam::{Recorded, ACCOUNT, REGION};
 
@@ -136,7 +136,9 @@ pub(super) fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
         | "ssm:GetParametersByPath"
         | "ssm:DeleteParameters"
         | "ssm:GetParameters"
-        | "ssm:AddTagsToResource" => {
+        | "ssm:AddTagsToResource"
+        | "ssm:ListTagsForResource"
+        | "ssm:RemoveTagsFromResource" => {
             let names: Vec<String> = match op {
                 "ssm:GetParametersByPath" => vec![str_of("Path")],
                 "ssm:DeleteParameters" | "ssm:GetParameters" => req["Names"]
@@ -145,7 +147,9 @@ pub(super) fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
                     .flatten()
                     .filter_map(|n| n.as_str().map(str::to_owned))
                     .collect(),
-                "ssm:AddTagsToResource" => vec![str_of("ResourceId")],
+                "ssm:AddTagsToResource"
+                | "ssm:ListTagsForResource"
+                | "ssm:RemoveTagsFromResource" => vec![str_of("ResourceId")],
                 _ => vec![str_of("Name")],
             };
             for n in &names {
@@ -153,6 +157,22 @@ pub(super) fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
                 let mut ctx = BTreeMap::new();
                 if op == "ssm:AddTagsToResource" {
                     ctx = request_tag_context(&tags_of(&req["Tags"], "Key", "Value"));
+                }
+                if op == "ssm:RemoveTagsFromResource" {
+                    let keys: Vec<&str> = req["TagKeys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    ctx.insert("aws:TagKeys".into(), json!(keys));
+                }
+                // The parameter's tags as they were before the call (Service Authorization
+                // Reference, SSM: resource type parameter, aws:ResourceTag/${TagKey} and
+                // ssm:resourceTag/${TagKey}).
+                if let Some(tags) = world.parameter_tags.get(n) {
+                    tag_context(&mut ctx, "aws:ResourceTag", tags);
+                    tag_context(&mut ctx, "ssm:resourceTag", tags);
                 }
                 b.push(op, parameter_arn(n), ctx);
             }
@@ -177,6 +197,23 @@ pub(super) fn json_requests(world: &World, c: &Recorded, b: &mut Builder) {
                     kms_via_ssm(b, "kms:Decrypt", &key, name);
                 }
             }
+        }
+        "kms:Decrypt" => {
+            // A direct Decrypt (KMS API Reference, Decrypt): on the key the request names
+            // (or, for a symmetric ciphertext, the one it was made with: unknown here),
+            // with the encryption context the request gives; no kms:ViaService.
+            let key = req["KeyId"]
+                .as_str()
+                .and_then(|k| world.key(k))
+                .unwrap_or_else(|| key_arn("unknown"));
+            let mut ctx = BTreeMap::new();
+            let context = req["EncryptionContext"].as_object();
+            for (k, v) in context.into_iter().flatten() {
+                ctx.insert(format!("kms:EncryptionContext:{k}"), v.clone());
+            }
+            let keys: Vec<&String> = context.into_iter().flat_map(|c| c.keys()).collect();
+            ctx.insert("kms:EncryptionContextKeys".into(), json!(keys));
+            b.push(op, key, ctx);
         }
         _ => b.push(op, "*".into(), BTreeMap::new()),
     }
