@@ -16,6 +16,7 @@ pub const CALLED: &[&str] = &[
     "kms:ListKeys",
     "kms:ListResourceTags",
     // src/aws/ssm.rs (and the AMI parameter in src/observe.rs)
+    "ssm:AddTagsToResource",
     "ssm:DeleteParameters",
     "ssm:DescribeParameters",
     "ssm:GetParameter",
@@ -56,7 +57,6 @@ pub const IMPLIED: &[(&str, &str)] = &[
         "AWS checks it for the Spot Fleet requester",
     ),
     ("kms:TagResource", "tags given in CreateKey"),
-    ("ssm:AddTagsToResource", "tags given in PutParameter"),
     ("kms:Encrypt", "SSM encrypts a SecureString on PutParameter"),
     (
         "kms:Decrypt",

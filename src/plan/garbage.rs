@@ -109,7 +109,9 @@ fn hold_busy_strays(
 /// For each kept runner: its newest claim is released (the next generation written
 /// `free`) when its claimant is gone; older generations never matter again (claimants read
 /// only the newest), and the newest is kept unless this plan writes a newer one, so no
-/// name is re-created.
+/// name is re-created. Generation 0, the offer, stays with the runner (pruning it when the
+/// first host claims would make every converged fleet plan a deletion); a runner without
+/// any claim is offered.
 fn release_and_prune(
     world: &Index,
     runners: &Runners,
@@ -139,7 +141,7 @@ fn release_and_prune(
                 .observed
                 .claims
                 .iter()
-                .filter(|c| c.runner_uuid == uuid)
+                .filter(|c| c.runner_uuid == uuid && c.generation > 0)
                 .filter(|c| {
                     c.generation < newest.generation
                         || (released.is_some() && c.generation == newest.generation)

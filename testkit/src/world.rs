@@ -44,12 +44,22 @@ pub async fn convergence_problems(h: &Harness, cfg: &str, capacity: usize) -> Ve
         })
         .collect();
 
-    // Parameters: one command per runner holding that runner's uuid; no claim, no other name.
+    // Parameters: one command per runner holding that runner's uuid, and its offer (claim
+    // generation 0 = free: no instance runs the userdata here, so nothing claims it); no
+    // other claim, no other name.
     let params = parameters(h, fleet, true).await;
     let runners_prefix = format!("/bbfleet/{fleet}/runners/");
+    let claims_prefix = format!("/bbfleet/{fleet}/claims/");
     let mut commands = BTreeSet::new();
+    let mut offered = BTreeSet::new();
     for (name, value) in &params {
-        if let Some(uuid) = name.strip_prefix(&runners_prefix) {
+        let offer = name
+            .strip_prefix(&claims_prefix)
+            .and_then(|rest| rest.strip_suffix("/0"))
+            .filter(|uuid| runner_uuids.contains(*uuid) && value == "free");
+        if let Some(uuid) = offer {
+            offered.insert(uuid.to_owned());
+        } else if let Some(uuid) = name.strip_prefix(&runners_prefix) {
             if !runner_uuids.contains(uuid) {
                 problems.push(format!("parameter {name} has no runner"));
             } else if !value.contains(&format!("RUNNER_UUID={{{uuid}}}")) {
@@ -63,6 +73,11 @@ pub async fn convergence_problems(h: &Harness, cfg: &str, capacity: usize) -> Ve
     if commands != runner_uuids {
         problems.push(format!(
             "runners {runner_uuids:?} but commands for {commands:?}"
+        ));
+    }
+    if offered != runner_uuids {
+        problems.push(format!(
+            "runners {runner_uuids:?} but offers (claim generation 0) for {offered:?}"
         ));
     }
 

@@ -171,7 +171,8 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
             ids[0]
         ),
         format!("  + runner {slot_a}: register"),
-        "  - claims 1 claim parameter(s): their runners no longer exist".to_owned(),
+        // The orphan's claim and its offer (generation 0).
+        "  - claims 2 claim parameter(s): their runners no longer exist".to_owned(),
         format!("  - stray instances {stray}: drift: tagged with the fleet but not part of its live fleet request"),
         format!(
             "  ~ claim {} generation 3: drift: claimed by {dead}, which is not running; released (written free)",
@@ -244,13 +245,19 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
     let after = claims(&ssm, "drift").await;
     assert_eq!(
         after.get(&bare(b)),
-        Some(&BTreeMap::from([(3, "free".to_owned())])),
-        "B's claim is released and its old generations pruned: {after:?}"
+        Some(&BTreeMap::from([
+            (0, "free".to_owned()),
+            (3, "free".to_owned())
+        ])),
+        "B's claim is released and its old generations pruned (the offer stays): {after:?}"
     );
     assert!(!after.contains_key(&bare(a)), "{after:?}");
     assert_eq!(
         after.get(&bare(&uuids[2])),
-        Some(&BTreeMap::from([(1, ids[2].clone())])),
+        Some(&BTreeMap::from([
+            (0, "free".to_owned()),
+            (1, ids[2].clone())
+        ])),
         "a live claim is untouched"
     );
 

@@ -23,7 +23,7 @@ const FLEET: &str = "iamrules";
 /// `policies/NAME.json` filled for `fill` in us-east-1 of moto's account, through
 /// `bbfleet::policy::render` (the KMS key named by alias: every key of the account, as
 /// `bbfleet policy` prints it for the harness's config).
-fn policy(name: &str, fill: &Fill) -> Value {
+pub(crate) fn policy(name: &str, fill: &Fill) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut config = bbfleet::config::Config::load(&root.join("examples/bbfleet.toml"))
         .expect("examples/bbfleet.toml is valid");
@@ -362,7 +362,22 @@ fn a_host_secure_string_read_is_a_kms_decrypt_via_ssm_with_the_parameter_arn() {
         &json!({"Parameter": {"Name": name, "Type": "SecureString", "Value": "x"}}).to_string(),
         &key,
     );
-    let reqs = iam_requests(&[get]);
+    // Not bound to it: denied (the command is readable only while its holder tag names
+    // the instance).
+    let unbound = iam_requests(std::slice::from_ref(&get));
+    let read = unbound.iter().find(|r| r.action == "ssm:GetParameter");
+    let instance = policy("instance", &fill());
+    assert!(!decide(&instance, read.expect("ssm:GetParameter")).allowed());
+    // Bound to it first, as the claim does.
+    let bind = call(
+        "ssm:AddTagsToResource",
+        &json!({"ResourceType": "Parameter", "ResourceId": name,
+                "Tags": [{"Key": "bbfleet:holder", "Value": arn("instance", me)}]})
+        .to_string(),
+        "{}",
+        &key,
+    );
+    let reqs = iam_requests(&[bind, get]);
     let decrypt = reqs
         .iter()
         .find(|r| r.action == "kms:Decrypt")
@@ -374,7 +389,6 @@ fn a_host_secure_string_read_is_a_kms_decrypt_via_ssm_with_the_parameter_arn() {
         )))
     );
     assert_eq!(decrypt.principal, Principal::Instance(me.into()));
-    let instance = policy("instance", &fill());
     for r in &reqs {
         let d = decide(&instance, r);
         assert!(d.allowed(), "{} {}: {d:?}", r.action, r.resource);

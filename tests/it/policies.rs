@@ -184,7 +184,8 @@ fn instance_policy_allows_every_aws_call_of_the_userdata() {
     for expected in [
         "ssm:GetParametersByPath",
         "ssm:PutParameter",
-        "ec2:DescribeInstances",
+        "ssm:AddTagsToResource",
+        "ssm:ListTagsForResource",
     ] {
         assert!(
             calls.contains(expected),
@@ -213,7 +214,9 @@ fn every_document_fills_to_json_without_placeholders() {
     for (name, _) in DOCUMENTS {
         let text = serde_json::to_string(&filled(name)).unwrap();
         // IAM's own policy variables stay (instance.json: the instance's own id).
-        let rest = text.replace("${ec2:InstanceID}", "");
+        let rest = text
+            .replace("${ec2:InstanceID}", "")
+            .replace("${ec2:SourceInstanceARN}", "");
         assert!(
             !rest.contains("${"),
             "{name}: unfilled placeholder in {text}"

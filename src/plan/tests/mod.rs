@@ -284,6 +284,29 @@ fn orphans_are_repaired() {
     }));
 }
 
+/// Hosts see only the runners that have a claim: a kept runner with none (stored by an
+/// older bbfleet, or an apply stopped between storing and offering) is offered; its offer
+/// (generation 0) is never pruned, so a claimed runner plans nothing.
+#[test]
+fn a_runner_without_a_claim_is_offered_and_the_offer_is_never_pruned() {
+    let c = config();
+    let mut o = converged(&c, 3);
+    let bare2 = bare_uuid(&uuid(2));
+    o.claims.retain(|cl| cl.runner_uuid != bare2);
+    let mut offer = claim(1, "free");
+    offer.generation = 0;
+    offer.name = offer.name.replace("/1", "/0");
+    o.claims.push(offer);
+    let p = plan(&c, 3, &o);
+    assert_eq!(p.actions, [Action::OfferRunner { runner: bare2 }]);
+    let (_, what, why) = p.actions[0].describe();
+    assert_eq!(what, format!("{} generation 0", bare_uuid(&uuid(2))));
+    assert!(
+        why.contains("no host can see it (no claim yet); offered"),
+        "{why}"
+    );
+}
+
 #[test]
 fn config_changes_modify_the_fleet_in_place_and_version_the_template() {
     let mut c = config();

@@ -7,6 +7,7 @@
 
 mod agent;
 mod aws;
+mod blast;
 mod claims;
 mod heal;
 mod host;
