@@ -4,8 +4,9 @@
 //! each written once with `Overwrite=false`; only the newest generation counts. Taking,
 //! renewing and releasing the lock all write the next generation, so two writers racing
 //! for the same name cannot both win (SSM answers `ParameterAlreadyExists` to the loser),
-//! and names are never deleted and written again (old generations are pruned, numbers only
-//! grow). A holder that crashed is recognised as stale: its expiry has passed, or it ran on
+//! and numbers only grow while generations exist (old ones are pruned; a taker holds the
+//! lock only if its generation is the newest and the one it judged is still there, so a
+//! re-created name never wins). `destroy` deletes them all once done. A holder that crashed is recognised as stale: its expiry has passed, or it ran on
 //! this machine (same boot, same pid namespace) and its process is gone.
 
 //!
