@@ -134,19 +134,21 @@ fn assert_no_write_after(
             lock::RETRY_EVERY
         );
     }
-    // No write of the work reached the proxy after the deadline (50 ms: loopback delivery).
+    // No write of the work reached the proxy after the deadline (200 ms: delivery over
+    // loopback under a loaded machine; the work writes every 250 ms, so a write started
+    // after the deadline would still show).
     let probes: Vec<&AwsCall> = calls
         .iter()
         .filter(|c| c.is_write() && !lock_name(c, "lockthrottle"))
         .collect();
     assert!(
-        probes.len() >= 20,
+        probes.len() >= 10,
         "the work wrote until then: {}",
         probes.len()
     );
     let late: Vec<_> = probes
         .iter()
-        .filter(|c| c.at > deadline_wall + Duration::from_millis(50))
+        .filter(|c| c.at > deadline_wall + Duration::from_millis(200))
         .map(|c| (&c.operation, c.at.duration_since(deadline_wall).unwrap()))
         .collect();
     assert!(late.is_empty(), "writes after the deadline: {late:?}");
