@@ -52,6 +52,9 @@ pub enum ActionError {
     /// Not started because another action of its batch failed.
     #[error("not started: an earlier action failed")]
     NotStarted,
+    /// Not started because the fleet lock is no longer surely ours.
+    #[error("not started: {0}")]
+    Fenced(#[from] crate::lock::Fenced),
 }
 
 /// Everything an apply or destroy talks to.
@@ -70,6 +73,8 @@ pub struct Executor<'a> {
     pub desired: Option<&'a Desired>,
     /// Calls in flight at most.
     pub concurrency: usize,
+    /// The fleet lock's fence, checked before every batch of writes (`None`: unchecked).
+    pub fence: Option<crate::lock::Fence>,
 }
 
 /// What earlier actions of the plan made, for later ones.
@@ -141,6 +146,15 @@ impl Executor<'_> {
         let total = plan.actions.len();
         let mut done = 0;
         for batch in batches(&plan.actions) {
+            if let Some(Err(fenced)) = self.fence.as_ref().map(crate::lock::Fence::check) {
+                let (action, cause) = (label(&batch[0]), fenced.into());
+                return Err(ExecuteError {
+                    action,
+                    cause,
+                    done,
+                    total,
+                });
+            }
             let mut first_error = None;
             for (k, r) in self.run_batch(batch, &state).await {
                 match r {

@@ -110,8 +110,16 @@ fn replanned(approved: &Plan, now: &Plan, auto_approve: bool) -> Replanned {
     }
 }
 
+tokio::task_local! {
+    /// The fence of the lock [`with_lock`] holds, for [`execute`] within its work (so the
+    /// callers' futures need not carry it).
+    static FENCE: crate::lock::Fence;
+}
+
 /// Runs `work` holding the fleet lock (renewed while it runs) and releases it afterwards,
-/// also when `work` fails. A crash leaves the lock: the next run finds it stale.
+/// also when `work` fails; the executor inside `work` checks the lock's fence before each
+/// batch. `destroy`, once its work succeeded, deletes the lock's generations too. A crash
+/// leaves the lock: the next run finds it stale.
 pub(super) async fn with_lock<T>(
     config: &Config,
     ssm: &aws_sdk_ssm::Client,
@@ -136,8 +144,19 @@ pub(super) async fn with_lock<T>(
         },
     )
     .await?;
-    let result = held.guard(work).await?;
-    if let Err(e) = held.release().await {
+    let fence = held.fence();
+    let result = held.guard(FENCE.scope(fence.clone(), work)).await?;
+    if fence.check().is_err() {
+        // Past the deadline (or taken over) nothing is written, not even the release: the
+        // lock expires by itself a safety margin later. The work's error says why.
+        return result;
+    }
+    let released = if command == "destroy" && result.is_ok() {
+        held.release_and_clear().await
+    } else {
+        held.release().await
+    };
+    if let Err(e) = released {
         // The work is done (or failed on its own); the lock expires by itself.
         eprintln!("warning: {e}");
     }
@@ -183,6 +202,7 @@ pub(super) async fn execute(
         observed,
         desired,
         concurrency,
+        fence: FENCE.try_with(Clone::clone).ok(),
     };
     let on_done = |action: &Action, detail: &str| {
         let (kind, name, _) = action.describe();

@@ -34,8 +34,13 @@ pub struct LockValue {
     pub command: String,
     /// When the holder took the lock (kept across renewals).
     pub acquired_at: Timestamp,
-    /// When the lock is stale unless renewed.
+    /// When the lock is stale unless renewed (the holder's clock: shown, and with
+    /// `renewed_at` it gives the lease; takers judge by SSM's time, see [`judge`]).
     pub expires_at: Timestamp,
+    /// When this generation was written (the holder's clock); `expires_at - renewed_at` is
+    /// the lease. Absent in values written before fencing: `acquired_at` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<Timestamp>,
     /// Boot id and pid namespace of the holder: a pid is only checked within the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_scope: Option<String>,
@@ -46,7 +51,13 @@ pub struct LockValue {
 
 impl LockValue {
     /// A `held` value for `me`, expiring `ttl` from `now`.
-    pub fn held(me: &Identity, command: &str, acquired_at: Timestamp, now: Timestamp) -> Self {
+    pub fn held(
+        me: &Identity,
+        command: &str,
+        acquired_at: Timestamp,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Self {
         LockValue {
             state: LockState::Held,
             owner: me.owner.clone(),
@@ -54,7 +65,8 @@ impl LockValue {
             pid: me.pid,
             command: command.to_owned(),
             acquired_at,
-            expires_at: add(now, TTL),
+            expires_at: add(now, ttl),
+            renewed_at: Some(now),
             pid_scope: me.pid_scope.clone(),
             pid_started: me.pid_started,
         }
@@ -65,7 +77,7 @@ impl LockValue {
         LockValue {
             state: LockState::Released,
             expires_at: now,
-            ..Self::held(me, command, now, now)
+            ..Self::held(me, command, now, now, Duration::ZERO)
         }
     }
 
@@ -80,6 +92,7 @@ impl LockValue {
             command: "unknown".to_owned(),
             acquired_at: written,
             expires_at: add(written, TTL),
+            renewed_at: Some(written),
             pid_scope: None,
             pid_started: None,
         }
@@ -88,6 +101,20 @@ impl LockValue {
     /// Parses a stored value.
     pub fn parse(text: &str) -> Result<LockValue, serde_json::Error> {
         serde_json::from_str(text)
+    }
+
+    /// How long the holder claimed the lock for when it wrote this value: `expires_at`
+    /// minus `renewed_at` (or `acquired_at`), both on the holder's clock, so its offset
+    /// cancels out; never negative.
+    pub fn lease(&self) -> Duration {
+        let from = self.renewed_at.unwrap_or(self.acquired_at);
+        Duration::try_from(self.expires_at.duration_since(from)).unwrap_or(Duration::ZERO)
+    }
+
+    /// When this value stops holding the lock: the time SSM recorded its write (`written`,
+    /// `LastModifiedDate`) plus the lease; `expires_at` when SSM's time is unknown.
+    pub fn expiry(&self, written: Option<Timestamp>) -> Timestamp {
+        written.map_or(self.expires_at, |w| add(w, self.lease()))
     }
 
     /// Whether this value was written by `me` (same owner, host and process).
@@ -131,6 +158,8 @@ pub struct Generation {
     pub name: String,
     /// The value; an unreadable one counts as held until its write time plus the TTL.
     pub value: LockValue,
+    /// When SSM recorded the write (`LastModifiedDate`), if it said.
+    pub written: Option<Timestamp>,
 }
 
 /// What the newest generation means for someone who wants the lock.
@@ -144,21 +173,30 @@ pub enum Verdict {
     Held,
 }
 
-/// Judges the newest generation's value at `now`, as seen by `me`.
+/// Judges the newest generation at `now` (this machine's clock), as seen by `me`.
+///
+/// Expiry is SSM's time, not the holder's: the generation's `LastModifiedDate` ("Date the
+/// parameter was last changed or updated and the parameter version was created", SSM API
+/// Reference, `Parameter` data type, as GetParametersByPath returns it) plus the lease the
+/// holder wrote ([`LockValue::expiry`]). A holder whose clock is wrong cannot make its lock
+/// look expired early; only this machine's clock running ahead of SSM's can, and the
+/// holder stops a safety margin before that point (`super::safety_margin`).
 pub fn judge(
-    newest: Option<&LockValue>,
+    newest: Option<&Generation>,
     me: &Identity,
     now: Timestamp,
     running: impl Fn(u32, Option<u64>) -> bool,
 ) -> Verdict {
-    let Some(v) = newest else {
+    let Some(g) = newest else {
         return Verdict::Free;
     };
+    let v = &g.value;
     if v.state == LockState::Released {
         return Verdict::Free;
     }
-    if v.expires_at <= now {
-        return Verdict::Stale(format!("expired at {}", v.expires_at));
+    let expiry = v.expiry(g.written);
+    if expiry <= now {
+        return Verdict::Stale(format!("expired at {expiry}"));
     }
     let same_machine = v.host == me.host && v.pid_scope.is_some() && v.pid_scope == me.pid_scope;
     if same_machine && v.pid != me.pid && !running(v.pid, v.pid_started) {

@@ -23,6 +23,7 @@ pub async fn list(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Generati
             generation,
             name: p.name,
             value,
+            written: p.last_modified,
         });
     }
     out.sort_by_key(|g| g.generation);

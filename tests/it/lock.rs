@@ -1,7 +1,7 @@
 //! The fleet lock against a real moto server and the Bitbucket fake: two applies at once,
 //! a live foreign holder (wait, then fail naming it, no writes), stale holders (expired, or
-//! a dead process on this machine) taken over at once, `unlock`, and no-op applies that
-//! never touch the lock.
+//! a dead process on this machine) taken over at once, `unlock`, no-op applies that never
+//! touch the lock, and destroy deleting the lock's generations. Fencing: `lock_fence.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -375,11 +375,17 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     }
     let before = h.lock_generations().await.last().unwrap().0;
 
-    // destroy takes the lock too; what remains of the fleet in SSM is the released lock
-    // (its generations keep counting up, names are never re-created).
+    destroy_deletes_the_lock(&h, one, before).await;
+}
+
+/// destroy takes the lock too (acquire, release: its generations keep counting up, names
+/// are never re-created while they exist), and once its work is done deletes every
+/// generation: nothing of the fleet is left in SSM, not even the lock.
+async fn destroy_deletes_the_lock(h: &Harness, one: &str, before: u64) {
+    h.recorder.clear();
     h.destroy(one).await;
     h.assert_only_lock_left().await;
-    let gens = h.lock_generations().await;
+    let gens = destroy_lock_writes(h);
     assert_eq!(
         gens.last().unwrap().0,
         before + 2,
@@ -387,6 +393,36 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
     );
     assert_eq!(gens.last().unwrap().1["state"], "released");
     assert_eq!(gens.last().unwrap().1["command"], "destroy");
+    let left = h.lock_generations().await;
+    assert!(
+        left.is_empty(),
+        "lock generations left by destroy: {left:?}"
+    );
+    // The next writer starts a new series.
+    let again = h.apply(one, &[]).await;
+    assert!(again.stdout.contains("Apply complete!"), "{}", again.stdout);
+    let gens: Vec<u64> = h.lock_generations().await.iter().map(|(g, _)| *g).collect();
+    assert_eq!(gens, [1, 2], "taken as 1, released as 2");
+    h.destroy(one).await;
+    assert!(h.lock_generations().await.is_empty());
+}
+
+/// The lock generations destroy wrote (from the recorded PutParameter requests), in order.
+fn destroy_lock_writes(h: &Harness) -> Vec<(u64, serde_json::Value)> {
+    let prefix = format!("/bbfleet/{}/lock/", h.fleet);
+    h.recorder
+        .calls()
+        .iter()
+        .filter(|c| c.operation == "ssm:PutParameter" && c.status == 200)
+        .filter_map(|c| {
+            let body: serde_json::Value = serde_json::from_str(&c.body).ok()?;
+            let generation = body["Name"].as_str()?.strip_prefix(&prefix)?.parse().ok()?;
+            Some((
+                generation,
+                serde_json::from_str(body["Value"].as_str()?).ok()?,
+            ))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

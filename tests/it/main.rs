@@ -17,6 +17,7 @@ mod drift;
 mod flaky;
 mod iam;
 mod lock;
+mod lock_fence;
 mod lost_create;
 mod planfile;
 mod policies;
