@@ -22,6 +22,7 @@ mod planfile;
 mod policies;
 mod preflight;
 mod resize;
+mod rotation;
 mod secrets;
 mod subnets;
 mod userdata;

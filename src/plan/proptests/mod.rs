@@ -323,13 +323,6 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                     arn: NEW_ARN.into(),
                 })
             }
-            Action::RekeyParameter { name, .. } => {
-                let arn = key_arn(&w);
-                let p = w.parameters.iter_mut().find(|p| &p.name == name);
-                let p = p.unwrap_or_else(|| panic!("rekey of a missing {name}"));
-                p.kind = "SecureString".into();
-                p.key_id = Some(arn);
-            }
             Action::DeleteRunner { uuid, .. } => {
                 w.runners.retain(|r| &r.uuid != uuid);
                 w.scope_runner_count -= 1;
