@@ -232,7 +232,6 @@ impl Executor<'_> {
         let scope = scope(self.config);
         match action {
             Action::CreateKey { alias } => self.create_key(alias, state).await,
-            Action::RekeyParameter { name, .. } => self.rekey(name, state).await,
             Action::DeleteRunner { uuid, .. } => {
                 if lock(state).reprieved.contains(&bare_uuid(uuid)) {
                     return Ok(KEPT.to_owned());
@@ -334,12 +333,6 @@ impl Executor<'_> {
         let arn = kms::create(&self.aws.kms, alias, &self.config.name).await?;
         lock(state).key_arn = Some(arn.clone());
         Ok(arn)
-    }
-
-    async fn rekey(&self, name: &str, state: &Mutex<State>) -> Result<String, ActionError> {
-        let key = key_arn(state)?;
-        ssm::rekey(&self.aws.ssm, name, &key).await?;
-        Ok("re-encrypted".to_owned())
     }
 
     async fn delete_orphan_runner(

@@ -254,36 +254,6 @@ pub async fn create_string(
     }
 }
 
-/// Re-encrypts a stored command under another key (the value is read and written back).
-pub async fn rekey(ssm: &aws_sdk_ssm::Client, name: &str, key_id: &str) -> Result<(), AwsError> {
-    let out = ssm
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(|e| AwsError::call("ssm:GetParameter", e))?;
-    let value: SecretString = out
-        .parameter()
-        .and_then(|p| p.value())
-        .ok_or_else(|| AwsError::Answer {
-            operation: "ssm:GetParameter",
-            problem: format!("returned no value for {name}"),
-        })?
-        .to_owned()
-        .into();
-    ssm.put_parameter()
-        .name(name)
-        .value(value.expose_secret())
-        .r#type(ParameterType::SecureString)
-        .key_id(key_id)
-        .overwrite(true)
-        .send()
-        .await
-        .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
-    Ok(())
-}
-
 /// Deletes parameters, ten names a call (the API's limit); missing names are fine.
 pub async fn delete(ssm: &aws_sdk_ssm::Client, names: &[String]) -> Result<(), AwsError> {
     for chunk in names.chunks(10) {

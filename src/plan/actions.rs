@@ -12,13 +12,6 @@ pub enum Action {
         /// Alias.
         alias: String,
     },
-    /// Re-encrypt a stored command under the fleet key.
-    RekeyParameter {
-        /// Parameter name.
-        name: String,
-        /// Key it is under now.
-        from_key: Option<String>,
-    },
     /// Delete a runner.
     DeleteRunner {
         /// `{uuid}`.
@@ -243,7 +236,6 @@ impl Action {
         use Op::{Create, Delete, Update};
         match self {
             Action::CreateKey { .. } => traits(Create, "kms_key", Alone),
-            Action::RekeyParameter { .. } => traits(Update, "parameter", FanOut),
             Action::DeleteRunner { .. } => traits(Delete, "runner", FanOut),
             Action::DeleteOrphanRunner { .. } => traits(Delete, "orphan_runner", FanOut),
             Action::DeleteOrphanParameter { .. } => {

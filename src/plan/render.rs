@@ -72,12 +72,6 @@ impl Action {
             Action::CreateKey { alias } => (alias.clone(),
                 "no key under this alias: a customer managed key is created".into(),
             ),
-            Action::RekeyParameter { name, from_key } => (name.clone(),
-                format!(
-                    "re-encrypt under the fleet key (now {})",
-                    from_key.as_deref().unwrap_or("not a SecureString")
-                ),
-            ),
             Action::DeleteRunner { uuid, name, reason } => {
                 (format!("{name} {uuid}"), reason.clone())
             }

@@ -1,14 +1,15 @@
-//! Phase 3, the runners: stored commands move to the key, orphans of either side go,
-//! labels follow the config, and the count follows the capacity (busy runners stay).
+//! Phase 3, the runners: orphans of either side go, runners whose stored command is not
+//! on the fleet key are rotated (replaced, then retired), labels follow the config, and the
+//! count follows the capacity (busy runners stay).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::index::Index;
 use super::key::{on_key, Key};
 use super::{Action, PlanError, PlanOptions};
 use crate::config::{Config, BITBUCKET_RUNNER_LIMIT};
 use crate::names::{self, bare_uuid};
-use crate::world::{Runner, RunnerStatus};
+use crate::world::{Runner, RunnerParameter, RunnerStatus};
 
 /// The runners phase's hand-off.
 pub(super) struct Runners<'a> {
@@ -20,8 +21,11 @@ pub(super) struct Runners<'a> {
     pub healthy: Vec<&'a Runner>,
     /// Runners without a stored command that are busy: they wait (unless --force).
     pub busy_orphans: Vec<&'a Runner>,
-    /// Runners removed by scale-down (the scale-down phase deletes them).
+    /// Runners removed by scale-down or rotation (the scale-down phase deletes them).
     pub victims: Vec<&'a Runner>,
+    /// Runners rotated out (bare uuid -> why), retired now (one of `victims`) or, busy,
+    /// when idle: a new runner replaces each, so they do not count towards the capacity.
+    pub rotations: BTreeMap<String, String>,
     /// Runners this plan registers.
     pub creates: usize,
     /// Orphan runners deleted by this plan (bare uuids).
@@ -85,11 +89,12 @@ pub(super) fn plan<'a>(
 ) -> Result<Runners<'a>, PlanError> {
     let fleet = &config.name;
     let mut out = Runners {
-        actions: parameters(config, world, key.arn.as_deref()),
+        actions: orphan_parameters(world),
         warnings: Vec::new(),
         healthy: Vec::new(),
         busy_orphans: Vec::new(),
         victims: Vec::new(),
+        rotations: BTreeMap::new(),
         creates: 0,
         orphans_deleted: BTreeSet::new(),
         orphan_instances: Vec::new(),
@@ -103,8 +108,31 @@ pub(super) fn plan<'a>(
         .collect();
     out.healthy
         .sort_by_key(|r| names::runner_slot(fleet, &r.name));
+    let desired = desired as usize;
+    rotate(
+        config,
+        world,
+        key.arn.as_deref(),
+        desired,
+        options,
+        &mut out,
+    );
+    labels(config, &mut out);
+    // Rotated runners are replaced: only the others count towards the capacity.
+    let current = out.healthy.len() - out.rotations.len();
+    if desired > current {
+        creates(fleet, current, desired, &mut out);
+    } else if desired < current {
+        victims(fleet, world, current, desired, options, &mut out);
+    }
+    check_limit(world, &out)?;
+    Ok(out)
+}
+
+/// Runners whose labels differ get the configured ones (not those rotated out now).
+fn labels(config: &Config, out: &mut Runners) {
     for r in &out.healthy {
-        if !same_labels(&r.labels, config.labels()) {
+        if !same_labels(&r.labels, config.labels()) && !out.victims.contains(r) {
             out.actions.push(Action::UpdateRunner {
                 uuid: r.uuid.clone(),
                 name: r.name.clone(),
@@ -112,42 +140,93 @@ pub(super) fn plan<'a>(
             });
         }
     }
-    let desired = desired as usize;
-    if desired > out.healthy.len() {
-        creates(fleet, desired, &mut out);
-    } else if desired < out.healthy.len() {
-        victims(fleet, world, desired, options, &mut out);
-    }
-    check_limit(world, &out)?;
-    Ok(out)
 }
 
-/// Stored commands of no runner go; the others move to the fleet key.
-fn parameters(config: &Config, world: &Index, key_arn: Option<&str>) -> Vec<Action> {
-    let mut actions = Vec::new();
-    for p in &world.observed.parameters {
-        if !world.runners.contains_key(&p.runner_uuid) {
-            actions.push(Action::DeleteOrphanParameter {
-                name: p.name.clone(),
-                runner_uuid: p.runner_uuid.clone(),
-            });
-            continue;
-        }
-        // Without an ARN the key is created by this plan: every existing command moves to it.
-        let current = key_arn.is_some_and(|arn| {
-            p.is_secure()
-                && p.key_id
-                    .as_deref()
-                    .is_some_and(|k| on_key(k, arn, &config.kms.key))
-        });
-        if !current {
-            actions.push(Action::RekeyParameter {
-                name: p.name.clone(),
-                from_key: p.key_id.clone(),
-            });
-        }
+/// Stored commands of no runner go.
+fn orphan_parameters(world: &Index) -> Vec<Action> {
+    world
+        .observed
+        .parameters
+        .iter()
+        .filter(|p| !world.runners.contains_key(&p.runner_uuid))
+        .map(|p| Action::DeleteOrphanParameter {
+            name: p.name.clone(),
+            runner_uuid: p.runner_uuid.clone(),
+        })
+        .collect()
+}
+
+/// Why a stored command is not current (a SecureString on the fleet key), if it is not.
+/// Without an ARN the key is created by this plan: every existing command is on another.
+fn not_current(p: &RunnerParameter, key_arn: Option<&str>, configured: &str) -> Option<String> {
+    if !p.is_secure() {
+        return Some(format!(
+            "rotate: its command is a {}, not a SecureString on the fleet key",
+            p.kind
+        ));
     }
-    actions
+    let key = p.key_id.as_deref();
+    if key_arn.is_some_and(|arn| key.is_some_and(|k| on_key(k, arn, configured))) {
+        return None;
+    }
+    Some(format!(
+        "rotate: its command is on key {}, not the fleet key",
+        key.unwrap_or("(none reported)")
+    ))
+}
+
+/// Runners whose stored command is not current are rotated, never re-encrypted in place:
+/// SSM cannot change a parameter's type ("you can't change a parameter from a String type
+/// to a SecureString type. You must create a new, unique parameter": PutParameter,
+/// HierarchyTypeMismatchException, AWS Systems Manager API Reference), and an overwrite
+/// keeps the old value in GetParameterHistory under the old key. A new runner replaces
+/// each (registered first, its command a SecureString on the fleet key); the old one is
+/// retired like a scale-down victim (drained, its host terminated, the runner, its command
+/// and its claims deleted). A busy one waits with its host (counted in the target) unless
+/// --force. Bitbucket's limit counts a replacement before its old runner goes, so
+/// rotations that do not fit under it wait.
+fn rotate<'a>(
+    config: &Config,
+    world: &Index<'a>,
+    key_arn: Option<&str>,
+    desired: usize,
+    options: PlanOptions,
+    out: &mut Runners<'a>,
+) {
+    let stale: Vec<(&'a Runner, String)> = out
+        .healthy
+        .iter()
+        .filter_map(|r| {
+            let p = world.params.get(bare_uuid(&r.uuid).as_str())?;
+            not_current(p, key_arn, &config.kms.key).map(|why| (*r, why))
+        })
+        .collect();
+    // At most: today - orphans + creates, where creates = desired - (healthy - rotated).
+    let room = (BITBUCKET_RUNNER_LIMIT as usize + out.orphans_deleted.len() + out.healthy.len())
+        .saturating_sub(world.observed.scope_runner_count + desired);
+    if stale.len() > room {
+        out.warnings.push(format!(
+            "{} runner(s) wait for their rotation: a replacement is registered before its old runner goes, and {} would then hold more than Bitbucket's {BITBUCKET_RUNNER_LIMIT} runners (lower the capacity for one apply to make room)",
+            stale.len() - room,
+            world.observed.scope_name
+        ));
+    }
+    let mut busy = Vec::new();
+    for (r, why) in stale.into_iter().take(room) {
+        if r.busy && !options.force {
+            busy.push(r.name.as_str());
+        } else {
+            out.victims.push(r);
+        }
+        out.rotations.insert(bare_uuid(&r.uuid), why);
+    }
+    if !busy.is_empty() {
+        out.warnings.push(format!(
+            "{} {} to rotate (the stored command is not a SecureString on the fleet key) but busy with a pipeline step: retired when idle (run again later, or pass --force); a new runner replaces it now",
+            if busy.len() == 1 { "runner" } else { "runners" },
+            busy.join(", "),
+        ));
+    }
 }
 
 /// Runners whose command is not stored: their secret is lost, so no instance of ours can
@@ -200,8 +279,9 @@ fn busy_orphans_warning(who: String) -> String {
     format!("{who} stored command (the secret is lost) but busy with a pipeline step: deleted when idle (run again later, or pass --force); a new runner replaces it now")
 }
 
-/// New runners in the lowest free slots (busy orphans keep their names until deleted).
-fn creates(fleet: &str, desired: usize, out: &mut Runners) {
+/// New runners in the lowest free slots (busy orphans and rotated runners keep their
+/// names until deleted), `current` runners counting towards `desired`.
+fn creates(fleet: &str, current: usize, desired: usize, out: &mut Runners) {
     let used: BTreeSet<u32> = out
         .healthy
         .iter()
@@ -209,7 +289,7 @@ fn creates(fleet: &str, desired: usize, out: &mut Runners) {
         .filter_map(|r| names::runner_slot(fleet, &r.name))
         .collect();
     let mut slot = 1;
-    while out.healthy.len() + out.creates < desired {
+    while current + out.creates < desired {
         if !used.contains(&slot) {
             out.actions.push(Action::CreateRunner {
                 name: names::runner_name(fleet, slot),
@@ -220,11 +300,12 @@ fn creates(fleet: &str, desired: usize, out: &mut Runners) {
     }
 }
 
-/// The runners scale-down removes: unclaimed first, then not online, then online and
-/// idle; newest slot first; busy ones only with --force.
+/// The runners scale-down removes from the `current` ones (not rotated): unclaimed first,
+/// then not online, then online and idle; newest slot first; busy ones only with --force.
 fn victims<'a>(
     fleet: &str,
     world: &Index<'a>,
+    current: usize,
     desired: usize,
     options: PlanOptions,
     out: &mut Runners<'a>,
@@ -234,6 +315,7 @@ fn victims<'a>(
         .iter()
         .copied()
         .filter(|r| options.force || !r.busy)
+        .filter(|r| !out.rotations.contains_key(&bare_uuid(&r.uuid)))
         .collect();
     candidates.sort_by_key(|r| {
         let claimed = world.claimed_by(r).is_some();
@@ -243,15 +325,16 @@ fn victims<'a>(
             std::cmp::Reverse(names::runner_slot(fleet, &r.name)),
         )
     });
-    let wanted = out.healthy.len() - desired;
-    out.victims = candidates.into_iter().take(wanted).collect();
-    if out.victims.len() < wanted {
+    let wanted = current - desired;
+    let removed: Vec<&Runner> = candidates.into_iter().take(wanted).collect();
+    if removed.len() < wanted {
         out.warnings.push(format!(
             "scale-down stops at {} runners: {} of the runners to remove are busy with a pipeline step (run again when they are idle, or pass --force)",
-            out.healthy.len() - out.victims.len(),
-            wanted - out.victims.len()
+            current - removed.len(),
+            wanted - removed.len()
         ));
     }
+    out.victims.extend(removed);
 }
 
 /// Where a runner stands, for choosing whom to remove first.
@@ -266,7 +349,8 @@ fn removal_rank(status: &RunnerStatus, claimed: bool) -> u8 {
 /// Bitbucket's limit counts every runner in the scope, bbfleet's or not.
 fn check_limit(world: &Index, out: &Runners) -> Result<(), PlanError> {
     let today = world.observed.scope_runner_count;
-    let after = today - out.orphans_deleted.len() - out.victims.len() + out.creates;
+    // The most it holds: new runners are registered before victims (rotated ones) go.
+    let after = today - out.orphans_deleted.len() + out.creates;
     if out.creates > 0 && after > BITBUCKET_RUNNER_LIMIT as usize {
         return Err(PlanError::RunnerLimit {
             scope: world.observed.scope_name.clone(),

@@ -1,5 +1,6 @@
-//! Phase 6, scale-down: terminate exactly the instances of the removed runners (and
-//! surplus instances that hold no kept runner), then delete the runners and their commands.
+//! Phase 6, scale-down: terminate exactly the instances of the removed runners (by
+//! scale-down or rotation, and surplus instances that hold no kept runner), then delete the
+//! runners and their commands.
 
 use std::collections::BTreeSet;
 
@@ -8,7 +9,8 @@ use super::index::Index;
 use super::runners::Runners;
 use super::Action;
 use crate::config::Config;
-use crate::names;
+use crate::names::{self, bare_uuid};
+use crate::world::Runner;
 
 /// The scale-down phase's hand-off.
 pub(super) struct ScaleDown {
@@ -47,24 +49,44 @@ pub(super) fn plan(
             uuid: r.uuid.clone(),
             name: r.name.clone(),
             instance: world.claimed_by(r),
-            reason: format!("scale-down to {}", fleet.target),
+            reason: why(runners, fleet, r),
         })
         .collect();
     let mut actions = Vec::new();
     if !terminated.is_empty() {
+        let rotated = runners
+            .victims
+            .iter()
+            .any(|r| rotation(runners, r).is_some());
+        let what = if rotated {
+            "scale-down, rotation"
+        } else {
+            "scale-down"
+        };
         actions.push(Action::TerminateInstances {
             ids: terminated.clone(),
-            reason: "scale-down: they hold removed runners or no runner at all".to_owned(),
+            reason: format!("{what}: they hold removed runners or no runner at all"),
         });
     }
+    let deletions = deletions(config, runners, fleet);
+    ScaleDown {
+        drains,
+        actions,
+        deletions,
+        terminated,
+    }
+}
+
+/// The removed runners, then their commands.
+fn deletions(config: &Config, runners: &Runners, fleet: &Fleet) -> Vec<Action> {
     let mut deletions = Vec::new();
     for r in &runners.victims {
         deletions.push(Action::DeleteRunner {
             uuid: r.uuid.clone(),
             name: r.name.clone(),
             reason: format!(
-                "scale-down to {} ({}, {})",
-                fleet.target,
+                "{} ({}, {})",
+                why(runners, fleet, r),
                 r.status,
                 if r.busy { "busy" } else { "idle" }
             ),
@@ -73,15 +95,29 @@ pub(super) fn plan(
     for r in &runners.victims {
         deletions.push(Action::DeleteParameter {
             name: names::runner_parameter(&config.name, &r.uuid),
-            reason: format!("its runner {} is removed", r.name),
+            reason: match rotation(runners, r) {
+                Some(_) => format!(
+                    "its runner {} is rotated out (no older value stays)",
+                    r.name
+                ),
+                None => format!("its runner {} is removed", r.name),
+            },
         });
     }
-    ScaleDown {
-        drains,
-        actions,
-        deletions,
-        terminated,
-    }
+    deletions
+}
+
+/// Why the runner is removed: its rotation, or the scale-down.
+fn why(runners: &Runners, fleet: &Fleet, r: &Runner) -> String {
+    rotation(runners, r).map_or_else(|| format!("scale-down to {}", fleet.target), str::to_owned)
+}
+
+/// Why the runner is rotated, if it is.
+fn rotation<'r>(runners: &'r Runners, r: &Runner) -> Option<&'r str> {
+    runners
+        .rotations
+        .get(&bare_uuid(&r.uuid))
+        .map(String::as_str)
 }
 
 /// The target drops with noTermination: surplus instances of the kept request holding no

@@ -12,7 +12,7 @@ use testkit::harness::Harness;
 
 use crate::KIT;
 
-fn bare(uuid: &str) -> String {
+pub(crate) fn bare(uuid: &str) -> String {
     uuid.trim_matches(|c| c == '{' || c == '}').to_owned()
 }
 
@@ -36,7 +36,7 @@ async fn launch_outside_the_fleet(ec2: &aws_sdk_ec2::Client, fleet: &str) -> Str
     out.instances()[0].instance_id().unwrap().to_owned()
 }
 
-async fn state(ec2: &aws_sdk_ec2::Client, id: &str) -> InstanceStateName {
+pub(crate) async fn state(ec2: &aws_sdk_ec2::Client, id: &str) -> InstanceStateName {
     let out = ec2
         .describe_instances()
         .instance_ids(id)
@@ -73,6 +73,37 @@ async fn claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> BTreeMap<String, BTre
     out
 }
 
+/// What the instances' userdata would do: each instance of the fleet request claims one
+/// runner of `uuids` (as many as there are). Returns the instances, in that order.
+pub(crate) async fn claim_hosts(h: &Harness, uuids: &[String]) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
+    let ssm = aws_sdk_ssm::Client::new(&h.sdk);
+    let fleets = ec2.describe_spot_fleet_requests().send().await.unwrap();
+    let fleet_id = fleets
+        .spot_fleet_request_configs()
+        .iter()
+        .find(|f| {
+            f.tags()
+                .iter()
+                .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some(h.fleet.as_str()))
+        })
+        .and_then(|f| f.spot_fleet_request_id())
+        .expect("the fleet request")
+        .to_owned();
+    let ids = h.fleet_members(&fleet_id).await;
+    assert_eq!(ids.len(), uuids.len());
+    for (uuid, id) in uuids.iter().zip(&ids) {
+        ssm.put_parameter()
+            .name(format!("/bbfleet/{}/claims/{}/1", h.fleet, bare(uuid)))
+            .value(id)
+            .r#type(ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+    }
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
     let h = Harness::new(KIT, "drift").await;
@@ -88,35 +119,12 @@ async fn each_drift_is_planned_as_its_own_action_and_one_apply_repairs_all() {
     let ssm = aws_sdk_ssm::Client::new(&h.sdk);
     h.apply(cfg, &[]).await;
 
-    // What the instances' userdata would do: each fleet instance claims one runner.
-    let fleets = ec2.describe_spot_fleet_requests().send().await.unwrap();
-    let fleet_id = fleets
-        .spot_fleet_request_configs()
-        .iter()
-        .find(|f| {
-            f.tags()
-                .iter()
-                .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some("drift"))
-        })
-        .and_then(|f| f.spot_fleet_request_id())
-        .expect("the fleet request")
-        .to_owned();
-    let ids = h.fleet_members(&fleet_id).await;
-    assert_eq!(ids.len(), 3);
     let runners = h.runners(None);
     let uuids: Vec<String> = runners
         .iter()
         .map(|r| r["uuid"].as_str().unwrap().to_owned())
         .collect();
-    for (uuid, id) in uuids.iter().zip(&ids) {
-        ssm.put_parameter()
-            .name(format!("/bbfleet/drift/claims/{}/1", bare(uuid)))
-            .value(id)
-            .r#type(ParameterType::String)
-            .send()
-            .await
-            .unwrap();
-    }
+    let ids = claim_hosts(&h, &uuids).await;
     let converged = h
         .run(&["--config", cfg, "plan", "--detailed-exitcode"], &token)
         .await;

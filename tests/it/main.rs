@@ -23,6 +23,7 @@ mod planfile;
 mod policies;
 mod preflight;
 mod resize;
+mod rotation;
 mod secrets;
 mod subnets;
 mod userdata;

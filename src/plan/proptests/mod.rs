@@ -7,7 +7,8 @@
 //!     leaves a world whose plan is empty; without `--force` the only thing left is waiting
 //!     on busy runners, which the second plan repeats (a subset of the first plan's
 //!     warnings, no action); with `--force` there is no warning and exactly the desired
-//!     number of runners;
+//!     number of runners; every stored command left is a SecureString on the fleet key
+//!     but a busy runner's that waits for its rotation (without `--force`);
 //! (c) without `--force` no action deletes a busy runner, not even an orphan (a runner whose
 //!     secret is lost may still be running a step on an instance that read it earlier), and
 //!     no stray termination hits a running instance a busy runner's newest claim names;
@@ -322,13 +323,6 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 w.key = Some(KeyStatus::Usable {
                     arn: NEW_ARN.into(),
                 })
-            }
-            Action::RekeyParameter { name, .. } => {
-                let arn = key_arn(&w);
-                let p = w.parameters.iter_mut().find(|p| &p.name == name);
-                let p = p.unwrap_or_else(|| panic!("rekey of a missing {name}"));
-                p.kind = "SecureString".into();
-                p.key_id = Some(arn);
             }
             Action::DeleteRunner { uuid, .. } => {
                 w.runners.retain(|r| &r.uuid != uuid);

@@ -135,6 +135,20 @@ fn applying_leaves_nothing_to_do(w: &World, n: u32, force: bool) -> Result<(), T
             prop_assert!(!first.warnings.is_empty());
         }
     }
+    // Every stored command is a SecureString on the fleet key, but those of busy runners
+    // waiting for their rotation (without --force): none is re-encrypted in place.
+    let Some(KeyStatus::Usable { arn }) = &after.key else {
+        return Err(TestCaseError::fail("no usable key after the apply"));
+    };
+    for p in &after.parameters {
+        let current = p.is_secure() && p.key_id.as_ref() == Some(arn);
+        let waits = !force
+            && after
+                .runners
+                .iter()
+                .any(|r| r.busy && bare_uuid(&r.uuid) == p.runner_uuid);
+        prop_assert!(current || waits, "{:?}", p);
+    }
     // (d) One live request with the current configuration, its target the runners
     // but those still hosted by a busy host of a replaced request (they wait for a
     // later apply); no live request only when that leaves none.

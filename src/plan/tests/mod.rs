@@ -395,13 +395,31 @@ fn unusable_keys_and_runner_limits_stop_the_plan() {
 }
 
 #[test]
-fn parameters_move_to_the_fleet_key_and_labels_follow_the_config() {
+fn runners_off_the_fleet_key_are_rotated_and_labels_follow_the_config() {
     let c = config();
     let mut o = converged(&c, 2);
     o.parameters[0].key_id = Some("alias/aws/ssm".into());
     o.runners[1].labels = vec!["self.hosted".into(), "linux".into()];
     let p = plan(&c, 2, &o);
-    assert_eq!(kinds(&p), ["rekey_parameter", "update_runner"]);
+    // Runner 1 is replaced by a new runner, then retired with its host, command and
+    // claims: its command is never rewritten in place (the old value would stay in the
+    // parameter's history).
+    assert_eq!(
+        kinds(&p),
+        [
+            "update_runner",
+            "create_runner",
+            "drain_runner",
+            "terminate_instances",
+            "delete_runner",
+            "delete_parameter",
+            "delete_claims"
+        ]
+    );
+    assert!(p.actions.contains(&Action::DeleteParameter {
+        name: param(1).name,
+        reason: "its runner bbfleet-ci-1 is rotated out (no older value stays)".into()
+    }));
 }
 
 #[test]
@@ -447,3 +465,4 @@ fn plan_text_follows_terraform_habits() {
 
 mod drift;
 mod hosts;
+mod rotation;
