@@ -134,8 +134,15 @@ pub(super) fn launch_instances(count: usize) -> Vec<String> {
 /// Stores a runner command the way bbfleet does; returns the command.
 pub(super) fn put_runner(fleet: &str, uuid: &str) -> String {
     let command = format!(
-        "docker container run -e 'OAUTH_CLIENT_SECRET=canary-{uuid}' --name runner-{uuid} image:1"
+        "{}\nenv OAUTH_CLIENT_SECRET=canary-{uuid}\narg --name\narg runner-{uuid}\nimage image:1",
+        bbfleet::runner_command::FORMAT
     );
+    put_runner_value(fleet, uuid, &command);
+    command
+}
+
+/// Stores `value` as runner `uuid`'s command, the way bbfleet does.
+pub(super) fn put_runner_value(fleet: &str, uuid: &str, value: &str) {
     aws(&[
         "ssm",
         "put-parameter",
@@ -146,9 +153,8 @@ pub(super) fn put_runner(fleet: &str, uuid: &str) -> String {
         "--key-id",
         "alias/aws/ssm",
         "--value",
-        &command,
+        value,
     ]);
-    command
 }
 
 /// The claims of one runner: generation -> value.
@@ -204,34 +210,6 @@ pub(super) fn all_claims(fleet: &str) -> BTreeMap<String, BTreeMap<u64, String>>
             .insert(generation, value.to_owned());
     }
     all
-}
-
-/// The argv of a stored command as the shell would split it (test commands only use
-/// plain words and single quotes).
-pub(super) fn shell_words(command: &str) -> Vec<String> {
-    let (mut words, mut word, mut quoted, mut in_word) = (Vec::new(), String::new(), false, false);
-    for c in command.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                }
-                in_word = false;
-            }
-            c => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    words
 }
 
 /// The state of an instance in moto.
