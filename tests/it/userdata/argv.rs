@@ -108,6 +108,14 @@ fn assert_no_secret_in_any_exec(host: &Host) {
         execs.len()
     );
     let programs: Vec<&str> = execs.iter().map(|l| program(l)).collect();
+    let mut distinct = programs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    eprintln!(
+        "traced {} execs of {} programs",
+        execs.len(),
+        distinct.len()
+    );
     assert!(
         ran("docker") && ran("systemctl"),
         "the trace saw no stubs: {programs:?}"
