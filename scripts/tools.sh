@@ -3,7 +3,8 @@
 # CLI and shellcheck, all from PyPI; parliament (the IAM policy linter of
 # scripts/lint-policies.sh) in its own .venv-lint, so its boto3 never moves moto's;
 # the IAM evaluator of tests/it/iam.rs (npm, pinned by scripts/iam/package-lock.json) in
-# scripts/iam/node_modules.
+# scripts/iam/node_modules; strace (the userdata argv test traces the bootstrap's execs)
+# from the OS packages if it is missing (apt-get, as root or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/moto_server ] || [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/shellcheck ]; then
@@ -18,6 +19,13 @@ if [ ! -x .venv-lint/bin/parliament ]; then
     .venv-lint/bin/pip install --quiet --disable-pip-version-check 'parliament==1.6.4'
 fi
 .venv-lint/bin/parliament --version >/dev/null
+if ! command -v strace >/dev/null 2>&1; then
+    as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -q
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace
+fi
+strace -V >/dev/null
 if [ ! -f scripts/iam/node_modules/.package-lock.json ] \
     || ! cmp -s scripts/iam/package-lock.json scripts/iam/node_modules/.bbfleet-installed-lock; then
     (cd scripts/iam && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.bbfleet-installed-lock)

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::names::bare_uuid;
 use crate::observe::scope;
 use crate::plan::{Action, Batch, Desired, Plan};
-use crate::runner_command::RunnerCommand;
+use crate::runner_command::{RenderError, RunnerCommand};
 use crate::world::{ClaimHolder, Observed};
 
 /// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound):
@@ -46,6 +46,9 @@ pub enum ActionError {
     /// AWS.
     #[error(transparent)]
     Aws(#[from] AwsError),
+    /// A value the stored runner command cannot carry.
+    #[error(transparent)]
+    RunnerCommand(#[from] RenderError),
     /// The plan needs something an earlier action should have made.
     #[error("{0}")]
     Missing(&'static str),
@@ -467,8 +470,8 @@ impl Executor<'_> {
         })
     }
 
-    /// Registers a runner and stores its command at once; if storing fails, the runner
-    /// is deleted again (its secret would be lost otherwise).
+    /// Registers a runner and stores its command at once; if rendering or storing fails,
+    /// the runner is deleted again (its secret would be lost otherwise).
     async fn create_runner(&self, name: &str, state: &Mutex<State>) -> Result<String, ActionError> {
         let key = key_arn(state)?;
         let scope = scope(self.config);
@@ -476,7 +479,7 @@ impl Executor<'_> {
             .bitbucket
             .create_runner(&scope, name, self.config.labels(), &self.observed.runners)
             .await?;
-        let command: SecretString = RunnerCommand {
+        let command: Result<SecretString, _> = RunnerCommand {
             image: &self.config.bitbucket.runner_image,
             account_uuid: &self.observed.account_uuid,
             repository_uuid: self.observed.repository_uuid.as_deref(),
@@ -485,15 +488,19 @@ impl Executor<'_> {
             client_secret: &created.client_secret,
         }
         .render();
-        match ssm::put_runner_command(
-            &self.aws.ssm,
-            &self.config.name,
-            &created.runner.uuid,
-            &command,
-            &key,
-        )
-        .await
-        {
+        let stored = match command {
+            Ok(command) => ssm::put_runner_command(
+                &self.aws.ssm,
+                &self.config.name,
+                &created.runner.uuid,
+                &command,
+                &key,
+            )
+            .await
+            .map_err(ActionError::from),
+            Err(e) => Err(e.into()),
+        };
+        match stored {
             Ok(parameter) => {
                 self.offer(&bare_uuid(&created.runner.uuid)).await?;
                 Ok(format!(
@@ -509,7 +516,7 @@ impl Executor<'_> {
                 {
                     tracing::warn!(runner = %created.runner.uuid, error = %undo, "could not delete the runner whose command was not stored; the next apply deletes it");
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -1,7 +1,30 @@
-//! The `docker container run` command Bitbucket shows for a Linux Docker runner
-//! (the "Add runner" dialog of Bitbucket Cloud, Linux Docker), without `-it`: the host's runner agent (a systemd unit) starts it.
+//! The runner's stored command: the `docker container run` command Bitbucket shows for a
+//! Linux Docker runner (the "Add runner" dialog of Bitbucket Cloud, Linux Docker), without
+//! `-it` (the host's runner agent, a systemd unit, starts it), in a line format the host's
+//! bash turns into a root-only `--env-file` and a NUL-separated argv file with builtins
+//! only, so no secret ever reaches a process's arguments or environment (docs/design.md,
+//! "Credential hand-off"):
+//!
+//! ```text
+//! bbfleet-runner-command 1
+//! arg -v
+//! arg /tmp:/tmp
+//! env OAUTH_CLIENT_SECRET=...
+//! arg --name
+//! arg runner-...
+//! image docker-public.packages.atlassian.com/...:1
+//! ```
+//!
+//! The first line is [`FORMAT`]; then one item a line: `arg WORD` (an option word of
+//! `docker container run`, in order), `env NAME=VALUE` (a line of the env file), and last
+//! `image IMAGE`. Everything after the first space is the value, verbatim: no quoting, no
+//! escapes. A value may hold any character but a control character (a newline would end
+//! the line; docker's env file has no way to carry one either).
 
 use secrecy::{ExposeSecret, SecretString};
+
+/// The first line of every stored command: the format and its version.
+pub const FORMAT: &str = "bbfleet-runner-command 1";
 
 /// Everything the command needs.
 pub struct RunnerCommand<'a> {
@@ -19,97 +42,111 @@ pub struct RunnerCommand<'a> {
     pub client_secret: &'a SecretString,
 }
 
+/// A value the stored format cannot carry. Names the value, never shows it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the runner command's {what} contains a control character (a newline, say), which the \
+     stored command cannot carry"
+)]
+pub struct RenderError {
+    /// Which value: `image`, an option, or an environment variable's name.
+    pub what: String,
+}
+
 /// SSM Standard tier's value limit.
 pub const MAX_PARAMETER_BYTES: usize = 4096;
 
+/// The options of `docker container run` before the environment.
+const MOUNTS: [&str; 6] = [
+    "-v",
+    "/tmp:/tmp",
+    "-v",
+    "/var/run/docker.sock:/var/run/docker.sock",
+    "-v",
+    "/var/lib/docker/containers:/var/lib/docker/containers:ro",
+];
+
 impl RunnerCommand<'_> {
-    /// The command as one shell line, every value quoted where the shell would need it.
-    pub fn render(&self) -> SecretString {
+    /// The command in the stored line format (module docs); fails if a value holds a
+    /// control character.
+    pub fn render(&self) -> Result<SecretString, RenderError> {
         let braced = |u: &str| crate::names::braced_uuid(u);
-        let mut env = vec![format!("ACCOUNT_UUID={}", braced(self.account_uuid))];
+        let mut env = vec![("ACCOUNT_UUID", braced(self.account_uuid))];
         if let Some(repo) = self.repository_uuid {
-            env.push(format!("REPOSITORY_UUID={}", braced(repo)));
+            env.push(("REPOSITORY_UUID", braced(repo)));
         }
-        env.push(format!("RUNNER_UUID={}", braced(self.runner_uuid)));
-        env.push("RUNTIME_PREREQUISITES_ENABLED=true".to_owned());
-        env.push(format!("OAUTH_CLIENT_ID={}", self.client_id));
-        env.push(format!(
-            "OAUTH_CLIENT_SECRET={}",
-            self.client_secret.expose_secret()
+        env.push(("RUNNER_UUID", braced(self.runner_uuid)));
+        env.push(("RUNTIME_PREREQUISITES_ENABLED", "true".to_owned()));
+        env.push(("OAUTH_CLIENT_ID", self.client_id.to_owned()));
+        env.push((
+            "OAUTH_CLIENT_SECRET",
+            self.client_secret.expose_secret().to_owned(),
         ));
-        env.push("WORKING_DIRECTORY=/tmp".to_owned());
-        let mut words: Vec<String> = [
-            "docker",
-            "container",
-            "run",
-            "-v",
-            "/tmp:/tmp",
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-            "-v",
-            "/var/lib/docker/containers:/var/lib/docker/containers:ro",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for e in env {
-            words.push("-e".to_owned());
-            words.push(quote(&e));
+        env.push(("WORKING_DIRECTORY", "/tmp".to_owned()));
+        let name = format!("runner-{}", crate::names::bare_uuid(self.runner_uuid));
+        let mut lines = vec![FORMAT.to_owned()];
+        for word in MOUNTS {
+            lines.push(item("arg", word, word)?);
         }
-        words.push("--name".to_owned());
-        words.push(quote(&format!(
-            "runner-{}",
-            crate::names::bare_uuid(self.runner_uuid)
-        )));
-        words.push(quote(self.image));
-        words.join(" ").into()
+        for (key, value) in &env {
+            lines.push(item("env", key, &format!("{key}={value}"))?);
+        }
+        lines.push(item("arg", "--name", "--name")?);
+        lines.push(item("arg", "the container name", &name)?);
+        lines.push(item("image", "image", self.image)?);
+        Ok(lines.join("\n").into())
     }
 }
 
-/// Single-quotes a word unless it is made only of characters the shell leaves alone.
-fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@,+%".contains(&b));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
+/// One line `KIND VALUE`; `what` names the value in the error.
+fn item(kind: &str, what: &str, value: &str) -> Result<String, RenderError> {
+    if value.chars().any(char::is_control) {
+        return Err(RenderError {
+            what: what.to_owned(),
+        });
     }
+    Ok(format!("{kind} {value}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn workspace_runner_command_matches_bitbucket() {
-        let secret: SecretString = "s3cr3t".to_owned().into();
-        let cmd = RunnerCommand {
-            image: crate::config::DEFAULT_RUNNER_IMAGE,
+    fn command<'a>(secret: &'a SecretString, image: &'a str) -> RunnerCommand<'a> {
+        RunnerCommand {
+            image,
             account_uuid: "{11111111-2222-4333-8444-555555555555}",
             repository_uuid: None,
             runner_uuid: "{AAAAAAAA-BBBB-5CCC-8DDD-EEEEEEEEEEEE}",
             client_id: "AbCd0123",
-            client_secret: &secret,
-        };
+            client_secret: secret,
+        }
+    }
+
+    #[test]
+    fn workspace_runner_command_matches_bitbucket() {
+        let secret: SecretString = "s3cr3t".to_owned().into();
+        let cmd = command(&secret, crate::config::DEFAULT_RUNNER_IMAGE);
         assert_eq!(
-            cmd.render().expose_secret(),
-            "docker container run -v /tmp:/tmp -v /var/run/docker.sock:/var/run/docker.sock \
-             -v /var/lib/docker/containers:/var/lib/docker/containers:ro \
-             -e 'ACCOUNT_UUID={11111111-2222-4333-8444-555555555555}' \
-             -e 'RUNNER_UUID={aaaaaaaa-bbbb-5ccc-8ddd-eeeeeeeeeeee}' \
-             -e RUNTIME_PREREQUISITES_ENABLED=true -e OAUTH_CLIENT_ID=AbCd0123 \
-             -e OAUTH_CLIENT_SECRET=s3cr3t -e WORKING_DIRECTORY=/tmp \
-             --name runner-aaaaaaaa-bbbb-5ccc-8ddd-eeeeeeeeeeee \
-             docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1"
+            cmd.render().expect("renders").expose_secret(),
+            "bbfleet-runner-command 1\n\
+             arg -v\narg /tmp:/tmp\n\
+             arg -v\narg /var/run/docker.sock:/var/run/docker.sock\n\
+             arg -v\narg /var/lib/docker/containers:/var/lib/docker/containers:ro\n\
+             env ACCOUNT_UUID={11111111-2222-4333-8444-555555555555}\n\
+             env RUNNER_UUID={aaaaaaaa-bbbb-5ccc-8ddd-eeeeeeeeeeee}\n\
+             env RUNTIME_PREREQUISITES_ENABLED=true\n\
+             env OAUTH_CLIENT_ID=AbCd0123\n\
+             env OAUTH_CLIENT_SECRET=s3cr3t\n\
+             env WORKING_DIRECTORY=/tmp\n\
+             arg --name\narg runner-aaaaaaaa-bbbb-5ccc-8ddd-eeeeeeeeeeee\n\
+             image docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1"
         );
     }
 
     #[test]
-    fn repository_runners_carry_the_repository_and_odd_secrets_stay_one_word() {
-        let secret: SecretString = "it's $x".to_owned().into();
+    fn repository_runners_carry_the_repository_and_odd_secrets_stay_verbatim() {
+        let secret: SecretString = r#"it's $x "q" \n `y` ; # z "#.to_owned().into();
         let cmd = RunnerCommand {
             image: "img:1",
             account_uuid: "{a}",
@@ -118,14 +155,26 @@ mod tests {
             client_id: "id",
             client_secret: &secret,
         };
-        let line = cmd.render().expose_secret().to_owned();
+        let text = cmd.render().expect("renders").expose_secret().to_owned();
         assert!(
-            line.contains("-e 'REPOSITORY_UUID={b}' -e 'RUNNER_UUID={c}'"),
-            "{line}"
+            text.contains("\nenv REPOSITORY_UUID={b}\nenv RUNNER_UUID={c}\n"),
+            "{text}"
         );
-        assert!(
-            line.contains(r"-e 'OAUTH_CLIENT_SECRET=it'\''s $x'"),
-            "{line}"
-        );
+        let line = format!("\nenv OAUTH_CLIENT_SECRET={}\n", secret.expose_secret());
+        assert!(text.contains(&line), "{text}");
+    }
+
+    #[test]
+    fn a_control_character_in_any_value_is_refused_without_showing_it() {
+        for bad in ["two\nlines", "cr\r", "tab\there", "nul\0"] {
+            let secret: SecretString = format!("canary-{bad}").into();
+            let err = command(&secret, "img:1").render().expect_err(bad);
+            assert_eq!(err.what, "OAUTH_CLIENT_SECRET");
+            assert!(!err.to_string().contains("canary"), "{err}");
+            let fine: SecretString = "ok".to_owned().into();
+            let image = format!("img{bad}:1");
+            let err = command(&fine, &image).render().expect_err(bad);
+            assert_eq!(err.what, "image", "{err}");
+        }
     }
 }

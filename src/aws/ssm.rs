@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::AwsError;
 use crate::names::{self, FLEET_TAG};
-use crate::runner_command::MAX_PARAMETER_BYTES;
+use crate::runner_command::{FORMAT, MAX_PARAMETER_BYTES};
 
 use crate::world::{Claim, ClaimHolder, RunnerParameter};
 
@@ -45,6 +45,9 @@ pub async fn list_runner_parameters(
                 runner_uuid: uuid.to_owned(),
                 kind: p.r#type().map_or("unknown", |t| t.as_str()).to_owned(),
                 key_id: p.key_id().map(str::to_owned),
+                current_format: p
+                    .description()
+                    .is_some_and(|d| d.ends_with(&format!("({FORMAT})"))),
             });
         }
     }
@@ -144,10 +147,7 @@ pub async fn put_runner_command(
         .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
     ssm.put_parameter()
         .name(&name)
-        .description(format!(
-            "bbfleet {fleet}: docker command of Bitbucket runner {}",
-            names::braced_uuid(runner_uuid)
-        ))
+        .description(description(fleet, runner_uuid))
         .value(value)
         .r#type(ParameterType::SecureString)
         .key_id(key_id)
@@ -159,6 +159,15 @@ pub async fn put_runner_command(
         .await
         .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
     Ok(name)
+}
+
+/// A runner command's description; it names the format of the value (DescribeParameters
+/// shows descriptions, never values, so the planner tells an old format apart by it).
+fn description(fleet: &str, runner_uuid: &str) -> String {
+    format!(
+        "bbfleet {fleet}: command of Bitbucket runner {} ({FORMAT})",
+        names::braced_uuid(runner_uuid)
+    )
 }
 
 fn free_holder() -> Result<Tag, AwsError> {

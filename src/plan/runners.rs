@@ -165,6 +165,12 @@ fn not_current(p: &RunnerParameter, key_arn: Option<&str>, configured: &str) -> 
             p.kind
         ));
     }
+    if !p.current_format {
+        return Some(
+            "rotate: its command is stored in an older format, which hosts no longer read"
+                .to_owned(),
+        );
+    }
     let key = p.key_id.as_deref();
     if key_arn.is_some_and(|arn| key.is_some_and(|k| on_key(k, arn, configured))) {
         return None;

@@ -193,6 +193,9 @@ pub struct RunnerParameter {
     pub kind: String,
     /// KMS key as SSM reports it.
     pub key_id: Option<String>,
+    /// Stored in the current format ([`crate::runner_command::FORMAT`]), as its
+    /// description says: the hosts read no other (an older bbfleet stored a shell line).
+    pub current_format: bool,
 }
 
 impl RunnerParameter {

@@ -164,6 +164,7 @@ fn parameter(uuid: &str, on_key: bool) -> RunnerParameter {
         runner_uuid: bare_uuid(uuid),
         kind: if on_key { "SecureString" } else { "String" }.into(),
         key_id: on_key.then(|| ARN.to_owned()),
+        current_format: true,
     }
 }
 

@@ -132,13 +132,16 @@ fn pending_and_running_claimants_keep_their_claims_and_only_old_generations_go()
     let c = config();
     let mut o = converged(&c, 2);
     o.instances[0].state = InstanceState::Pending;
-    o.claims.insert(0, claim_gen(1, 0, "i-old"));
+    // Runner 1: its offer (generation 0, never pruned), an old claim, the live one.
+    o.claims[0] = claim_gen(1, 2, "i-1");
+    o.claims.insert(0, claim_gen(1, 1, "i-old"));
+    o.claims.insert(0, claim_gen(1, 0, "free"));
     let p = plan(&c, 2, &o);
     assert_eq!(kinds(&p), ["prune_claims"]);
     assert_eq!(
         p.actions[0],
         Action::PruneClaims {
-            names: vec![claim_gen(1, 0, "").name]
+            names: vec![claim_gen(1, 1, "").name]
         }
     );
 }

@@ -50,6 +50,7 @@ fn param(n: u32) -> RunnerParameter {
         runner_uuid: bare,
         kind: "SecureString".into(),
         key_id: Some(ARN.into()),
+        current_format: true,
     }
 }
 

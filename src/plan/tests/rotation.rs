@@ -190,3 +190,24 @@ fn rotations_that_do_not_fit_under_bitbuckets_limit_wait_and_stop_nothing_else()
         3
     );
 }
+
+/// A command an older bbfleet stored as a shell line (its description names no format):
+/// hosts no longer read it, so the runner is rotated like one on another key.
+#[test]
+fn a_command_in_an_older_format_rotates_the_runner() {
+    let mut o = converged(&config(), 2);
+    o.parameters[1].current_format = false;
+    let p = plan(&config(), 2, &o);
+    assert_eq!(
+        p.actions[0],
+        Action::CreateRunner {
+            name: "bbfleet-ci-3".into()
+        }
+    );
+    let text = p.view().to_string();
+    assert!(
+        rotated_line(&text, "bbfleet-ci-2", "stored in an older format"),
+        "{text}"
+    );
+    assert!(kinds(&p).contains(&"delete_runner".to_owned()), "{text}");
+}

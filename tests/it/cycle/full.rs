@@ -149,10 +149,11 @@ async fn full_cycle_with_capacity_three() {
             .unwrap_or_else(|| panic!("no runner for {name}"));
         let command = p.value().unwrap();
         assert!(
-            command.starts_with("docker container run "),
+            command.starts_with(&format!("{}\n", bbfleet::runner_command::FORMAT)),
             "command shape"
         );
         assert!(!command.contains(" -it "), "no -it");
+        assert!(!command.lines().any(|l| l == "arg -it"), "no -it");
         assert!(
             command.contains(&format!("RUNNER_UUID={{{uuid}}}")),
             "runner uuid in the command"

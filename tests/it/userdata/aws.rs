@@ -134,7 +134,17 @@ pub(super) fn launch_instances(count: usize) -> Vec<String> {
 /// Stores a runner command the way bbfleet does (tagged with the fleet and as free, then
 /// offered to the hosts: claim generation 0 = free); returns the command.
 pub(super) fn put_runner(fleet: &str, uuid: &str) -> String {
-    let command = put_unoffered_runner(fleet, uuid, true);
+    let command = format!(
+        "{}\nenv OAUTH_CLIENT_SECRET=canary-{uuid}\narg --name\narg runner-{uuid}\nimage image:1",
+        bbfleet::runner_command::FORMAT
+    );
+    put_runner_value(fleet, uuid, &command);
+    command
+}
+
+/// Stores `value` as runner `uuid`'s command and offers it, the way bbfleet does.
+pub(super) fn put_runner_value(fleet: &str, uuid: &str, value: &str) {
+    store_command(fleet, uuid, value, true);
     aws(&[
         "ssm",
         "put-parameter",
@@ -145,15 +155,21 @@ pub(super) fn put_runner(fleet: &str, uuid: &str) -> String {
         "--value",
         "free",
     ]);
+}
+
+/// Stores a runner command without offering it and without bbfleet's tags, as an older
+/// bbfleet did; returns the command.
+pub(super) fn put_unoffered_runner(fleet: &str, uuid: &str) -> String {
+    let command = format!(
+        "{}\nenv OAUTH_CLIENT_SECRET=canary-{uuid}\nimage image:1",
+        bbfleet::runner_command::FORMAT
+    );
+    store_command(fleet, uuid, &command, false);
     command
 }
 
-/// Stores a runner command without offering it; `tagged`: with bbfleet's tags (an older
-/// bbfleet stored untagged ones).
-pub(super) fn put_unoffered_runner(fleet: &str, uuid: &str, tagged: bool) -> String {
-    let command = format!(
-        "docker container run -e 'OAUTH_CLIENT_SECRET=canary-{uuid}' --name runner-{uuid} image:1"
-    );
+/// The SecureString of a runner command; `tagged`: with the fleet tag and as free.
+fn store_command(fleet: &str, uuid: &str, value: &str, tagged: bool) {
     let name = format!("/bbfleet/{fleet}/runners/{uuid}");
     let mut args = vec![
         "ssm",
@@ -165,14 +181,13 @@ pub(super) fn put_unoffered_runner(fleet: &str, uuid: &str, tagged: bool) -> Str
         "--key-id",
         "alias/aws/ssm",
         "--value",
-        &command,
+        value,
     ];
     let tags = format!("Key=bbfleet:fleet,Value={fleet}");
     if tagged {
         args.extend(["--tags", &tags, "Key=bbfleet:holder,Value=free"]);
     }
     aws(&args);
-    command
 }
 
 /// The claims of one runner: generation -> value.
@@ -228,34 +243,6 @@ pub(super) fn all_claims(fleet: &str) -> BTreeMap<String, BTreeMap<u64, String>>
             .insert(generation, value.to_owned());
     }
     all
-}
-
-/// The argv of a stored command as the shell would split it (test commands only use
-/// plain words and single quotes).
-pub(super) fn shell_words(command: &str) -> Vec<String> {
-    let (mut words, mut word, mut quoted, mut in_word) = (Vec::new(), String::new(), false, false);
-    for c in command.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                }
-                in_word = false;
-            }
-            c => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    words
 }
 
 /// The state of an instance in moto.

@@ -67,7 +67,7 @@ fn a_compromised_host_can_read_only_the_runner_command_bound_to_it() {
     }
     // Stored by an older bbfleet: untagged, never offered.
     let legacy = uuid(9);
-    put_unoffered_runner(fleet, &legacy, false);
+    put_unoffered_runner(fleet, &legacy);
     let ids = launch_instances(2);
     let (me, other) = (&ids[0], &ids[1]);
     let mine = {

@@ -12,7 +12,7 @@ use bbfleet::userdata::{render, UserdataVars};
 use testkit::imds::FakeImds;
 use testkit::recorder::Recorder;
 
-use super::aws::{host_proxy, moto_env, shell_words, tag_as_fleet_instance};
+use super::aws::{host_proxy, moto_env, tag_as_fleet_instance};
 use super::{RUNNER_TIMEOUT, SCRIPT_TIMEOUT};
 
 pub(super) const STUBS: [&str; 11] = [
@@ -347,12 +347,12 @@ pub(super) fn wait_for(
     Ok(())
 }
 
-/// What the docker stub must receive for a stored command on `host`: the command's words
-/// after `docker`, its `-e NAME=VALUE` pairs replaced by `--env-file` after `run`; and the
-/// env file's lines.
+/// What the docker stub must receive for a stored command on `host` (the line format of
+/// `bbfleet::runner_command`): `container run --env-file FILE`, its `arg` words, its
+/// image; and the env file's lines (its `env` values).
 pub(super) fn expected_run(host: &Host, command: &str) -> (Vec<String>, Vec<String>) {
-    let words = shell_words(command);
-    assert_eq!(words[..3], ["docker", "container", "run"]);
+    let mut lines = command.lines();
+    assert_eq!(lines.next(), Some(bbfleet::runner_command::FORMAT));
     let mut argv = vec![
         "container".to_owned(),
         "run".to_owned(),
@@ -360,12 +360,12 @@ pub(super) fn expected_run(host: &Host, command: &str) -> (Vec<String>, Vec<Stri
         host.path("state/runner.env").display().to_string(),
     ];
     let mut env = Vec::new();
-    let mut rest = words[3..].iter();
-    while let Some(word) = rest.next() {
-        if word == "-e" {
-            env.push(rest.next().expect("a value after -e").clone());
-        } else {
-            argv.push(word.clone());
+    for line in lines {
+        let (kind, value) = line.split_once(' ').expect("KIND VALUE");
+        match kind {
+            "env" => env.push(value.to_owned()),
+            "arg" | "image" => argv.push(value.to_owned()),
+            _ => panic!("no such line kind: {kind:?}"),
         }
     }
     (argv, env)

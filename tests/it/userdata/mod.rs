@@ -3,9 +3,11 @@
 //! `enable --now` of the runner's unit runs its ExecStart, as systemd would).
 //!
 //! Needs on PATH: `shellcheck` (apt-get install -y shellcheck), `aws` (pip install awscli),
-//! `moto_server` (pip install 'moto[server]'), `curl`, `bash`, coreutils `shuf` and `setsid`.
+//! `moto_server` (pip install 'moto[server]'), `curl`, `bash`, coreutils `shuf` and `setsid`,
+//! `strace` (apt-get install -y strace; scripts/tools.sh installs it).
 
 mod agent;
+mod argv;
 mod aws;
 mod blast;
 mod claims;
