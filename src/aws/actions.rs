@@ -58,10 +58,6 @@ pub const IMPLIED: &[(&str, &str)] = &[
     ),
     ("kms:TagResource", "tags given in CreateKey"),
     ("kms:Encrypt", "SSM encrypts a SecureString on PutParameter"),
-    (
-        "kms:Decrypt",
-        "SSM decrypts a SecureString on GetParameter(s) with decryption",
-    ),
 ];
 
 /// Whether `service:operation` is in [`CALLED`].

@@ -247,9 +247,9 @@ instance_profile = "bbfleet-runner"
         run
     }
 
-    /// Panics unless the only SSM parameters left under `/bbfleet/{fleet}` are the fleet
-    /// lock's: a destroy releases the lock, whose generations keep counting (never re-created).
-    pub async fn assert_only_lock_left(&self) {
+    /// Panics unless no SSM parameter is left under `/bbfleet/{fleet}`: not even the fleet
+    /// lock's, which destroy deletes once it releases.
+    pub async fn assert_no_parameter_left(&self) {
         let left = crate::world::parameters(self, &self.fleet, false).await;
         let names: Vec<&String> = left.iter().map(|(name, _)| name).collect();
         assert!(names.is_empty(), "parameters left: {names:?}");

@@ -384,7 +384,7 @@ async fn live_holders_block_stale_ones_are_taken_over_and_unlock_releases() {
 async fn destroy_deletes_the_lock(h: &Harness, one: &str, before: u64) {
     h.recorder.clear();
     h.destroy(one).await;
-    h.assert_only_lock_left().await;
+    h.assert_no_parameter_left().await;
     let gens = destroy_lock_writes(h);
     assert_eq!(
         gens.last().unwrap().0,

@@ -169,11 +169,26 @@ async fn scale_down_keeps_busy_runners_and_terminates_only_idle_instances() {
         .send()
         .await
         .unwrap();
+    // Each kept runner keeps its offer (generation 0) and its claim; the removed runners'
+    // claims are deleted.
     assert_eq!(
         claims.parameters().len(),
-        2,
+        4,
         "claims of removed runners are deleted"
     );
+    let claimed: BTreeSet<String> = claims
+        .parameters()
+        .iter()
+        .filter_map(|p| p.name()?.split('/').nth(4).map(str::to_owned))
+        .collect();
+    let kept: BTreeSet<String> = busy
+        .iter()
+        .map(|u| {
+            u.trim_matches(|c| c == '{' || c == '}')
+                .to_ascii_lowercase()
+        })
+        .collect();
+    assert_eq!(claimed, kept, "only the kept runners have claims");
     let params = ssm
         .get_parameters_by_path()
         .path("/bbfleet/busy/runners")
@@ -305,7 +320,7 @@ async fn autoscale_once_steps_up_hold_down_and_cools_down() {
 
     // destroy removes the autoscaler's state too.
     h.destroy(cfg).await;
-    h.assert_only_lock_left().await;
+    h.assert_no_parameter_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

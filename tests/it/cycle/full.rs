@@ -344,7 +344,7 @@ async fn full_cycle_with_capacity_three() {
     // destroy: nothing of the fleet remains but the key.
     h.destroy(cfg).await;
     assert!(h.runners(None).is_empty(), "runners left");
-    h.assert_only_lock_left().await;
+    h.assert_no_parameter_left().await;
     let lt = ec2
         .describe_launch_templates()
         .launch_template_names("bbfleet-cycle")
