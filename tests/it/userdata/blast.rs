@@ -87,10 +87,6 @@ fn a_compromised_host_can_read_only_the_runner_command_bound_to_it() {
         .find(|r| **r != mine && **r != theirs)
         .expect("three runners, two claimed")
         .clone();
-    let param = |r: &str| format!("/bbfleet/{fleet}/runners/{r}");
-    let claim = |r: &str, g: u64| format!("/bbfleet/{fleet}/claims/{r}/{g}");
-    let arn = |p: &str| testkit::iam::parameter_arn(p);
-    let my_arn = format!("arn:aws:ec2:us-east-1:123456789012:instance/{me}");
 
     let attack = runtime().block_on(Recorder::start(&moto().endpoint, None));
     // The control: its own runner's command, as its bootstrap read it.
@@ -101,145 +97,23 @@ fn a_compromised_host_can_read_only_the_runner_command_bound_to_it() {
             "ssm",
             "get-parameter",
             "--name",
-            &param(&mine),
+            &format!("/bbfleet/{fleet}/runners/{mine}"),
             "--with-decryption",
         ],
     );
-    let words = |w: &[&str]| -> Vec<String> { w.iter().map(|s| (*s).to_owned()).collect() };
     let blob = tempfile::NamedTempFile::new().expect("a ciphertext file");
     std::fs::write(blob.path(), [7u8; 64]).expect("write the ciphertext");
-    let blob = format!("fileb://{}", blob.path().display());
-    let denied: Vec<(&str, Vec<String>)> = vec![
-        (
-            "another host's runner",
-            words(&[
-                "ssm",
-                "get-parameter",
-                "--name",
-                &param(&theirs),
-                "--with-decryption",
-            ]),
-        ),
-        (
-            "a free runner, unbound",
-            words(&[
-                "ssm",
-                "get-parameter",
-                "--name",
-                &param(&free),
-                "--with-decryption",
-            ]),
-        ),
-        (
-            "an untagged runner",
-            words(&["ssm", "get-parameter", "--name", &param(&legacy)]),
-        ),
-        (
-            "every runner by path",
-            words(&[
-                "ssm",
-                "get-parameters-by-path",
-                "--path",
-                &format!("/bbfleet/{fleet}/runners"),
-                "--recursive",
-                "--with-decryption",
-            ]),
-        ),
-        (
-            "another host's runner, in a batch",
-            words(&[
-                "ssm",
-                "get-parameters",
-                "--names",
-                &param(&theirs),
-                "--with-decryption",
-            ]),
-        ),
-        (
-            "its own runner's history",
-            words(&[
-                "ssm",
-                "get-parameter-history",
-                "--name",
-                &param(&mine),
-                "--with-decryption",
-            ]),
-        ),
-        (
-            "over another host's claim",
-            words(&[
-                "ssm",
-                "put-parameter",
-                "--name",
-                &claim(&theirs, 1),
-                "--type",
-                "String",
-                "--value",
-                me,
-                "--overwrite",
-            ]),
-        ),
-        (
-            "another host's claim, deleted",
-            words(&["ssm", "delete-parameter", "--name", &claim(&theirs, 1)]),
-        ),
-        (
-            "a runner command, changed",
-            words(&[
-                "ssm",
-                "put-parameter",
-                "--name",
-                &param(&theirs),
-                "--type",
-                "String",
-                "--value",
-                "x",
-                "--overwrite",
-            ]),
-        ),
-        (
-            "a direct Decrypt with a runner's context",
-            words(&[
-                "kms",
-                "decrypt",
-                "--ciphertext-blob",
-                &blob,
-                "--encryption-context",
-                &format!("PARAMETER_ARN={}", arn(&param(&theirs))),
-            ]),
-        ),
-        (
-            "another instance, terminated",
-            words(&["ec2", "terminate-instances", "--instance-ids", other]),
-        ),
-        (
-            "its runner retagged out of the fleet",
-            words(&[
-                "ssm",
-                "add-tags-to-resource",
-                "--resource-type",
-                "Parameter",
-                "--resource-id",
-                &param(&mine),
-                "--tags",
-                "Key=bbfleet:fleet,Value=elsewhere",
-            ]),
-        ),
-        // Last: moto takes it, and the transcript would then believe it.
-        (
-            "another host's runner, bound to itself",
-            words(&[
-                "ssm",
-                "add-tags-to-resource",
-                "--resource-type",
-                "Parameter",
-                "--resource-id",
-                &param(&theirs),
-                "--tags",
-                &format!("Key=bbfleet:holder,Value={my_arn}"),
-            ]),
-        ),
-    ];
+    let target = Target {
+        fleet,
+        mine: &mine,
+        theirs: &theirs,
+        free: &free,
+        legacy: &legacy,
+        me,
+        other,
+        blob: &format!("fileb://{}", blob.path().display()),
+    };
+    let denied = attacks(&target);
     for (_, args) in &denied {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         as_host(&attack, me, &args);
@@ -291,4 +165,161 @@ fn a_compromised_host_can_read_only_the_runner_command_bound_to_it() {
     for (k, (what, _)) in denied.iter().enumerate() {
         assert!(!allowed_calls[k + 1], "allowed to the attacker: {what}");
     }
+}
+
+/// What the attacker aims at: its own runner, another host's, a free one, an untagged one.
+struct Target<'a> {
+    fleet: &'a str,
+    mine: &'a str,
+    theirs: &'a str,
+    free: &'a str,
+    legacy: &'a str,
+    me: &'a str,
+    other: &'a str,
+    /// `fileb://` of some ciphertext.
+    blob: &'a str,
+}
+
+/// The requests a compromised host could make to reach beyond its own runner, each with
+/// what it tries.
+fn attacks(t: &Target) -> Vec<(&'static str, Vec<String>)> {
+    let fleet = t.fleet;
+    let (mine, theirs, free, legacy, me, other, blob) =
+        (t.mine, t.theirs, t.free, t.legacy, t.me, t.other, t.blob);
+    let words = |w: &[&str]| -> Vec<String> { w.iter().map(|s| (*s).to_owned()).collect() };
+    let param = |r: &str| format!("/bbfleet/{fleet}/runners/{r}");
+    let claim = |r: &str, g: u64| format!("/bbfleet/{fleet}/claims/{r}/{g}");
+    let arn = |p: &str| testkit::iam::parameter_arn(p);
+    let my_arn = format!("arn:aws:ec2:us-east-1:123456789012:instance/{me}");
+    vec![
+        (
+            "another host's runner",
+            words(&[
+                "ssm",
+                "get-parameter",
+                "--name",
+                &param(theirs),
+                "--with-decryption",
+            ]),
+        ),
+        (
+            "a free runner, unbound",
+            words(&[
+                "ssm",
+                "get-parameter",
+                "--name",
+                &param(free),
+                "--with-decryption",
+            ]),
+        ),
+        (
+            "an untagged runner",
+            words(&["ssm", "get-parameter", "--name", &param(legacy)]),
+        ),
+        (
+            "every runner by path",
+            words(&[
+                "ssm",
+                "get-parameters-by-path",
+                "--path",
+                &format!("/bbfleet/{fleet}/runners"),
+                "--recursive",
+                "--with-decryption",
+            ]),
+        ),
+        (
+            "another host's runner, in a batch",
+            words(&[
+                "ssm",
+                "get-parameters",
+                "--names",
+                &param(theirs),
+                "--with-decryption",
+            ]),
+        ),
+        (
+            "its own runner's history",
+            words(&[
+                "ssm",
+                "get-parameter-history",
+                "--name",
+                &param(mine),
+                "--with-decryption",
+            ]),
+        ),
+        (
+            "over another host's claim",
+            words(&[
+                "ssm",
+                "put-parameter",
+                "--name",
+                &claim(theirs, 1),
+                "--type",
+                "String",
+                "--value",
+                me,
+                "--overwrite",
+            ]),
+        ),
+        (
+            "another host's claim, deleted",
+            words(&["ssm", "delete-parameter", "--name", &claim(theirs, 1)]),
+        ),
+        (
+            "a runner command, changed",
+            words(&[
+                "ssm",
+                "put-parameter",
+                "--name",
+                &param(theirs),
+                "--type",
+                "String",
+                "--value",
+                "x",
+                "--overwrite",
+            ]),
+        ),
+        (
+            "a direct Decrypt with a runner's context",
+            words(&[
+                "kms",
+                "decrypt",
+                "--ciphertext-blob",
+                blob,
+                "--encryption-context",
+                &format!("PARAMETER_ARN={}", arn(&param(theirs))),
+            ]),
+        ),
+        (
+            "another instance, terminated",
+            words(&["ec2", "terminate-instances", "--instance-ids", other]),
+        ),
+        (
+            "its runner retagged out of the fleet",
+            words(&[
+                "ssm",
+                "add-tags-to-resource",
+                "--resource-type",
+                "Parameter",
+                "--resource-id",
+                &param(mine),
+                "--tags",
+                "Key=bbfleet:fleet,Value=elsewhere",
+            ]),
+        ),
+        // Last: moto takes it, and the transcript would then believe it.
+        (
+            "another host's runner, bound to itself",
+            words(&[
+                "ssm",
+                "add-tags-to-resource",
+                "--resource-type",
+                "Parameter",
+                "--resource-id",
+                &param(theirs),
+                "--tags",
+                &format!("Key=bbfleet:holder,Value={my_arn}"),
+            ]),
+        ),
+    ]
 }
