@@ -17,8 +17,9 @@ pub use crate::world::WorldFingerprint;
 /// The `format` field of every plan file.
 pub const FORMAT: &str = "bbfleet-plan";
 
-/// The plan file layout this bbfleet writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The plan file layout this bbfleet writes and reads (2: `rekey_parameter` gone,
+/// `offer_runner` added).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A plan written by `plan --out`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
