@@ -9,7 +9,7 @@ use super::fence::Fence;
 use super::identity::{pid_running, Identity};
 use super::record::{judge, next_generation, prunable, LockValue, Verdict};
 use super::store::{list, put};
-use super::{safety_margin, ttl, LockError, RETRY_EVERY};
+use super::{deadline, ttl, LockError, RETRY_EVERY};
 use crate::aws::{ssm, AwsError};
 
 /// First and longest pause between looks at a held lock.
@@ -105,7 +105,7 @@ pub async fn acquire_for(
                         acquired_at: now,
                         generation,
                         ttl,
-                        fence: Fence::new(fleet, sent + ttl - safety_margin(ttl), now),
+                        fence: Fence::new(fleet, deadline(sent, ttl), now),
                     });
                 }
             }
@@ -212,8 +212,7 @@ impl HeldLock {
         let sent = Instant::now();
         if put(&self.ssm, &self.fleet, next, &value).await? {
             self.generation = next;
-            self.fence
-                .renewed(sent + self.ttl - safety_margin(self.ttl), now);
+            self.fence.renewed(deadline(sent, self.ttl), now);
             tracing::debug!(fleet = %self.fleet, generation = next, "fleet lock renewed");
             return Ok(());
         }

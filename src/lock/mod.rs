@@ -72,6 +72,12 @@ pub fn ttl() -> Duration {
 pub fn safety_margin(ttl: Duration) -> Duration {
     (ttl / 5).max(MIN_MARGIN).min(ttl / 2)
 }
+
+/// The holder's deadline after a write of the lock sent at `sent`: the TTL minus the
+/// [`safety_margin`] later.
+fn deadline(sent: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
+    sent + ttl - safety_margin(ttl)
+}
 /// `--lock-timeout` default.
 pub const DEFAULT_TIMEOUT: &str = "5m";
 
