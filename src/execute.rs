@@ -13,7 +13,7 @@ use crate::aws::fleet::FleetApi;
 use crate::aws::{ec2, kms, ssm, Aws, AwsError};
 use crate::bitbucket::{Bitbucket, BitbucketError};
 use crate::config::Config;
-use crate::names::bare_uuid;
+use crate::names::{self, bare_uuid};
 use crate::observe::scope;
 use crate::plan::{Action, Batch, Desired, Plan};
 use crate::runner_command::{RenderError, RunnerCommand};
@@ -459,14 +459,15 @@ impl Executor<'_> {
             &self.aws.ssm,
             &self.config.name,
             runner,
-            0,
+            names::OFFER_GENERATION,
             ClaimHolder::FREE,
         )
         .await?;
+        let generation = names::OFFER_GENERATION;
         Ok(if written {
-            "generation 0 = free".to_owned()
+            format!("generation {generation} = free")
         } else {
-            "generation 0 exists".to_owned()
+            format!("generation {generation} exists")
         })
     }
 

@@ -22,6 +22,10 @@ pub fn runners_path(fleet: &str) -> String {
     format!("/bbfleet/{fleet}/runners")
 }
 
+/// The claim generation bbfleet writes `free` when it stores a runner's command: the offer
+/// that lets hosts see the runner (they list claims, not commands); never pruned.
+pub const OFFER_GENERATION: u64 = 0;
+
 /// Name of one claim generation: `/bbfleet/{fleet}/claims/{runner}/{generation}`.
 pub fn claim(fleet: &str, runner_uuid: &str, generation: u64) -> String {
     format!(

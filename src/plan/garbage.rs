@@ -10,7 +10,7 @@ use super::runners::Runners;
 use super::scale_down::ScaleDown;
 use super::{Action, PlanOptions};
 use crate::config::Config;
-use crate::names::bare_uuid;
+use crate::names::{self, bare_uuid};
 use crate::world::{ClaimHolder, InstanceInfo};
 
 /// The garbage phase's hand-off.
@@ -141,7 +141,7 @@ fn release_and_prune(
                 .observed
                 .claims
                 .iter()
-                .filter(|c| c.runner_uuid == uuid && c.generation > 0)
+                .filter(|c| c.runner_uuid == uuid && c.generation != names::OFFER_GENERATION)
                 .filter(|c| {
                     c.generation < newest.generation
                         || (released.is_some() && c.generation == newest.generation)

@@ -132,7 +132,7 @@ impl Action {
             } => (format!("{runner} generation {generation}"),
                 format!("drift: claimed by {instance}, which is not running; released (written free)"),
             ),
-            Action::OfferRunner { runner } => (format!("{runner} generation 0"),
+            Action::OfferRunner { runner } => (format!("{runner} generation {}", crate::names::OFFER_GENERATION),
                 "drift: its command is stored but no host can see it (no claim yet); offered (written free)".into(),
             ),
             Action::PruneClaims { names } => (format!("{} claim parameter(s)", names.len()),

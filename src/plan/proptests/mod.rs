@@ -361,7 +361,7 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
                 w.parameters.push(p);
                 w.scope_runner_count += 1;
                 // Stored, then offered to the hosts.
-                write_free(&mut w, &bare_uuid(&uuid), 0);
+                write_free(&mut w, &bare_uuid(&uuid), names::OFFER_GENERATION);
             }
             Action::CreateLaunchTemplate { fingerprint, .. }
             | Action::CreateLaunchTemplateVersion { fingerprint, .. } => {
@@ -438,7 +438,7 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
             Action::ReleaseClaim {
                 runner, generation, ..
             } => write_free(&mut w, runner, *generation),
-            Action::OfferRunner { runner } => write_free(&mut w, runner, 0),
+            Action::OfferRunner { runner } => write_free(&mut w, runner, names::OFFER_GENERATION),
             Action::DeleteLaunchTemplate { .. } => w.launch_template = None,
         }
     }

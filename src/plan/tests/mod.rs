@@ -295,7 +295,7 @@ fn a_runner_without_a_claim_is_offered_and_the_offer_is_never_pruned() {
     let bare2 = bare_uuid(&uuid(2));
     o.claims.retain(|cl| cl.runner_uuid != bare2);
     let mut offer = claim(1, "free");
-    offer.generation = 0;
+    offer.generation = crate::names::OFFER_GENERATION;
     offer.name = offer.name.replace("/1", "/0");
     o.claims.push(offer);
     let p = plan(&c, 3, &o);
