@@ -140,11 +140,7 @@ pub async fn put_runner_command(
             max: MAX_PARAMETER_BYTES,
         });
     }
-    let tag = Tag::builder()
-        .key(FLEET_TAG)
-        .value(fleet)
-        .build()
-        .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
+    let fleet_tag = tag("ssm:PutParameter", FLEET_TAG, fleet)?;
     ssm.put_parameter()
         .name(&name)
         .description(description(fleet, runner_uuid))
@@ -153,8 +149,12 @@ pub async fn put_runner_command(
         .key_id(key_id)
         .tier(ParameterTier::Standard)
         .overwrite(false)
-        .tags(tag)
-        .tags(free_holder()?)
+        .tags(fleet_tag)
+        .tags(tag(
+            "ssm:PutParameter",
+            names::HOLDER_TAG,
+            names::HOLDER_FREE,
+        )?)
         .send()
         .await
         .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
@@ -170,12 +170,14 @@ fn description(fleet: &str, runner_uuid: &str) -> String {
     )
 }
 
-fn free_holder() -> Result<Tag, AwsError> {
+/// An SSM tag for `operation` (parameters are tagged at PutParameter, or by
+/// AddTagsToResource).
+fn tag(operation: &'static str, key: &str, value: &str) -> Result<Tag, AwsError> {
     Tag::builder()
-        .key(names::HOLDER_TAG)
-        .value(names::HOLDER_FREE)
+        .key(key)
+        .value(value)
         .build()
-        .map_err(|e| AwsError::build("ssm:AddTagsToResource", e))
+        .map_err(|e| AwsError::build(operation, e))
 }
 
 /// Unbinds a runner's stored command from the instance that held it (tag
@@ -192,7 +194,11 @@ pub async fn unbind_runner(
         .add_tags_to_resource()
         .resource_type(ResourceTypeForTagging::Parameter)
         .resource_id(names::runner_parameter(fleet, runner_uuid))
-        .tags(free_holder()?)
+        .tags(tag(
+            "ssm:AddTagsToResource",
+            names::HOLDER_TAG,
+            names::HOLDER_FREE,
+        )?)
         .send()
         .await;
     match r {
@@ -236,11 +242,7 @@ pub async fn create_string(
     description: Option<String>,
     value: &str,
 ) -> Result<bool, AwsError> {
-    let tag = Tag::builder()
-        .key(FLEET_TAG)
-        .value(fleet)
-        .build()
-        .map_err(|e| AwsError::build("ssm:PutParameter", e))?;
+    let fleet_tag = tag("ssm:PutParameter", FLEET_TAG, fleet)?;
     let result = ssm
         .put_parameter()
         .name(name)
@@ -248,7 +250,7 @@ pub async fn create_string(
         .value(value)
         .r#type(ParameterType::String)
         .overwrite(false)
-        .tags(tag)
+        .tags(fleet_tag)
         .send()
         .await;
     match result {
