@@ -228,7 +228,7 @@ fn rotate<'a>(
     }
     if !busy.is_empty() {
         out.warnings.push(format!(
-            "{} {} to rotate (the stored command is not a SecureString on the fleet key) but busy with a pipeline step: retired when idle (run again later, or pass --force); a new runner replaces it now",
+            "{} {} to rotate (the stored command is not a SecureString in the current format on the fleet key) but busy with a pipeline step: retired when idle (run again later, or pass --force); a new runner replaces it now",
             if busy.len() == 1 { "runner" } else { "runners" },
             busy.join(", "),
         ));

@@ -122,7 +122,7 @@ fn a_busy_runner_to_rotate_waits_with_its_host_unless_forced() {
     );
     assert_eq!(
         p.warnings,
-        ["runner bbfleet-ci-1 to rotate (the stored command is not a SecureString on the fleet key) but busy with a pipeline step: retired when idle (run again later, or pass --force); a new runner replaces it now"]
+        ["runner bbfleet-ci-1 to rotate (the stored command is not a SecureString in the current format on the fleet key) but busy with a pipeline step: retired when idle (run again later, or pass --force); a new runner replaces it now"]
     );
     let forced = plan_apply(&c, &desired_for(&c, 2), &o, PlanOptions { force: true }).unwrap();
     assert!(forced.actions.contains(&Action::DeleteRunner {
