@@ -17,7 +17,7 @@ use crate::names::{self, bare_uuid};
 use crate::observe::scope;
 use crate::plan::{Action, Batch, Desired, Plan};
 use crate::runner_command::{RenderError, RunnerCommand};
-use crate::world::{ClaimHolder, Observed};
+use crate::world::{ClaimHolder, FleetTarget, Observed};
 
 /// Default number of calls in flight at once (Bitbucket's hourly budget is the real bound):
 /// 100 runners, the most a scope holds, are registered and stored in 4 waves.
@@ -272,12 +272,25 @@ impl Executor<'_> {
             Action::CreateRunner { name } => self.create_runner(name, state).await,
             Action::CreateLaunchTemplate { .. } => self.create_launch_template(state).await,
             Action::CreateLaunchTemplateVersion { .. } => self.new_template_version(state).await,
-            Action::RequestFleet { target, .. } => self.request_fleet(*target, state).await,
-            Action::SetFleetTarget { id, to, .. } => {
-                self.fleet_api.set_target(id, *to, false).await?;
-                Ok(format!("target {to}"))
+            Action::RequestFleet {
+                target, on_demand, ..
+            } => {
+                self.request_fleet(target_of(*target, *on_demand), state)
+                    .await
             }
-            Action::ModifyFleet { id, to, .. } => self.modify_fleet(id, *to, state).await,
+            Action::SetFleetTarget {
+                id, to, on_demand, ..
+            } => {
+                let target = target_of(*to, *on_demand);
+                self.fleet_api.set_target(id, target, false).await?;
+                Ok(format!("target {to} ({on_demand} on-demand)"))
+            }
+            Action::ModifyFleet {
+                id, to, on_demand, ..
+            } => {
+                self.modify_fleet(id, target_of(*to, *on_demand), state)
+                    .await
+            }
             Action::CancelFleet {
                 id,
                 terminate_instances,
@@ -379,13 +392,16 @@ impl Executor<'_> {
 
     async fn request_fleet(
         &self,
-        target: u32,
+        target: FleetTarget,
         state: &Mutex<State>,
     ) -> Result<String, ActionError> {
         let spec = &self.desired()?.fleet;
         let (id, version) = launch_template(state)?;
         let fleet_id = self.fleet_api.request(spec, &id, version, target).await?;
-        Ok(format!("{fleet_id} (target {target})"))
+        Ok(format!(
+            "{fleet_id} (target {}, {} on-demand)",
+            target.total, target.on_demand
+        ))
     }
 
     /// Disables the runner, reads it again, and keeps it (enabled again, its host spared)
@@ -422,7 +438,7 @@ impl Executor<'_> {
     async fn modify_fleet(
         &self,
         id: &str,
-        target: u32,
+        target: FleetTarget,
         state: &Mutex<State>,
     ) -> Result<String, ActionError> {
         let spec = &self.desired()?.fleet;
@@ -431,7 +447,8 @@ impl Executor<'_> {
             .modify(id, spec, &lt, version, target)
             .await?;
         Ok(format!(
-            "launch template version {version}, target {target}, instances kept"
+            "launch template version {version}, target {} ({} on-demand), instances kept",
+            target.total, target.on_demand
         ))
     }
 
@@ -546,4 +563,13 @@ const KEPT: &str = "kept: its runner took a step while being drained";
 
 fn gone(existed: bool) -> String {
     if existed { "deleted" } else { "already gone" }.to_owned()
+}
+
+/// An action's target and on-demand part as the backend's target (the part never above
+/// the target, whatever a plan file says).
+fn target_of(total: u32, on_demand: u32) -> FleetTarget {
+    FleetTarget {
+        total,
+        on_demand: on_demand.min(total),
+    }
 }

@@ -11,6 +11,9 @@ pub const HOLDER_TAG: &str = "bbfleet:holder";
 pub const HOLDER_FREE: &str = "free";
 /// Tag on the spot fleet request: fingerprint of the configuration it was requested with.
 pub const CONFIG_TAG: &str = "bbfleet:config";
+/// Tag on a fleet request: when bbfleet last set its target (RFC 3339). The fallback
+/// judges unfulfilled spot capacity by it, found again without local state.
+pub const TARGET_AT_TAG: &str = "bbfleet:target-at";
 
 /// SSM prefix of a fleet: `/bbfleet/{fleet}`.
 pub fn ssm_prefix(fleet: &str) -> String {

@@ -78,11 +78,20 @@ pub async fn observe(
     let fleet = config.name.as_str();
     let observed_at = jiff::Timestamp::now();
     let scope = scope(config);
-    let (bb, existing, for_apply) = tokio::try_join!(
+    let (bb, mut existing, for_apply) = tokio::try_join!(
         read_bitbucket(bitbucket, &scope),
         read_existing(aws, fleet_api, fleet, depth),
         read_for_apply(config, aws, depth),
     )?;
+    let spot_price = read_for_fallback(
+        config,
+        aws,
+        fleet_api,
+        &mut existing.fleets,
+        &for_apply.subnets,
+        observed_at,
+    )
+    .await?;
     let mut runners: Vec<Runner> = bb
         .runners
         .iter()
@@ -107,7 +116,44 @@ pub async fn observe(
         instances: existing.instances,
         autoscale_state: existing.autoscale_state,
         observed_at,
+        spot_price,
     })
+}
+
+/// What the on-demand part is judged by: each live request's capacity errors within the
+/// grace (with `spot.fallback` on), and the mean spot price of the configured pools (with
+/// `capacity.max_hourly_cost`). Nothing is read otherwise.
+async fn read_for_fallback(
+    config: &Config,
+    aws: &Aws,
+    fleet_api: &dyn FleetApi,
+    fleets: &mut [crate::world::FleetState],
+    subnets: &[crate::world::SubnetInfo],
+    now: jiff::Timestamp,
+) -> Result<Option<f64>, ObserveError> {
+    let since = now - jiff::SignedDuration::from_secs(config.spot.fallback_grace_seconds as i64);
+    let errors = async {
+        if config.spot.fallback == crate::config::Fallback::None {
+            return Ok(Vec::new());
+        }
+        let live = fleets.iter().filter(|f| f.is_live());
+        futures::future::try_join_all(live.map(|f| fleet_api.capacity_errors(&f.id, since))).await
+    };
+    let price = async {
+        if config.capacity.cost_cap.is_none() || subnets.is_empty() {
+            return Ok(None);
+        }
+        let azs: Vec<String> = subnets.iter().map(|s| s.az.clone()).collect();
+        let prices =
+            crate::aws::offerings::spot_prices(&aws.ec2, &config.spot.instance_types, &azs).await?;
+        let n = prices.len() as f64;
+        Ok::<_, AwsError>((n > 0.0).then(|| prices.values().sum::<f64>() / n))
+    };
+    let (errors, price) = tokio::try_join!(errors, price)?;
+    for (f, e) in fleets.iter_mut().filter(|f| f.is_live()).zip(errors) {
+        f.capacity_errors = e;
+    }
+    Ok(price)
 }
 
 async fn read_bitbucket(

@@ -18,8 +18,8 @@ pub use crate::world::WorldFingerprint;
 pub const FORMAT: &str = "bbfleet-plan";
 
 /// The plan file layout this bbfleet writes and reads (2: `rekey_parameter` gone,
-/// `offer_runner` added).
-pub const FORMAT_VERSION: u32 = 2;
+/// `offer_runner` added; 3: fleet targets carry their on-demand part).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A plan written by `plan --out`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,6 +357,11 @@ mod tests {
             fleets: vec![FleetState {
                 role: None,
                 strategy: None,
+                api: Default::default(),
+                on_demand_target: 0,
+                spot_fulfilled: None,
+                target_at: None,
+                capacity_errors: Vec::new(),
                 id: "sfr-1".into(),
                 state: FleetPhase::Active,
                 target: 2,

@@ -277,7 +277,7 @@ async fn fleet_request(
             &desired.fleet,
             &lt.id,
             lt.latest_version,
-            desired.capacity.desired.max(1),
+            crate::world::FleetTarget::spot(desired.capacity.desired.max(1)),
         )
         .await;
     dry_run_check(

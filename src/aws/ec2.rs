@@ -23,6 +23,9 @@ use crate::world::{
 
 /// The tag EC2 puts on every instance a Spot Fleet launches, naming the request.
 pub const FLEET_REQUEST_TAG: &str = "aws:ec2spot:fleet-request-id";
+/// The tag EC2 puts on instances an EC2 Fleet launches (EC2 User Guide, "Tag an EC2
+/// Fleet": instances are tagged `aws:ec2:fleet-id` with the fleet's id).
+pub const EC2_FLEET_TAG: &str = "aws:ec2:fleet-id";
 /// The launch template version an instance was launched from, tagged by EC2.
 pub const TEMPLATE_VERSION_TAG: &str = "aws:ec2launchtemplate:version";
 
@@ -424,11 +427,14 @@ pub async fn fleet_instances(
                     state: InstanceState::from_api(
                         i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()),
                     ),
-                    fleet_request: tag(FLEET_REQUEST_TAG).map(str::to_owned),
+                    fleet_request: tag(FLEET_REQUEST_TAG)
+                        .or_else(|| tag(EC2_FLEET_TAG))
+                        .map(str::to_owned),
                     template_version: tag(TEMPLATE_VERSION_TAG).and_then(|v| v.parse().ok()),
                     launched_at: i
                         .launch_time()
                         .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
+                    on_demand: i.instance_lifecycle().is_none(),
                 });
             }
         }

@@ -11,6 +11,7 @@
 
 pub mod actions;
 pub mod ec2;
+pub mod ec2_fleet;
 pub mod fleet;
 pub mod kms;
 pub mod offerings;

@@ -9,11 +9,11 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 
-use super::fleet::{DryRun, FleetApi};
+use super::fleet::{self, tag_value, DryRun, FleetApi};
 use super::AwsError;
-use crate::config::AllocationStrategy;
-use crate::names::{CONFIG_TAG, FLEET_TAG};
-use crate::world::{FleetPhase, FleetSpec, FleetState};
+use crate::config::{AllocationStrategy, FleetApiKind};
+use crate::names::{CONFIG_TAG, FLEET_TAG, TARGET_AT_TAG};
+use crate::world::{FleetPhase, FleetSpec, FleetState, FleetTarget};
 
 /// Spot Fleet.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl SpotFleet {
 /// result for a token it has seen, even after that fleet was cancelled ("Ensuring
 /// idempotency in Amazon EC2 API requests"), so a token derived from the configuration
 /// would bring a dead fleet back instead of a new one. At most 64 ASCII characters.
-fn client_token() -> String {
+pub(super) fn client_token() -> String {
     let mut rng = fastrand::Rng::new();
     format!("bbfleet-{:016x}{:016x}", rng.u64(..), rng.u64(..))
 }
@@ -131,14 +131,17 @@ fn request_config(
     spec: &FleetSpec,
     launch_template_id: &str,
     version: i64,
-    target: u32,
+    target: FleetTarget,
 ) -> SpotFleetRequestConfigData {
     let config = launch_template_config(spec, launch_template_id, version);
-    let fingerprint = spec.fingerprint();
     SpotFleetRequestConfigData::builder()
         .iam_fleet_role(&spec.role)
         .allocation_strategy(strategy(spec.strategy))
-        .target_capacity(target as i32)
+        .target_capacity(target.total as i32)
+        // "The number of On-Demand units to request ... you can specify a target capacity of
+        // 0 and add capacity later" (SpotFleetRequestConfigData, OnDemandTargetCapacity);
+        // lowestPrice is its default on-demand strategy.
+        .on_demand_target_capacity(target.on_demand as i32)
         .r#type(FleetType::Maintain)
         .launch_template_configs(config)
         .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
@@ -155,8 +158,7 @@ fn request_config(
         .tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::SpotFleetRequest)
-                .tags(Tag::builder().key(FLEET_TAG).value(&spec.fleet).build())
-                .tags(Tag::builder().key(CONFIG_TAG).value(&fingerprint).build())
+                .set_tags(Some(fleet::request_tags(spec)))
                 .build(),
         )
         .client_token(client_token())
@@ -178,6 +180,7 @@ impl FleetApi for SpotFleet {
             "ec2:CancelSpotFleetRequests",
             "ec2:CreateTags",
             "ec2:DescribeSpotFleetInstances",
+            "ec2:DescribeSpotFleetRequestHistory",
             "ec2:DescribeSpotFleetRequests",
             "ec2:ModifySpotFleetRequest",
             "ec2:RequestSpotFleet",
@@ -189,7 +192,7 @@ impl FleetApi for SpotFleet {
         spec: &FleetSpec,
         launch_template_id: &str,
         version: i64,
-        target: u32,
+        target: FleetTarget,
     ) -> Result<DryRun, AwsError> {
         let result = self
             .ec2
@@ -213,13 +216,7 @@ impl FleetApi for SpotFleet {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequests", e))?;
             for r in page.spot_fleet_request_configs() {
-                let tag = |k: &str| {
-                    r.tags()
-                        .iter()
-                        .find(|t| t.key() == Some(k))
-                        .and_then(|t| t.value())
-                        .map(str::to_owned)
-                };
+                let tag = |k: &str| tag_value(r.tags(), k).map(str::to_owned);
                 let state = spot_fleet_phase(r.spot_fleet_request_state());
                 if tag(FLEET_TAG).as_deref() != Some(fleet)
                     || matches!(
@@ -232,6 +229,8 @@ impl FleetApi for SpotFleet {
                     continue;
                 }
                 let config = r.spot_fleet_request_config();
+                let on_demand_target =
+                    config.map_or(0, |c| c.on_demand_target_capacity().unwrap_or(0));
                 found.push(FleetState {
                     id: r.spot_fleet_request_id().unwrap_or_default().to_owned(),
                     state,
@@ -242,6 +241,20 @@ impl FleetApi for SpotFleet {
                     strategy: config
                         .and_then(|c| c.allocation_strategy())
                         .and_then(strategy_of),
+                    api: FleetApiKind::SpotFleet,
+                    on_demand_target,
+                    // FulfilledCapacity counts both parts; OnDemandFulfilledCapacity the
+                    // on-demand one (SpotFleetRequestConfigData).
+                    spot_fulfilled: config.and_then(|c| {
+                        let all = c.fulfilled_capacity()?;
+                        let od = c.on_demand_fulfilled_capacity().unwrap_or(0.0);
+                        Some((all - od).max(0.0) as i32)
+                    }),
+                    target_at: tag(TARGET_AT_TAG).and_then(|t| t.parse().ok()).or_else(|| {
+                        r.create_time()
+                            .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok())
+                    }),
+                    capacity_errors: Vec::new(),
                 });
             }
         }
@@ -259,7 +272,7 @@ impl FleetApi for SpotFleet {
         spec: &FleetSpec,
         launch_template_id: &str,
         version: i64,
-        target: u32,
+        target: FleetTarget,
     ) -> Result<String, AwsError> {
         let data = request_config(spec, launch_template_id, version, target);
         let out = self
@@ -280,14 +293,15 @@ impl FleetApi for SpotFleet {
     async fn set_target(
         &self,
         id: &str,
-        target: u32,
+        target: FleetTarget,
         terminate_excess: bool,
     ) -> Result<(), AwsError> {
         let mut req = self
             .ec2
             .modify_spot_fleet_request()
             .spot_fleet_request_id(id)
-            .target_capacity(target as i32);
+            .target_capacity(target.total as i32)
+            .on_demand_target_capacity(target.on_demand as i32);
         if !terminate_excess {
             req = req
                 .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination);
@@ -295,7 +309,47 @@ impl FleetApi for SpotFleet {
         req.send()
             .await
             .map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
-        Ok(())
+        fleet::retag(&self.ec2, id, vec![fleet::target_at_tag()]).await
+    }
+
+    async fn capacity_errors(
+        &self,
+        id: &str,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<String>, AwsError> {
+        let mut records = Vec::new();
+        let mut token = None;
+        // Bounded: 1000 records a page, 10 pages.
+        for _ in 0..10 {
+            let out = self
+                .ec2
+                .describe_spot_fleet_request_history()
+                .spot_fleet_request_id(id)
+                .start_time(aws_smithy_types::DateTime::from_secs(since.as_second()))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequestHistory", e))?;
+            records.extend(out.history_records().iter().cloned());
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(fleet::capacity_errors(records.iter().map(|r| {
+            let info = r.event_information();
+            (
+                r.event_type().map_or("", |t| t.as_str()),
+                info.and_then(|i| i.event_sub_type()).unwrap_or_default(),
+                info.and_then(|i| i.event_description()).unwrap_or_default(),
+                r.timestamp()
+                    .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
+            )
+        })))
     }
 
     async fn modify(
@@ -304,7 +358,7 @@ impl FleetApi for SpotFleet {
         spec: &FleetSpec,
         launch_template_id: &str,
         version: i64,
-        target: u32,
+        target: FleetTarget,
     ) -> Result<(), AwsError> {
         // The running instances stay (noTermination): bbfleet replaces outdated hosts itself,
         // idle ones only. New launches use the new launch template version and overrides.
@@ -312,25 +366,18 @@ impl FleetApi for SpotFleet {
             .modify_spot_fleet_request()
             .spot_fleet_request_id(id)
             .launch_template_configs(launch_template_config(spec, launch_template_id, version))
-            .target_capacity(target as i32)
+            .target_capacity(target.total as i32)
+            .on_demand_target_capacity(target.on_demand as i32)
             .excess_capacity_termination_policy(ExcessCapacityTerminationPolicy::NoTermination)
             .send()
             .await
             .map_err(|e| AwsError::call("ec2:ModifySpotFleetRequest", e))?;
         // The tag says which configuration the request has now; the next plan compares it.
-        self.ec2
-            .create_tags()
-            .resources(id)
-            .tags(
-                Tag::builder()
-                    .key(CONFIG_TAG)
-                    .value(spec.fingerprint())
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| AwsError::call("ec2:CreateTags", e))?;
-        Ok(())
+        let config = Tag::builder()
+            .key(CONFIG_TAG)
+            .value(spec.fingerprint())
+            .build();
+        fleet::retag(&self.ec2, id, vec![config, fleet::target_at_tag()]).await
     }
 
     async fn cancel(&self, ids: &[String], terminate_instances: bool) -> Result<(), AwsError> {
@@ -366,23 +413,6 @@ fn spot_fleet_phase(state: Option<&aws_sdk_ec2::types::BatchState>) -> FleetPhas
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_backends_actions_are_in_the_iam_table() {
-        use super::FleetApi;
-        let conf = aws_sdk_ec2::Config::builder()
-            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
-            .build();
-        let api = super::SpotFleet::new(aws_sdk_ec2::Client::from_conf(conf));
-        for action in api.iam_actions() {
-            assert!(
-                crate::aws::actions::CALLED.contains(action),
-                "{action} of {} is not in src/aws/actions.rs",
-                api.label()
-            );
-        }
-    }
-
     #[test]
     fn client_tokens_fit_ec2s_limit_and_are_never_reused() {
         let t = super::client_token();

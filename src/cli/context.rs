@@ -71,7 +71,7 @@ impl<'a> Context<'a> {
         let aws = Aws::connect(self.config.region.as_deref(), self.stats).await?;
         // The launch template's user data must fit, in the region in use: checked before any call.
         userdata::check_config_fits(self.config, &aws.region)?;
-        let fleet_api = fleet::backend(aws.ec2.clone());
+        let fleet_api = fleet::backend(aws.ec2.clone(), self.config.spot.fleet_api);
         Ok(Remote {
             aws,
             fleet_api,

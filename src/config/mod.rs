@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 mod checks;
+mod fleet;
 mod raw;
 mod schedule;
 mod validate;
@@ -112,6 +113,21 @@ pub struct CapacityConfig {
     pub schedule: Vec<ScheduleWindow>,
     /// Settings of `bbfleet autoscale`.
     pub autoscale: Option<AutoscaleConfig>,
+    /// Runners kept on on-demand instances whatever spot does (at most `max`).
+    pub on_demand_base: u32,
+    /// The hourly cost a fallback to on-demand must not take the fleet above.
+    pub cost_cap: Option<CostCap>,
+}
+
+/// `capacity.max_hourly_cost` with the on-demand price it is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CostCap {
+    /// USD per hour for the whole fleet, at most.
+    pub max_hourly_cost: f64,
+    /// USD per hour of one on-demand instance of the configured types (the dearest): EC2's
+    /// API has no on-demand price (the Price List API is another service), so the user
+    /// gives it; spot runners are priced from the spot price history.
+    pub on_demand_hourly_price: f64,
 }
 
 /// Settings of `bbfleet autoscale` (the semantics of Atlassian's runners-autoscaler).
@@ -142,13 +158,66 @@ pub struct SpotConfig {
     pub subnets: Vec<String>,
     /// How the fleet spreads over pools.
     pub allocation_strategy: AllocationStrategy,
-    /// ARN of the role Spot Fleet uses to launch and tag instances.
+    /// The fleet API bbfleet requests the fleet with.
+    pub fleet_api: FleetApiKind,
+    /// ARN of the role Spot Fleet uses to launch and tag instances (empty with EC2 Fleet,
+    /// which uses its service-linked role).
     pub fleet_role: String,
+    /// What stands in for spot capacity the fleet cannot get.
+    pub fallback: Fallback,
+    /// How long a fleet may leave spot capacity unfulfilled after its target was set
+    /// before the fallback takes it for missing.
+    pub fallback_grace_seconds: u64,
     /// How long after its launch an unlisted, unclaimed-by-request instance is left alone.
     pub stray_grace_seconds: u64,
     /// How long after its launch a host may hold no claim while a runner waits, or run a
     /// runner that Bitbucket reports OFFLINE, before it is replaced.
     pub host_grace_seconds: u64,
+}
+
+/// `spot.fleet_api`: which EC2 API requests and maintains the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FleetApiKind {
+    /// `RequestSpotFleet` (the default; AWS calls it legacy).
+    #[default]
+    SpotFleet,
+    /// `CreateFleet` of type `maintain` (no fleet role; allowed where an SCP denies
+    /// RequestSpotFleet).
+    Ec2Fleet,
+}
+
+impl FleetApiKind {
+    /// Every value with its config spelling.
+    pub const ALL: [(&'static str, FleetApiKind); 2] = [
+        ("spot-fleet", FleetApiKind::SpotFleet),
+        ("ec2-fleet", FleetApiKind::Ec2Fleet),
+    ];
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetApiKind::SpotFleet => "spot-fleet",
+            FleetApiKind::Ec2Fleet => "ec2-fleet",
+        }
+    }
+
+    /// Whether this is the default (left out of the fleet fingerprint, so fleets requested
+    /// before the value existed keep theirs).
+    pub fn is_default(&self) -> bool {
+        *self == FleetApiKind::default()
+    }
+}
+
+/// `spot.fallback`: what replaces spot capacity the fleet cannot get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// Nothing: the fleet waits for spot capacity.
+    #[default]
+    None,
+    /// On-demand instances for the missing runners, back to spot when spot is fulfilled.
+    OnDemand,
 }
 
 /// Spot allocation strategy.

@@ -36,6 +36,10 @@ pub(super) struct RawCapacity {
     #[serde(default)]
     pub(super) schedule: Vec<RawWindow>,
     pub(super) autoscale: Option<RawAutoscale>,
+    #[serde(default)]
+    pub(super) on_demand_base: u32,
+    pub(super) max_hourly_cost: Option<f64>,
+    pub(super) on_demand_hourly_price: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +90,11 @@ pub(super) struct RawSpot {
     pub(super) instance_types: Vec<String>,
     pub(super) subnets: Vec<String>,
     pub(super) allocation_strategy: Option<String>,
-    pub(super) fleet_role: String,
+    pub(super) fleet_api: Option<String>,
+    pub(super) fleet_role: Option<String>,
+    pub(super) fallback: Option<String>,
+    #[serde(default = "default_fallback_grace")]
+    pub(super) fallback_grace_seconds: u64,
     #[serde(default = "default_stray_grace")]
     pub(super) stray_grace_seconds: u64,
     #[serde(default = "default_host_grace")]
@@ -96,6 +104,12 @@ pub(super) struct RawSpot {
 /// A fleet-tagged instance that no request lists and whose launch tag names no request
 /// is a stray only after this long: DescribeSpotFleetInstances "might be out of date".
 fn default_stray_grace() -> u64 {
+    600
+}
+
+/// Spot capacity a fleet has not fulfilled this long after its target was set is taken
+/// for missing (a fleet launches within a minute or two when the pools have capacity).
+fn default_fallback_grace() -> u64 {
     600
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::checks::{
     arch_of_family, check_api_url, check_kms_key, check_region, default_ami_parameter, is_aws_id,
-    is_fleet_name, is_instance_profile, is_instance_type, is_role_arn, is_slug_or_uuid, parse_ami,
+    is_fleet_name, is_instance_profile, is_instance_type, is_slug_or_uuid, parse_ami,
 };
 use super::raw::{
     RawAutoscale, RawBatch, RawBitbucket, RawCapacity, RawConfig, RawInstance, RawKms, RawRollout,
@@ -29,19 +29,19 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
 }
 
 #[derive(Default)]
-struct Validator {
+pub(super) struct Validator {
     errors: Vec<FieldError>,
 }
 
 impl Validator {
-    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError {
             field: field.into(),
             message: message.into(),
         });
     }
 
-    fn check(&mut self, ok: bool, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn check(&mut self, ok: bool, field: impl Into<String>, message: impl Into<String>) {
         if !ok {
             self.err(field, message);
         }
@@ -232,11 +232,19 @@ impl Validator {
             }
         }
         let autoscale = raw.autoscale.map(|a| self.autoscale(a, max));
+        self.check(
+            raw.on_demand_base <= max,
+            "capacity.on_demand_base",
+            format!("{} is above capacity.max ({max})", raw.on_demand_base),
+        );
+        let cost_cap = self.cost_cap(raw.max_hourly_cost, raw.on_demand_hourly_price);
         Some(CapacityConfig {
             default: raw.default,
             max,
             schedule,
             autoscale,
+            on_demand_base: raw.on_demand_base,
+            cost_cap,
         })
     }
 
@@ -370,19 +378,17 @@ impl Validator {
             format!("{pools} capacity pools (instance types x subnets); Spot Fleet allows at most {MAX_POOLS}"),
         );
         let allocation_strategy = self.allocation_strategy(raw.allocation_strategy.as_deref());
-        self.check(
-            is_role_arn(&raw.fleet_role),
-            "spot.fleet_role",
-            format!(
-                "{:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
-                raw.fleet_role
-            ),
-        );
+        let fleet_api = self.fleet_api(raw.fleet_api.as_deref());
+        let fleet_role = self.fleet_role(raw.fleet_role, fleet_api);
+        let fallback = self.fallback(raw.fallback.as_deref());
         Some(SpotConfig {
             instance_types,
             subnets: raw.subnets,
             allocation_strategy: allocation_strategy?,
-            fleet_role: raw.fleet_role,
+            fleet_api,
+            fleet_role,
+            fallback,
+            fallback_grace_seconds: raw.fallback_grace_seconds,
             stray_grace_seconds: raw.stray_grace_seconds,
             host_grace_seconds: raw.host_grace_seconds,
         })

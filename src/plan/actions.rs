@@ -77,6 +77,9 @@ pub enum Action {
     RequestFleet {
         /// Target capacity.
         target: u32,
+        /// Of it on on-demand instances.
+        #[serde(default)]
+        on_demand: u32,
         /// Fingerprint of the configuration.
         fingerprint: String,
         /// Why.
@@ -90,6 +93,15 @@ pub enum Action {
         from: i32,
         /// New target.
         to: u32,
+        /// On-demand part now.
+        #[serde(default)]
+        on_demand_from: i32,
+        /// New on-demand part.
+        #[serde(default)]
+        on_demand: u32,
+        /// Why the on-demand part is what it is (empty: all spot, no base).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        split: String,
     },
     /// Move a fleet request to the current launch template version and overrides in
     /// place: its instances keep running (hosts on the old version are replaced later,
@@ -101,6 +113,9 @@ pub enum Action {
         from: i32,
         /// New target.
         to: u32,
+        /// New on-demand part.
+        #[serde(default)]
+        on_demand: u32,
         /// Why.
         reason: String,
     },

@@ -34,6 +34,7 @@ pub fn desired(
         instance_types: config.spot.instance_types.clone(),
         subnets: config.spot.subnets.clone(),
         launch_template_fingerprint: launch_template.fingerprint(),
+        api: config.spot.fleet_api,
     };
     Ok(Desired {
         capacity,

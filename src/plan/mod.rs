@@ -17,6 +17,7 @@ mod garbage;
 mod hosts;
 mod index;
 mod key;
+mod on_demand;
 mod render;
 mod runners;
 mod scale_down;
@@ -202,7 +203,8 @@ pub fn plan_apply(
         options.force,
     );
     let target = runners.target().saturating_sub(hosts.held_elsewhere);
-    let fleet = fleet::plan(&desired.fleet, observed, choice, target);
+    let split = on_demand::split(config, observed, choice.keep, target);
+    let fleet = fleet::plan(&desired.fleet, observed, choice, &split);
     let scale_down = scale_down::plan(config, &world, &runners, &fleet, &hosts.ended);
     let garbage = garbage::plan(
         config,
@@ -227,6 +229,7 @@ pub fn plan_apply(
     actions.extend(hosts.enables);
     let mut warnings = runners.warnings.clone();
     warnings.extend(garbage.warnings);
+    warnings.extend(split.warning);
     Ok(Plan {
         fleet: config.name.clone(),
         capacity: Some(desired.capacity.clone()),

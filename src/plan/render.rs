@@ -104,14 +104,18 @@ impl Action {
             Action::CreateLaunchTemplateVersion { name, fingerprint } => (name.clone(),
                 format!("new version {fingerprint}: AMI, userdata or instance settings changed"),
             ),
-            Action::RequestFleet { target, reason, .. } => ("new request".into(),
-                format!("target {target}: {reason}"),
+            Action::RequestFleet { target, on_demand, reason, .. } => ("new request".into(),
+                format!("target {target}{}: {reason}", split(*target, *on_demand)),
             ),
-            Action::SetFleetTarget { id, from, to } => (id.clone(),
-                format!("target capacity {from} -> {to}"),
+            Action::SetFleetTarget { id, from, to, on_demand_from, on_demand, split: why } => (id.clone(),
+                if from == &(*to as i32) {
+                    format!("on-demand part {on_demand_from} -> {on_demand} of {to}: {why}")
+                } else {
+                    format!("target capacity {from} -> {to}{}{}", split(*to, *on_demand), because(why))
+                },
             ),
-            Action::ModifyFleet { id, from, to, reason } => (id.clone(),
-                format!("in place, instances kept: {reason} (target {from} -> {to})"),
+            Action::ModifyFleet { id, from, to, on_demand, reason } => (id.clone(),
+                format!("in place, instances kept: {reason} (target {from} -> {to}{})", split(*to, *on_demand)),
             ),
             Action::CancelFleet { id, reason, .. } => (id.clone(), reason.clone()),
             Action::DrainRunner { name, instance, reason, .. } => (name.clone(),
@@ -237,5 +241,26 @@ impl fmt::Display for PlanView {
             "\nPlan: {} to add, {} to change, {} to destroy.",
             s.add, s.change, s.destroy
         )
+    }
+}
+
+/// ` (2 on-demand, 3 spot)`, or nothing when all is spot.
+fn split(total: u32, on_demand: u32) -> String {
+    if on_demand == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({on_demand} on-demand, {} spot)",
+            total.saturating_sub(on_demand)
+        )
+    }
+}
+
+/// `: why`, or nothing.
+fn because(why: &str) -> String {
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(": {why}")
     }
 }

@@ -19,8 +19,9 @@ pub struct WorldFingerprint {
     pub parts: BTreeMap<String, String>,
 }
 
-/// Fields of [`Observed`] that are not the world: when it was read.
-const NOT_THE_WORLD: [&str; 1] = ["observed_at"];
+/// Fields of [`Observed`] that are not the world: when it was read, and the spot price
+/// of that moment.
+const NOT_THE_WORLD: [&str; 2] = ["observed_at", "spot_price"];
 
 /// Which part each field of [`Observed`] belongs to, and the part's name for people, in
 /// the order changes are reported. A field missing here is still fingerprinted, as a part

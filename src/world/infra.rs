@@ -85,9 +85,33 @@ pub struct FleetState {
     /// Its allocation strategy (`None` when the API did not say, or one bbfleet does not know).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<crate::config::AllocationStrategy>,
+    /// The API that made it (`sfr-...` Spot Fleet, `fleet-...` EC2 Fleet).
+    pub api: crate::config::FleetApiKind,
+    /// The on-demand part of its target.
+    pub on_demand_target: i32,
+    /// Spot capacity it runs now (the API's fulfilled capacity less its on-demand part),
+    /// when the API said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spot_fulfilled: Option<i32>,
+    /// When bbfleet last set its target (the `bbfleet:target-at` tag; its creation time
+    /// when the tag is missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_at: Option<jiff::Timestamp>,
+    /// Spot capacity errors in its history within the fallback grace, newest first (read
+    /// only when `spot.fallback` is on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capacity_errors: Vec<String>,
 }
 
 impl FleetState {
+    /// The spot instances the request lacks: its spot target less what it runs (0 when
+    /// the API did not say).
+    pub fn spot_missing(&self) -> u32 {
+        let spot_target = self.target.saturating_sub(self.on_demand_target).max(0);
+        self.spot_fulfilled
+            .map_or(0, |f| spot_target.saturating_sub(f).max(0) as u32)
+    }
+
     /// Still launching and replacing instances.
     pub fn is_live(&self) -> bool {
         self.state.is_live()
@@ -146,8 +170,9 @@ pub struct InstanceInfo {
     pub az: String,
     /// Its state.
     pub state: InstanceState,
-    /// The Spot Fleet request that launched it: the `aws:ec2spot:fleet-request-id` tag EC2
-    /// puts on fleet instances (EC2 User Guide, "Tag a Spot Fleet").
+    /// The fleet request that launched it: the `aws:ec2spot:fleet-request-id` tag EC2 puts
+    /// on Spot Fleet instances (EC2 User Guide, "Tag a Spot Fleet"), or the
+    /// `aws:ec2:fleet-id` tag it puts on EC2 Fleet instances.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet_request: Option<String>,
     /// When it was launched.
@@ -159,6 +184,10 @@ pub struct InstanceInfo {
     /// host is never taken for outdated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template_version: Option<i64>,
+    /// An on-demand instance: DescribeInstances gives no `InstanceLifecycle` (spot
+    /// instances have `spot`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 impl InstanceInfo {

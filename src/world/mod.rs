@@ -63,7 +63,7 @@ pub use infra::{
     FleetPhase, FleetState, ImageInfo, InstanceInfo, InstanceState, KeyStatus, LaunchTemplateState,
     SecurityGroupInfo, SubnetInfo,
 };
-pub use spec::{hex, hex16, FleetSpec, LaunchTemplateSpec};
+pub use spec::{hex, hex16, FleetSpec, FleetTarget, LaunchTemplateSpec};
 
 /// Everything bbfleet found of the fleet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -101,6 +101,10 @@ pub struct Observed {
     pub autoscale_state: Option<String>,
     /// When the reading began: instance ages are judged against it.
     pub observed_at: jiff::Timestamp,
+    /// The mean spot price of the configured pools per instance-hour (USD), read only
+    /// when `capacity.max_hourly_cost` is set (a price of the moment, not fingerprinted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spot_price: Option<f64>,
 }
 
 /// A registered runner, as the planner sees it (never its secret).

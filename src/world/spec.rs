@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::AllocationStrategy;
+use crate::config::{AllocationStrategy, FleetApiKind};
 
 /// What bbfleet wants the launch template's newest version to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,34 @@ pub struct FleetSpec {
     pub subnets: Vec<String>,
     /// Fingerprint of the launch template contents.
     pub launch_template_fingerprint: String,
+    /// The API that requests it (left out of the fingerprint when the default, so the
+    /// fleets of earlier releases keep theirs): another API means another request.
+    #[serde(default, skip_serializing_if = "FleetApiKind::is_default")]
+    pub api: FleetApiKind,
+}
+
+/// A fleet's target capacity and the part of it on on-demand instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetTarget {
+    /// Runners (instances: every override weighs 1).
+    pub total: u32,
+    /// Of them on on-demand instances (at most `total`); the rest are spot.
+    pub on_demand: u32,
+}
+
+impl FleetTarget {
+    /// All spot.
+    pub fn spot(total: u32) -> FleetTarget {
+        FleetTarget {
+            total,
+            on_demand: 0,
+        }
+    }
+
+    /// The spot part.
+    pub fn spot_part(&self) -> u32 {
+        self.total.saturating_sub(self.on_demand)
+    }
 }
 
 impl FleetSpec {
@@ -103,8 +131,18 @@ mod tests {
             instance_types: vec!["m6i.large".into(), "c6i.large".into()],
             subnets: vec!["subnet-0123abcd".into(), "subnet-0123abce".into()],
             launch_template_fingerprint: lt.fingerprint(),
+            api: FleetApiKind::SpotFleet,
         };
         assert_eq!(lt.fingerprint(), "297fa086e093685f");
         assert_eq!(fleet.fingerprint(), "e1e14814774f03ea");
+        let ec2 = FleetSpec {
+            api: FleetApiKind::Ec2Fleet,
+            ..fleet
+        };
+        assert_ne!(
+            ec2.fingerprint(),
+            "e1e14814774f03ea",
+            "another API, another request"
+        );
     }
 }

@@ -251,6 +251,7 @@ fn build(config: &Config, w: &World) -> Observed {
         .enumerate()
         .map(|(k, s)| InstanceInfo {
             template_version: None,
+            on_demand: false,
             id: instance_id(k),
             instance_type: "m6i.large".into(),
             az: "us-east-1a".into(),
@@ -270,6 +271,11 @@ fn build(config: &Config, w: &World) -> Observed {
             FleetState {
                 role: None,
                 strategy: None,
+                api: Default::default(),
+                on_demand_target: 0,
+                spot_fulfilled: None,
+                target_at: None,
+                capacity_errors: Vec::new(),
                 id: format!("sfr-{n}"),
                 state: if f.live {
                     FleetPhase::Active
@@ -379,6 +385,11 @@ fn apply_model(observed: &Observed, plan: &Plan, config: &Config, desired: &Desi
             } => w.fleets.push(FleetState {
                 role: None,
                 strategy: None,
+                api: Default::default(),
+                on_demand_target: 0,
+                spot_fulfilled: None,
+                target_at: None,
+                capacity_errors: Vec::new(),
                 id: "sfr-new".into(),
                 state: FleetPhase::Active,
                 target: *target as i32,

@@ -16,6 +16,7 @@ fn claim_gen(n: u32, generation: u64, value: &str) -> Claim {
 fn instance(id: &str, state: &str) -> InstanceInfo {
     InstanceInfo {
         template_version: None,
+        on_demand: false,
         id: id.into(),
         instance_type: "m6i.large".into(),
         az: "us-east-1a".into(),
@@ -266,7 +267,10 @@ fn busy_orphans_wait_unless_forced_and_are_replaced_at_once() {
         Action::SetFleetTarget {
             id: "sfr-1".into(),
             from: 2,
-            to: 3
+            to: 3,
+            on_demand_from: 0,
+            on_demand: 0,
+            split: String::new(),
         }
     );
     assert_eq!(p.warnings.len(), 1);

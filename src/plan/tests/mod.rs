@@ -100,6 +100,11 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
         fleets: vec![FleetState {
             role: Some(config.spot.fleet_role.clone()),
             strategy: Some(config.spot.allocation_strategy),
+            api: Default::default(),
+            on_demand_target: 0,
+            spot_fulfilled: None,
+            target_at: None,
+            capacity_errors: Vec::new(),
             id: "sfr-1".into(),
             state: FleetPhase::Active,
             target: n as i32,
@@ -109,6 +114,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
         instances: (1..=n)
             .map(|i| InstanceInfo {
                 template_version: Some(1),
+                on_demand: false,
                 id: format!("i-{i}"),
                 instance_type: "m6i.large".into(),
                 az: "us-east-1a".into(),
@@ -119,6 +125,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
             .collect(),
         autoscale_state: None,
         observed_at: jiff::Timestamp::UNIX_EPOCH,
+        spot_price: None,
     }
 }
 

@@ -117,7 +117,10 @@ fn a_busy_runner_to_rotate_waits_with_its_host_unless_forced() {
         Action::SetFleetTarget {
             id: "sfr-1".into(),
             from: 2,
-            to: 3
+            to: 3,
+            on_demand_from: 0,
+            on_demand: 0,
+            split: String::new(),
         }
     );
     assert_eq!(
@@ -158,7 +161,10 @@ fn a_rotated_runner_is_the_first_to_go_in_a_scale_down_and_is_not_replaced() {
     assert!(p.actions.contains(&Action::SetFleetTarget {
         id: "sfr-1".into(),
         from: 3,
-        to: 2
+        to: 2,
+        on_demand_from: 0,
+        on_demand: 0,
+        split: String::new(),
     }));
 }
 
