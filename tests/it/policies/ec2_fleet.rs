@@ -326,7 +326,7 @@ fn every_ec2_fleet_call_on_the_fleets_own_resources_is_translated_and_allowed() 
 }
 
 #[test]
-fn ec2_fleet_calls_on_another_fleets_or_untagged_fleets_and_untagged_creations_are_denied() {
+fn ec2_fleet_calls_on_another_fleets_or_untagged_fleets_are_denied() {
     let mut calls = world(FLEET);
     calls.extend(on_fleet(OTHER, OTHER_SFR));
     calls.extend(on_fleet(UNTAGGED, OTHER_SFR));
@@ -362,7 +362,10 @@ fn ec2_fleet_calls_on_another_fleets_or_untagged_fleets_and_untagged_creations_a
     let (_, ok, why) = find(&got, "ec2:CreateTags", &arn("fleet", OWN));
     assert!(!ok, "re-tagging bbfleet:fleet");
     assert!(why.contains("aws:TagKeys"), "{why}");
+}
 
+#[test]
+fn create_fleet_without_the_fleet_tag_or_from_another_fleets_template_is_denied() {
     // Creations: without the fleet tag, with another fleet's, or from another fleet's
     // launch template.
     for (tags, template) in [

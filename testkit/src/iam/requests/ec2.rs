@@ -81,27 +81,7 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
         "ec2:DeleteFleets" | "ec2:DescribeFleetInstances" | "ec2:DescribeFleetHistory" => {
             on_each(world, b, action, "fleet", &params, "FleetId");
         }
-        "ec2:CreateTags" => {
-            // CreateTags on existing resources (a roll-out re-tags the modified fleet
-            // request): each resource with its own tags, plus aws:RequestTag and
-            // aws:TagKeys for the tags given (Service Authorization Reference, CreateTags).
-            let tags = q_tag_list(&params, "");
-            for id in q_list(&params, "ResourceId.", "") {
-                b.tag_fleet(&tags_vec(world, &id));
-                let mut ctx = resource_context(world, &id);
-                ctx.extend(request_tag_context(&tags));
-                let kind = if id.starts_with("sfr-") {
-                    "spot-fleet-request"
-                } else if id.starts_with("fleet-") {
-                    "fleet"
-                } else if id.starts_with("lt-") {
-                    "launch-template"
-                } else {
-                    "instance"
-                };
-                b.push(action, ec2_arn(kind, &id), ctx);
-            }
-        }
+        "ec2:CreateTags" => create_tags(world, &params, b),
         "ec2:TerminateInstances" => {
             for id in q_list(&params, "InstanceId.", "") {
                 b.tag_fleet(&tags_vec(world, &id));
@@ -117,6 +97,28 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
             // new call shows up (denied) instead of passing unseen.
             b.push(action, "*".into(), BTreeMap::new());
         }
+    }
+}
+
+/// CreateTags on existing resources (a roll-out re-tags the modified fleet request): each
+/// resource with its own tags, plus aws:RequestTag and aws:TagKeys for the tags given
+/// (Service Authorization Reference, CreateTags).
+fn create_tags(world: &World, params: &[(String, String)], b: &mut Builder) {
+    let tags = q_tag_list(params, "");
+    for id in q_list(params, "ResourceId.", "") {
+        b.tag_fleet(&tags_vec(world, &id));
+        let mut ctx = resource_context(world, &id);
+        ctx.extend(request_tag_context(&tags));
+        let kind = if id.starts_with("sfr-") {
+            "spot-fleet-request"
+        } else if id.starts_with("fleet-") {
+            "fleet"
+        } else if id.starts_with("lt-") {
+            "launch-template"
+        } else {
+            "instance"
+        };
+        b.push("ec2:CreateTags", ec2_arn(kind, &id), ctx);
     }
 }
 

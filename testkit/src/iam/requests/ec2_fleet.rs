@@ -38,33 +38,47 @@ pub(super) fn ec2_fleet_requests(
     };
     let arn = ec2_arn("fleet", &id);
     if create {
-        // The fleet with the tags asked for it (TagSpecification.N.ResourceType=fleet), and
-        // the instances it launches (instance, required: `instance/*`, no id yet) with the
-        // tags asked for them. Tags given also need ec2:CreateTags with ec2:CreateAction
-        // (EC2 User Guide, "Grant permission to tag Amazon EC2 resources during creation").
-        for (kind, resource) in [("fleet", arn), ("instance", ec2_arn("instance", "*"))] {
-            let tags = q_tags(params, "", kind);
-            b.tag_fleet(&tags);
-            b.push(op, resource.clone(), request_tag_context(&tags));
-            if !tags.is_empty() {
-                let mut ctx = request_tag_context(&tags);
-                ctx.insert("ec2:CreateAction".into(), json!("CreateFleet"));
-                b.push("ec2:CreateTags", resource, ctx);
-            }
-        }
+        created(params, b, arn);
     } else {
-        b.tag_fleet(&tags_vec(world, &id));
-        b.push(op, arn, resource_context(world, &id));
-        // A capacity-only modify names no template; evaluated on the fleet's own templates
-        // too, conservatively (as ModifySpotFleetRequest in ec2.rs).
-        for lt in world.fleet_templates.get(&id).into_iter().flatten() {
-            b.push(
-                op,
-                ec2_arn("launch-template", lt),
-                resource_context(world, lt),
-            );
+        modified(world, b, op, &id, arn);
+    }
+    named(world, params, b, op, create);
+}
+
+fn created(params: &[(String, String)], b: &mut Builder, arn: String) {
+    let op = "ec2:CreateFleet";
+    // The fleet with the tags asked for it (TagSpecification.N.ResourceType=fleet), and
+    // the instances it launches (instance, required: `instance/*`, no id yet) with the
+    // tags asked for them. Tags given also need ec2:CreateTags with ec2:CreateAction
+    // (EC2 User Guide, "Grant permission to tag Amazon EC2 resources during creation").
+    for (kind, resource) in [("fleet", arn), ("instance", ec2_arn("instance", "*"))] {
+        let tags = q_tags(params, "", kind);
+        b.tag_fleet(&tags);
+        b.push(op, resource.clone(), request_tag_context(&tags));
+        if !tags.is_empty() {
+            let mut ctx = request_tag_context(&tags);
+            ctx.insert("ec2:CreateAction".into(), json!("CreateFleet"));
+            b.push("ec2:CreateTags", resource, ctx);
         }
     }
+}
+
+fn modified(world: &World, b: &mut Builder, op: &str, id: &str, arn: String) {
+    b.tag_fleet(&tags_vec(world, id));
+    b.push(op, arn, resource_context(world, id));
+    // A capacity-only modify names no template; evaluated on the fleet's own templates
+    // too, conservatively (as ModifySpotFleetRequest in ec2.rs).
+    for lt in world.fleet_templates.get(id).into_iter().flatten() {
+        b.push(
+            op,
+            ec2_arn("launch-template", lt),
+            resource_context(world, lt),
+        );
+    }
+}
+
+/// The launch templates, subnets and images the request names; CreateFleet's RunInstances.
+fn named(world: &World, params: &[(String, String)], b: &mut Builder, op: &str, create: bool) {
     // The EC2 query names, as the SDK serializes them: LaunchTemplateConfigs.N (CreateFleet),
     // LaunchTemplateConfig.N (ModifyFleet); Overrides.M.SubnetId / .ImageId in each.
     let configs = if create {
