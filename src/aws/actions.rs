@@ -33,28 +33,42 @@ pub const CALLED: &[&str] = &[
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeSubnets",
     "ec2:TerminateInstances",
-    // src/aws/spot_fleet.rs (the Spot Fleet backend)
+    // src/aws/spot_fleet.rs (the Spot Fleet backend; spot.fleet_api = "spot-fleet")
     "ec2:CancelSpotFleetRequests",
     "ec2:CreateTags",
     "ec2:DescribeSpotFleetInstances",
+    "ec2:DescribeSpotFleetRequestHistory",
     "ec2:DescribeSpotFleetRequests",
     "ec2:ModifySpotFleetRequest",
     "ec2:RequestSpotFleet",
+    // src/aws/ec2_fleet.rs (the EC2 Fleet backend; spot.fleet_api = "ec2-fleet"). It calls
+    // ec2:CreateTags too (listed once, above). No fleet role: EC2 launches through the
+    // service-linked role AWSServiceRoleForEC2Fleet (EC2 User Guide, "EC2 Fleet
+    // prerequisites").
+    "ec2:CreateFleet",
+    "ec2:DeleteFleets",
+    "ec2:DescribeFleetHistory",
+    "ec2:DescribeFleetInstances",
+    "ec2:DescribeFleets",
+    "ec2:ModifyFleet",
     // src/aws/offerings.rs (pre-flight, read-only; its DryRun calls need the actions above)
     "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeSpotPriceHistory",
+    "ec2:GetSpotPlacementScores",
 ];
 
 /// Actions AWS authorizes as part of a call in [`CALLED`], with the call that needs them.
 pub const IMPLIED: &[(&str, &str)] = &[
     (
         "iam:PassRole",
-        "RequestSpotFleet passes spot.fleet_role; launches pass the instance role",
+        "RequestSpotFleet passes spot.fleet_role; RequestSpotFleet and CreateFleet pass the \
+         instance role of the launch template's instance profile",
     ),
     (
         "ec2:RunInstances",
-        "AWS checks it for the Spot Fleet requester",
+        "AWS checks it for the Spot Fleet requester, and for CreateFleet on the resources \
+         its launch template names",
     ),
     ("kms:TagResource", "tags given in CreateKey"),
     ("kms:Encrypt", "SSM encrypts a SecureString on PutParameter"),
@@ -81,6 +95,7 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n, "an action is listed twice");
         assert!(is_called("ec2", "RequestSpotFleet"));
+        assert!(is_called("ec2", "CreateFleet"));
         assert!(!is_called("ec2", "RunInstances"));
         assert!(!is_called("iam", "PassRole"));
     }

@@ -74,7 +74,7 @@ fn fill() -> Fill {
 }
 
 /// A recorded call, as the proxy dumps it.
-fn call(operation: &str, body: &str, response: &str, access_key: &str) -> Recorded {
+pub(crate) fn call(operation: &str, body: &str, response: &str, access_key: &str) -> Recorded {
     Recorded {
         origin: "synthetic".into(),
         proxy: "p".into(),
@@ -207,7 +207,7 @@ fn self_termination_on_aws_arn_is_denied_and_the_instance_policy_allows_only_its
 }
 
 /// EC2 query body from pairs.
-fn body(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn body(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()

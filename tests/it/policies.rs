@@ -3,6 +3,8 @@
 //! else; instance.json allows every aws CLI call of the userdata; `bbfleet policy` fills
 //! every document; the example config and pipeline parse with the expected keys.
 
+mod ec2_fleet;
+
 use std::path::Path;
 use std::process::Command;
 

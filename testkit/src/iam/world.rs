@@ -12,7 +12,7 @@ use super::{Recorded, ACCOUNT, REGION};
 /// What the transcript so far tells about the world behind one moto.
 #[derive(Debug, Default)]
 pub(super) struct World {
-    /// Tags by EC2 resource id (`i-…`, `lt-…`, `sfr-…`).
+    /// Tags by EC2 resource id (`i-…`, `lt-…`, `sfr-…`, `fleet-…`).
     pub(super) tags: BTreeMap<String, BTreeMap<String, String>>,
     /// Launch template id by name.
     pub(super) template_ids: BTreeMap<String, String>,
@@ -27,7 +27,8 @@ pub(super) struct World {
     /// Tags by SSM parameter name, from PutParameter, AddTagsToResource and
     /// ListTagsForResource.
     pub(super) parameter_tags: BTreeMap<String, BTreeMap<String, String>>,
-    /// Launch template ids of each Spot Fleet request, from its RequestSpotFleet.
+    /// Launch template ids of each Spot Fleet request or EC2 Fleet, from its
+    /// RequestSpotFleet / CreateFleet.
     pub(super) fleet_templates: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -156,7 +157,8 @@ impl World {
             let id = el
                 .text_of("instanceId")
                 .or_else(|| el.text_of("launchTemplateId"))
-                .or_else(|| el.text_of("spotFleetRequestId"));
+                .or_else(|| el.text_of("spotFleetRequestId"))
+                .or_else(|| el.text_of("fleetId"));
             if let (Some(id), Some(tags)) = (id, el.tags()) {
                 self.tags.insert(id, tags);
             }
@@ -218,6 +220,20 @@ impl World {
                 let lts = q_list(
                     &params,
                     "SpotFleetRequestConfig.LaunchTemplateConfigs.",
+                    ".LaunchTemplateSpecification.LaunchTemplateId",
+                );
+                self.fleet_templates.entry(id).or_default().extend(lts);
+            }
+        }
+        if op == "ec2:CreateFleet" {
+            if let Some(id) = x.all().into_iter().find_map(|e| e.text_of("fleetId")) {
+                let tags = q_tags(&params, "", "fleet");
+                self.tags
+                    .entry(id.clone())
+                    .or_insert_with(|| tags.into_iter().collect());
+                let lts = q_list(
+                    &params,
+                    "LaunchTemplateConfigs.",
                     ".LaunchTemplateSpecification.LaunchTemplateId",
                 );
                 self.fleet_templates.entry(id).or_default().extend(lts);

@@ -18,10 +18,12 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
     let action = op;
     match op {
         // Service Authorization Reference, EC2: the Describe* actions bbfleet calls have no
-        // resource types (Resource "*").
-        _ if op.starts_with("ec2:Describe") && op != "ec2:DescribeSpotFleetInstances" => {
+        // resource types (Resource "*"), but for those in DESCRIBE_ON_A_FLEET.
+        _ if op.starts_with("ec2:Describe") && !DESCRIBE_ON_A_FLEET.contains(&op) => {
             b.push(action, "*".into(), BTreeMap::new());
         }
+        // GetSpotPlacementScores: no resource types either (same reference).
+        "ec2:GetSpotPlacementScores" => b.push(action, "*".into(), BTreeMap::new()),
         "ec2:CreateLaunchTemplate" => {
             // CreateLaunchTemplate: resource type launch-template (aws:RequestTag,
             // aws:TagKeys). Tags given in TagSpecification also need ec2:CreateTags with
@@ -57,37 +59,29 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
         "ec2:RequestSpotFleet" | "ec2:ModifySpotFleetRequest" => {
             fleet_requests(world, c, &params, b);
         }
-        "ec2:CancelSpotFleetRequests" | "ec2:DescribeSpotFleetInstances" => {
-            let mut ids = q_list(&params, "SpotFleetRequestId.", "");
-            ids.extend(q(&params, "SpotFleetRequestId").map(str::to_owned));
-            for id in ids {
-                b.tag_fleet(&tags_vec(world, &id));
-                b.push(
-                    action,
-                    ec2_arn("spot-fleet-request", &id),
-                    resource_context(world, &id),
-                );
-            }
+        "ec2:CreateFleet" | "ec2:ModifyFleet" => {
+            super::ec2_fleet::ec2_fleet_requests(world, c, &params, b);
         }
-        "ec2:CreateTags" => {
-            // CreateTags on existing resources (a roll-out re-tags the modified fleet
-            // request): each resource with its own tags, plus aws:RequestTag and
-            // aws:TagKeys for the tags given (Service Authorization Reference, CreateTags).
-            let tags = q_tag_list(&params, "");
-            for id in q_list(&params, "ResourceId.", "") {
-                b.tag_fleet(&tags_vec(world, &id));
-                let mut ctx = resource_context(world, &id);
-                ctx.extend(request_tag_context(&tags));
-                let kind = if id.starts_with("sfr-") {
-                    "spot-fleet-request"
-                } else if id.starts_with("lt-") {
-                    "launch-template"
-                } else {
-                    "instance"
-                };
-                b.push(action, ec2_arn(kind, &id), ctx);
-            }
+        // Each has the one resource type spot-fleet-request (required), with
+        // aws:ResourceTag (Service Authorization Reference, EC2).
+        "ec2:CancelSpotFleetRequests"
+        | "ec2:DescribeSpotFleetInstances"
+        | "ec2:DescribeSpotFleetRequestHistory" => {
+            on_each(
+                world,
+                b,
+                action,
+                "spot-fleet-request",
+                &params,
+                "SpotFleetRequestId",
+            );
         }
+        // Each has the one resource type fleet (required), with aws:ResourceTag (same
+        // reference): DeleteFleets names FleetId.N, the others one FleetId.
+        "ec2:DeleteFleets" | "ec2:DescribeFleetInstances" | "ec2:DescribeFleetHistory" => {
+            on_each(world, b, action, "fleet", &params, "FleetId");
+        }
+        "ec2:CreateTags" => create_tags(world, &params, b),
         "ec2:TerminateInstances" => {
             for id in q_list(&params, "InstanceId.", "") {
                 b.tag_fleet(&tags_vec(world, &id));
@@ -106,7 +100,56 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
     }
 }
 
-fn tags_vec(world: &World, id: &str) -> Vec<(String, String)> {
+/// CreateTags on existing resources (a roll-out re-tags the modified fleet request): each
+/// resource with its own tags, plus aws:RequestTag and aws:TagKeys for the tags given
+/// (Service Authorization Reference, CreateTags).
+fn create_tags(world: &World, params: &[(String, String)], b: &mut Builder) {
+    let tags = q_tag_list(params, "");
+    for id in q_list(params, "ResourceId.", "") {
+        b.tag_fleet(&tags_vec(world, &id));
+        let mut ctx = resource_context(world, &id);
+        ctx.extend(request_tag_context(&tags));
+        let kind = if id.starts_with("sfr-") {
+            "spot-fleet-request"
+        } else if id.starts_with("fleet-") {
+            "fleet"
+        } else if id.starts_with("lt-") {
+            "launch-template"
+        } else {
+            "instance"
+        };
+        b.push("ec2:CreateTags", ec2_arn(kind, &id), ctx);
+    }
+}
+
+/// The Describe* actions that have a resource type (Service Authorization Reference, EC2:
+/// spot-fleet-request or fleet, required): authorized on each fleet they name.
+const DESCRIBE_ON_A_FLEET: &[&str] = &[
+    "ec2:DescribeFleetHistory",
+    "ec2:DescribeFleetInstances",
+    "ec2:DescribeSpotFleetInstances",
+    "ec2:DescribeSpotFleetRequestHistory",
+];
+
+/// `action` on each resource of `kind` the query names as `{param}.N` or `{param}`, with
+/// that resource's tags.
+fn on_each(
+    world: &World,
+    b: &mut Builder,
+    action: &str,
+    kind: &str,
+    params: &[(String, String)],
+    param: &str,
+) {
+    let mut ids = q_list(params, &format!("{param}."), "");
+    ids.extend(q(params, param).map(str::to_owned));
+    for id in ids {
+        b.tag_fleet(&tags_vec(world, &id));
+        b.push(action, ec2_arn(kind, &id), resource_context(world, &id));
+    }
+}
+
+pub(super) fn tags_vec(world: &World, id: &str) -> Vec<(String, String)> {
     world
         .tags
         .get(id)

@@ -1,6 +1,7 @@
 //! Recorded calls -> the IAM requests AWS authorizes for them.
 
 mod ec2;
+mod ec2_fleet;
 mod json;
 
 use std::collections::BTreeMap;
