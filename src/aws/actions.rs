@@ -40,10 +40,12 @@ pub const CALLED: &[&str] = &[
     "ec2:DescribeSpotFleetRequests",
     "ec2:ModifySpotFleetRequest",
     "ec2:RequestSpotFleet",
-    // src/aws/offerings.rs (pre-flight, read-only; its DryRun calls need the actions above)
+    // src/aws/offerings.rs (pre-flight, read-only; its DryRun calls need the actions above,
+    // and its zone id lookup ec2:DescribeSubnets)
     "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeSpotPriceHistory",
+    "ec2:GetSpotPlacementScores",
 ];
 
 /// Actions AWS authorizes as part of a call in [`CALLED`], with the call that needs them.
