@@ -51,7 +51,8 @@ pub const CALLED: &[&str] = &[
     "ec2:DescribeFleetInstances",
     "ec2:DescribeFleets",
     "ec2:ModifyFleet",
-    // src/aws/offerings.rs (pre-flight, read-only; its DryRun calls need the actions above)
+    // src/aws/offerings.rs (pre-flight, read-only; its DryRun calls need the actions above,
+    // and its zone id lookup ec2:DescribeSubnets)
     "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeSpotPriceHistory",

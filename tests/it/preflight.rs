@@ -1,6 +1,6 @@
-//! The pre-flight section of `plan` on moto (subnets, offerings, AMI, DryRun, vCPUs,
-//! cost), `--no-preflight`, JSON output, and a refused DryRun served from a recorded
-//! AWS answer by a loopback proxy (moto does not enforce IAM).
+//! The pre-flight section of `plan` on moto (subnets, offerings, placement scores, AMI,
+//! DryRun, vCPUs, cost), `--no-preflight`, JSON output, and refused DryRuns served from
+//! recorded AWS answers by a loopback proxy (moto does not enforce IAM).
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -41,7 +41,7 @@ async fn plan_on_moto_prints_the_preflight_section_and_writes_nothing() {
     let run = h.run(&["--config", cfg, "plan"], &Harness::token()).await;
     run.expect_code(0);
     let lines = section(&run.stdout);
-    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert_eq!(lines.len(), 8, "{lines:#?}");
     let subnets = line(&lines, "subnets");
     assert!(
         subnets.starts_with("  ok   subnets: 3 in 3 availability zones"),
@@ -54,6 +54,7 @@ async fn plan_on_moto_prints_the_preflight_section_and_writes_nothing() {
         line(&lines, "instance types"),
         "  ok   instance types: all 3 offered in all 3 zones (9 pools)"
     );
+    assert_placement_unknown_on_moto(&h, &lines);
     assert!(
         line(&lines, "AMI").starts_with("  ok   AMI: ami-"),
         "{lines:#?}"
@@ -120,6 +121,47 @@ async fn plan_on_moto_prints_the_preflight_section_and_writes_nothing() {
         .collect::<Vec<_>>();
     assert_eq!(fleet_dry_runs, [true]);
 
+    no_preflight_and_json(&h, cfg).await;
+}
+
+/// moto 5.2.5 has no GetSpotPlacementScores (an HTML 500): the check is unknown, and the
+/// plan goes on; the request asked what pre-flight means to ask.
+fn assert_placement_unknown_on_moto(h: &Harness, lines: &[String]) {
+    assert_eq!(
+        line(lines, "placement scores"),
+        "  ?    placement scores: ec2:GetSpotPlacementScores is not reachable here (HTTP 500 without an AWS error in the body); no scores"
+    );
+    let scored: Vec<String> = h
+        .recorder
+        .calls()
+        .iter()
+        .filter(|c| c.operation == "ec2:GetSpotPlacementScores")
+        .map(|c| c.body.clone())
+        .collect();
+    // One retry at most; the configured region, one zone per score, the larger of the
+    // desired capacity (3) and capacity.max.
+    assert!((1..=2).contains(&scored.len()), "{scored:?}");
+    for kv in [
+        "SingleAvailabilityZone=true",
+        "RegionName.1=us-east-1",
+        "TargetCapacityUnitType=units",
+        "InstanceType.3=",
+    ] {
+        assert!(
+            scored[0].split('&').any(|p| p.starts_with(kv)),
+            "{kv} in {}",
+            scored[0]
+        );
+    }
+    assert!(
+        scored[0].split('&').any(|p| p == "TargetCapacity=20"),
+        "{}",
+        scored[0]
+    );
+}
+
+/// `--no-preflight` makes none of the section's calls; JSON output carries the checks.
+async fn no_preflight_and_json(h: &Harness, cfg: &str) {
     // --no-preflight: no section, none of its calls.
     h.recorder.clear();
     let run = h
@@ -140,6 +182,7 @@ async fn plan_on_moto_prints_the_preflight_section_and_writes_nothing() {
         "ec2:DescribeSpotPriceHistory",
         "ec2:DescribeInstanceTypeOfferings",
         "ec2:DescribeInstanceTypes",
+        "ec2:GetSpotPlacementScores",
     ] {
         assert!(!ops.iter().any(|o| o == op), "{op} in {ops:?}");
     }
@@ -155,9 +198,15 @@ async fn plan_on_moto_prints_the_preflight_section_and_writes_nothing() {
     run.expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let checks = v["preflight"].as_array().expect("preflight array");
-    assert_eq!(checks.len(), 7);
+    assert_eq!(checks.len(), 8);
     assert_eq!(checks[0]["name"], "subnets");
     assert_eq!(checks[0]["status"], "ok");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "placement scores" && c["status"] == "unknown"),
+        "{checks:?}"
+    );
     assert!(v["summary"].is_object(), "{v}");
 }
 
@@ -188,26 +237,41 @@ async fn a_type_offered_nowhere_fails_its_check_but_not_the_plan() {
 const UNAUTHORIZED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/bbfleet-ci-operator/bbfleet-42 is not authorized to perform: iam:PassRole on resource: arn:aws:iam::123456789012:role/bbfleet-runner because no identity-based policy allows the iam:PassRole action. Encoded authorization failure message: AbCdEf0123</Message></Error></Errors><RequestID>7b1c9f3e-0000-4000-8000-000000000000</RequestID></Response>"#;
 
-/// Forwards to `upstream`, but answers every DryRun with [`UNAUTHORIZED`].
+/// What the loopback proxy refuses: every DryRun, or only those of one EC2 action.
+#[derive(Clone)]
+struct Refusal {
+    /// The recording proxy, where everything else goes.
+    upstream: String,
+    /// `Action=...` refused; `None`: every DryRun.
+    action: Option<&'static str>,
+    /// The answer given instead (an EC2 error document, HTTP 403).
+    answer: &'static str,
+}
+
+/// Forwards to the recording proxy, but answers the refused DryRuns with the refusal's answer.
 async fn refuse_dry_runs(
-    State(upstream): State<String>,
+    State(refusal): State<Refusal>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    if String::from_utf8_lossy(&body)
-        .split('&')
-        .any(|kv| kv == "DryRun=true")
-    {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let dry_run = text.split('&').any(|kv| kv == "DryRun=true");
+    let action = refusal
+        .action
+        .is_none_or(|a| text.split('&').any(|kv| kv == format!("Action={a}")));
+    if dry_run && action {
         return Response::builder()
             .status(403)
             .header("content-type", "text/xml")
-            .body(Body::from(UNAUTHORIZED))
+            .body(Body::from(refusal.answer))
             .unwrap();
     }
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut req = http.request(method, format!("{upstream}{uri}")).body(body);
+    let mut req = http
+        .request(method, format!("{}{uri}", refusal.upstream))
+        .body(body);
     for (k, v) in headers.iter() {
         if k != "host" && k != "content-length" {
             req = req.header(k, v);
@@ -223,13 +287,12 @@ async fn refuse_dry_runs(
     out.body(Body::from(r.bytes().await.unwrap())).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_dry_run_is_reported_with_the_way_to_decode_it() {
-    let h = Harness::new(KIT, "pf-deny").await;
-    let cfg = h.write_config(&h.config(2, None));
+/// `bbfleet plan` with its AWS calls through a loopback proxy that refuses as `refusal`
+/// says; the pre-flight section's lines, after checking that the plan succeeded.
+async fn plan_refused(h: &Harness, cfg: &std::path::Path, refusal: Refusal) -> Vec<String> {
     let app = axum::Router::new()
         .fallback(refuse_dry_runs)
-        .with_state(h.recorder.endpoint.clone());
+        .with_state(refusal);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -259,7 +322,19 @@ async fn a_refused_dry_run_is_reported_with_the_way_to_decode_it() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines = section(&stdout);
+    section(&stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dry_run_is_reported_with_the_way_to_decode_it() {
+    let h = Harness::new(KIT, "pf-deny").await;
+    let cfg = h.write_config(&h.config(2, None));
+    let refusal = Refusal {
+        upstream: h.recorder.endpoint.clone(),
+        action: None,
+        answer: UNAUTHORIZED,
+    };
+    let lines = plan_refused(&h, &cfg, refusal).await;
     let lt = line(&lines, "launch template");
     assert!(
         lt.starts_with("  FAIL launch template: DryRun CreateLaunchTemplate (instance profile included): UnauthorizedOperation: You are not authorized"),
@@ -271,4 +346,40 @@ async fn a_refused_dry_run_is_reported_with_the_way_to_decode_it() {
         "{lt}"
     );
     h.assert_no_writes("a refused plan");
+}
+
+/// AWS's answer to a DryRun RequestSpotFleet in an account where a service control policy
+/// denies it (AWS Control Tower's CT.EC2.PV.6), worded as the IAM User Guide shows.
+const SCP_DENIED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/bbfleet-ci-operator/bbfleet-42 is not authorized to perform: ec2:RequestSpotFleet on resource: arn:aws:ec2:us-east-1:123456789012:spot-fleet-request/* with an explicit deny in a service control policy. Encoded authorization failure message: AbCdEf0123</Message></Error></Errors><RequestID>7b1c9f3e-0000-4000-8000-000000000001</RequestID></Response>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_fleet_request_denied_by_an_scp_fails_and_suggests_ec2_fleet() {
+    let h = Harness::new(KIT, "pf-scp").await;
+    let cfg = h.write_config(&h.config(2, None));
+    // The fleet request is dry-run once the launch template exists.
+    h.apply(cfg.to_str().unwrap(), &[]).await;
+    h.recorder.clear();
+    let writes_before = h.fake.write_count();
+    let refusal = Refusal {
+        upstream: h.recorder.endpoint.clone(),
+        action: Some("RequestSpotFleet"),
+        answer: SCP_DENIED,
+    };
+    let lines = plan_refused(&h, &cfg, refusal).await;
+    let fleet = line(&lines, "fleet request");
+    assert!(
+        fleet.starts_with("  FAIL fleet request: DryRun RequestSpotFleet (iam:PassRole of spot.fleet_role included): UnauthorizedOperation: You are not authorized")
+            && fleet.contains("with an explicit deny in a service control policy")
+            && fleet.contains("CT.EC2.PV.6")
+            && fleet.contains(r#"set spot.fleet_api = "ec2-fleet""#),
+        "{fleet}"
+    );
+    // Only the fleet request was refused.
+    assert!(
+        line(&lines, "launch template").starts_with("  ok   launch template: "),
+        "{lines:#?}"
+    );
+    assert_eq!(h.fake.write_count(), writes_before);
+    assert_eq!(h.recorder.writes(), Vec::<String>::new());
 }

@@ -1,6 +1,7 @@
 //! Pre-flight checks of `plan` (skipped with `--no-preflight`): read-only calls and
 //! EC2 DryRun requests that tell, before the first apply, whether the account can run
-//! the fleet. Each check reports; none changes anything, none stops the plan.
+//! the fleet. Each check reports; none changes anything, none stops the plan. The DryRun
+//! checks are in [`permissions`], the Spot placement scores in [`placement`].
 //!
 //! The spot vCPU quota lives in Service Quotas, which bbfleet does not link (one more
 //! SDK crate and one more permission for a single number): the check reports the vCPUs
@@ -10,12 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::aws::fleet::{DryRun, FleetApi};
+use crate::aws::fleet::FleetApi;
 use crate::aws::offerings::{self, Pool};
 use crate::aws::{ec2, Aws, AwsError};
 use crate::config::{AllocationStrategy, Config};
 use crate::plan::Desired;
-use crate::world::{LaunchTemplateState, Observed};
+use crate::world::Observed;
+
+pub mod permissions;
+pub mod placement;
 
 /// The quota that limits spot instances of the standard families (A, C, D, H, I, M, R, T, Z).
 pub const SPOT_QUOTA_CODE: &str = "L-34B43A08";
@@ -92,10 +96,14 @@ pub async fn run(
         .collect();
     let types = &config.spot.instance_types;
     let capacity = desired.capacity.desired;
-    let (offered, launch_template, fleet_request, vcpus, prices) = tokio::join!(
+    let subnet_ids: Vec<String> = observed.subnets.iter().map(|s| s.id.clone()).collect();
+    let scored = placement::scored_capacity(capacity, config.capacity.max);
+    let (offered, scores, zones, launch_template, fleet_request, vcpus, prices) = tokio::join!(
         offerings::offered_pools(&aws.ec2, types, &azs),
+        offerings::placement_scores(&aws.ec2, &aws.region, types, scored),
+        offerings::zone_ids(&aws.ec2, &subnet_ids),
         ec2::dry_run_create_launch_template(&aws.ec2, &desired.launch_template),
-        fleet_request(fleet_api, desired, observed.launch_template.as_ref()),
+        permissions::fleet_request(fleet_api, desired, observed.launch_template.as_ref()),
         offerings::vcpus(&aws.ec2, types),
         offerings::spot_prices(&aws.ec2, types, &azs),
     );
@@ -105,8 +113,9 @@ pub async fn run(
             |e| Check::from_error(OFFERINGS, e),
             |o| missing_offerings(types, &azs, &o),
         ),
+        placement::check(scores, zones, &azs, types.len(), scored),
         ami(config, observed),
-        launch_template_check(launch_template),
+        permissions::launch_template_check(launch_template),
         fleet_request,
         vcpus.map_or_else(|e| Check::from_error(QUOTA, e), |v| quota(&v, capacity)),
         prices.map_or_else(
@@ -174,8 +183,13 @@ const OFFERINGS: &str = "instance types";
 const QUOTA: &str = "spot vCPU quota";
 const COST: &str = "cost";
 
-/// Which configured types are not offered in which zones.
+/// Which configured types are not offered in which zones: FAIL naming each type no
+/// configured zone offers (and the other gaps with it), WARN for a type missing in some
+/// zones only (those pools stay empty), ok when every pool is offered.
 pub fn missing_offerings(types: &[String], azs: &[String], offered: &BTreeSet<Pool>) -> Check {
+    if azs.is_empty() {
+        return Check::new(OFFERINGS, Status::Unknown, "no configured zone to look in");
+    }
     let mut none = Vec::new();
     let mut partial = Vec::new();
     for t in types {
@@ -193,11 +207,16 @@ pub fn missing_offerings(types: &[String], azs: &[String], offered: &BTreeSet<Po
     let pools = types.len() * azs.len();
     let usable = offered.len();
     if !none.is_empty() {
+        let also = if partial.is_empty() {
+            String::new()
+        } else {
+            format!("; also {}", partial.join("; "))
+        };
         Check::new(
             OFFERINGS,
             Status::Fail,
             format!(
-                "not offered in any configured zone: {} (remove them from spot.instance_types)",
+                "not offered in any configured zone: {} (remove them from spot.instance_types){also}",
                 none.join(", ")
             ),
         )
@@ -221,70 +240,6 @@ pub fn missing_offerings(types: &[String], azs: &[String], offered: &BTreeSet<Po
             ),
         )
     }
-}
-
-fn dry_run_check(name: &'static str, what: &str, result: Result<DryRun, AwsError>) -> Check {
-    match result {
-        Ok(DryRun::Allowed) => Check::new(name, Status::Ok, format!("DryRun {what}: allowed")),
-        Ok(DryRun::Refused(code, message)) => {
-            let hint = if code == "UnauthorizedOperation" {
-                " (see policies/operator.json; decode with `aws sts decode-authorization-message`)"
-            } else {
-                ""
-            };
-            Check::new(
-                name,
-                Status::Fail,
-                format!("DryRun {what}: {code}: {message}{hint}"),
-            )
-        }
-        Err(e) => Check::from_error(name, e),
-    }
-}
-
-fn launch_template_check(result: Result<DryRun, AwsError>) -> Check {
-    if let Ok(DryRun::Refused(code, _)) = &result {
-        if code == "InvalidLaunchTemplateName.AlreadyExistsException" {
-            return Check::new(
-                "launch template",
-                Status::Ok,
-                "exists; apply adds a version when it changes",
-            );
-        }
-    }
-    dry_run_check(
-        "launch template",
-        "CreateLaunchTemplate (instance profile included)",
-        result,
-    )
-}
-
-async fn fleet_request(
-    fleet_api: &dyn FleetApi,
-    desired: &Desired,
-    lt: Option<&LaunchTemplateState>,
-) -> Check {
-    let operation = fleet_api.request_operation();
-    let Some(lt) = lt else {
-        return Check::new(
-            "fleet request",
-            Status::Unknown,
-            format!("DryRun {operation} needs the launch template, which apply creates first; plan again after the first apply"),
-        );
-    };
-    let result = fleet_api
-        .dry_run(
-            &desired.fleet,
-            &lt.id,
-            lt.latest_version,
-            crate::world::FleetTarget::spot(desired.capacity.desired.max(1)),
-        )
-        .await;
-    dry_run_check(
-        "fleet request",
-        &format!("{operation} (iam:PassRole of spot.fleet_role included)"),
-        result,
-    )
 }
 
 /// vCPUs the capacity needs at most: every runner on the largest configured type.
@@ -426,6 +381,35 @@ mod tests {
         assert!(c.detail.contains("x9.huge not in a"), "{}", c.detail);
         offered.insert(("x9.huge".to_owned(), "a".to_owned()));
         assert_eq!(missing_offerings(&types, &azs, &offered).status, Status::Ok);
+    }
+
+    #[test]
+    fn a_type_offered_nowhere_fails_naming_it_with_the_other_gaps() {
+        let types: Vec<String> = ["m6i.large", "c6i.large", "x9.huge", "y9.huge"]
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+        let azs = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let offered: BTreeSet<(String, String)> = [
+            ("m6i.large", "a"),
+            ("m6i.large", "b"),
+            ("m6i.large", "c"),
+            ("c6i.large", "a"),
+        ]
+        .iter()
+        .map(|(t, a)| ((*t).to_owned(), (*a).to_owned()))
+        .collect();
+        let c = missing_offerings(&types, &azs, &offered);
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(
+            c.detail,
+            "not offered in any configured zone: x9.huge, y9.huge (remove them from spot.instance_types); also c6i.large not in b, c"
+        );
+        // No zone to look in: nothing is judged offered nowhere.
+        assert_eq!(
+            missing_offerings(&types, &[], &offered).status,
+            Status::Unknown
+        );
     }
 
     #[test]
