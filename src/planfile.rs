@@ -359,6 +359,7 @@ mod tests {
                 strategy: None,
                 api: Default::default(),
                 on_demand_target: 0,
+                fulfilled: None,
                 spot_fulfilled: None,
                 target_at: None,
                 capacity_errors: Vec::new(),

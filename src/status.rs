@@ -34,6 +34,12 @@ pub struct FleetRow {
     pub state: String,
     /// Target capacity.
     pub target: i32,
+    /// Of it on on-demand instances.
+    pub on_demand_target: i32,
+    /// The API that made it.
+    pub api: &'static str,
+    /// Spot capacity errors in its history within the fallback grace, newest first.
+    pub capacity_errors: Vec<String>,
 }
 
 /// `{"fleet", "runners", "instances", "fleet_request", ...}`.
@@ -59,7 +65,12 @@ pub struct StatusView {
 
 impl StatusView {
     /// Builds the view.
-    pub fn new(fleet: &str, fleet_api: &'static str, observed: &Observed) -> StatusView {
+    pub fn new(
+        fleet: &str,
+        fleet_api: &'static str,
+        api: crate::config::FleetApiKind,
+        observed: &Observed,
+    ) -> StatusView {
         let claims = newest_claims(observed);
         let runners: Vec<RunnerRow> = observed
             .runners
@@ -97,11 +108,18 @@ impl StatusView {
             fleet_request: observed
                 .fleets
                 .iter()
-                .find(|f| f.is_live())
+                .filter(|f| f.is_live())
+                .max_by_key(|f| (f.api == api, f.instance_ids.len()))
                 .map(|f| FleetRow {
                     id: f.id.clone(),
                     state: f.state.to_string(),
                     target: f.target,
+                    on_demand_target: f.on_demand_target,
+                    api: match f.api {
+                        crate::config::FleetApiKind::SpotFleet => "Spot Fleet",
+                        crate::config::FleetApiKind::Ec2Fleet => "EC2 Fleet",
+                    },
+                    capacity_errors: f.capacity_errors.clone(),
                 }),
             busy_ratio: load.busy_ratio(),
             fleet_api,
@@ -127,19 +145,33 @@ impl fmt::Display for StatusView {
 impl StatusView {
     fn fmt_fleet(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.fleet_request {
-            Some(r) => writeln!(
-                f,
-                "Fleet {}: spot fleet request {} {}, target {}, {} instance(s).",
-                self.fleet,
-                r.id,
-                r.state,
-                r.target,
-                self.instances.len()
-            )?,
+            Some(r) => {
+                writeln!(
+                    f,
+                    "Fleet {}: {} request {} {}, target {} ({} on-demand, {} spot), {} instance(s) ({} on-demand).",
+                    self.fleet,
+                    r.api,
+                    r.id,
+                    r.state,
+                    r.target,
+                    r.on_demand_target,
+                    r.target - r.on_demand_target,
+                    self.instances.len(),
+                    self.instances.iter().filter(|i| i.on_demand).count()
+                )?;
+                if let Some(e) = r.capacity_errors.first() {
+                    writeln!(
+                        f,
+                        "Spot capacity: {} error(s) within the fallback grace, newest {e}.",
+                        r.capacity_errors.len()
+                    )?;
+                }
+            }
             None => writeln!(
                 f,
-                "Fleet {}: no spot fleet request, {} instance(s).",
+                "Fleet {}: no {} request, {} instance(s).",
                 self.fleet,
+                self.fleet_api,
                 self.instances.len()
             )?,
         }

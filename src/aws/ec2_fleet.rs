@@ -221,6 +221,7 @@ fn state_of(f: &aws_sdk_ec2::types::FleetData) -> FleetState {
             .and_then(strategy_of),
         api: FleetApiKind::Ec2Fleet,
         on_demand_target,
+        fulfilled: f.fulfilled_capacity().map(|all| all as i32),
         spot_fulfilled: f
             .fulfilled_capacity()
             .map(|all| (all - f.fulfilled_on_demand_capacity().unwrap_or(0.0)).max(0.0) as i32),

@@ -245,6 +245,9 @@ impl FleetApi for SpotFleet {
                     on_demand_target,
                     // FulfilledCapacity counts both parts; OnDemandFulfilledCapacity the
                     // on-demand one (SpotFleetRequestConfigData).
+                    fulfilled: config
+                        .and_then(|c| c.fulfilled_capacity())
+                        .map(|f| f as i32),
                     spot_fulfilled: config.and_then(|c| {
                         let all = c.fulfilled_capacity()?;
                         let od = c.on_demand_fulfilled_capacity().unwrap_or(0.0);

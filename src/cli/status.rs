@@ -24,7 +24,12 @@ pub(super) async fn run(ctx: &Context<'_>) -> Result<ExitCode, CliError> {
                 .map_err(CliError::from)
         },
     )?;
-    let view = StatusView::new(&config.name, remote.fleet_api.label(), &observed);
+    let view = StatusView::new(
+        &config.name,
+        remote.fleet_api.label(),
+        config.spot.fleet_api,
+        &observed,
+    );
     let mut doc = serde_json::to_value(&view).map_err(std::io::Error::from)?;
     doc["lock"] = serde_json::to_value(&lock).map_err(std::io::Error::from)?;
     ctx.out.result(&doc, || {

@@ -83,7 +83,8 @@ pub(super) fn plan(
         .filter(|i| !runners.occupy(world, i))
         .chain(runners.orphan_instances.iter().cloned())
         .collect();
-    let hosts = hosts(world, runners, &gone, choice, spec, current);
+    let mut hosts = hosts(world, runners, &gone, choice, spec, current);
+    on_demand_surplus(choice, &mut hosts);
     let waiting: Vec<&Runner> = runners
         .kept()
         .copied()
@@ -285,6 +286,25 @@ fn hosts<'a>(
             })
         })
         .collect()
+}
+
+/// The kept request's on-demand hosts above its on-demand part (left from a fallback that
+/// went back to spot, or a lower base) are outdated, idle and newer ones first: each one
+/// replaced lets the fleet launch a spot instance in its place.
+fn on_demand_surplus(choice: Choice, hosts: &mut [Host]) {
+    let Some(keep) = choice.keep else { return };
+    let part = usize::try_from(keep.on_demand_target).unwrap_or(0);
+    let mut on_demand: Vec<&mut Host> = hosts
+        .iter_mut()
+        .filter(|h| h.owned && h.instance.on_demand && h.outdated.is_none())
+        .collect();
+    let surplus = on_demand.len().saturating_sub(part);
+    on_demand.sort_by_key(|h| (h.busy, std::cmp::Reverse(h.instance.launched_at)));
+    for h in on_demand.into_iter().take(surplus) {
+        h.outdated = Some(format!(
+            "on-demand beyond the fleet's on-demand part of {part} (spot takes its place)"
+        ));
+    }
 }
 
 /// A host whose runner has not been connected for longer than the grace, although the

@@ -89,8 +89,10 @@ pub struct FleetState {
     pub api: crate::config::FleetApiKind,
     /// The on-demand part of its target.
     pub on_demand_target: i32,
-    /// Spot capacity it runs now (the API's fulfilled capacity less its on-demand part),
-    /// when the API said.
+    /// Capacity it runs now, both parts (the API's fulfilled capacity), when the API said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fulfilled: Option<i32>,
+    /// Of it spot (the fulfilled capacity less the fulfilled on-demand part).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spot_fulfilled: Option<i32>,
     /// When bbfleet last set its target (the `bbfleet:target-at` tag; its creation time
@@ -104,12 +106,18 @@ pub struct FleetState {
 }
 
 impl FleetState {
-    /// The spot instances the request lacks: its spot target less what it runs (0 when
-    /// the API did not say).
+    /// The spot instances the request lacks: its spot target less the spot it runs, and
+    /// no more than the whole request lacks (on-demand instances above the on-demand part,
+    /// left from a fallback until bbfleet retires them, still serve). 0 when the API did
+    /// not say.
     pub fn spot_missing(&self) -> u32 {
+        let (Some(all), Some(spot)) = (self.fulfilled, self.spot_fulfilled) else {
+            return 0;
+        };
         let spot_target = self.target.saturating_sub(self.on_demand_target).max(0);
-        self.spot_fulfilled
-            .map_or(0, |f| spot_target.saturating_sub(f).max(0) as u32)
+        let short_spot = spot_target.saturating_sub(spot);
+        let short_all = self.target.saturating_sub(all);
+        short_spot.min(short_all).max(0) as u32
     }
 
     /// Still launching and replacing instances.

@@ -102,6 +102,7 @@ pub(super) fn converged(config: &Config, n: u32) -> Observed {
             strategy: Some(config.spot.allocation_strategy),
             api: Default::default(),
             on_demand_target: 0,
+            fulfilled: None,
             spot_fulfilled: None,
             target_at: None,
             capacity_errors: Vec::new(),
@@ -473,4 +474,5 @@ fn plan_text_follows_terraform_habits() {
 
 mod drift;
 mod hosts;
+mod on_demand;
 mod rotation;
