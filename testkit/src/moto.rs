@@ -4,6 +4,12 @@
 //! The server runs under a shell watchdog that kills it when the test process exits
 //! (or after an hour at most), and its working directory is a temp dir, since moto
 //! writes files into its cwd.
+//!
+//! It is moto with the kit's extensions (`testkit/moto_ext/server.py`: ModifyFleet, the
+//! on-demand part of a Spot Fleet, ...), run by the Python of `moto_server` (the
+//! interpreter its `#!` line names, found on `PATH`). `MOTO_SERVER` overrides the whole
+//! command: words separated by spaces, e.g. `/opt/venv/bin/python
+//! /repo/testkit/moto_ext/server.py`, to which the launcher adds `-H 127.0.0.1 -p PORT`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,13 +43,16 @@ impl Moto {
     fn start() -> Moto {
         let dir = tempfile::tempdir().expect("temp dir for moto");
         let port = free_port();
-        let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        let command = server_command();
+        let program = command.join(" ");
         let watchdog = r#"
-            "$0" -H 127.0.0.1 -p "$1" >"$2/moto.log" 2>&1 &
+            port=$1 dir=$2 parent=$3
+            shift 3
+            "$@" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
             m=$!
             trap 'kill $m 2>/dev/null' EXIT INT TERM
             i=0
-            while kill -0 "$3" 2>/dev/null && kill -0 "$m" 2>/dev/null && [ "$i" -lt 7200 ]; do
+            while kill -0 "$parent" 2>/dev/null && kill -0 "$m" 2>/dev/null && [ "$i" -lt 7200 ]; do
                 sleep 0.5
                 i=$((i + 1))
             done
@@ -51,10 +60,11 @@ impl Moto {
         let child = Command::new("sh")
             .arg("-c")
             .arg(watchdog)
-            .arg(&program)
+            .arg("moto-watchdog")
             .arg(port.to_string())
             .arg(dir.path())
             .arg(std::process::id().to_string())
+            .args(&command)
             .current_dir(dir.path())
             .env("MOTO_RECORDER_FILEPATH", dir.path().join("moto_recording"))
             .env_remove("HTTP_PROXY")
@@ -103,6 +113,36 @@ impl Moto {
         stream.read_to_string(&mut out).ok()?;
         Some(out)
     }
+}
+
+/// The command that runs the extended moto server (see the module's doc).
+pub fn server_command() -> Vec<String> {
+    if let Ok(command) = std::env::var("MOTO_SERVER") {
+        return command.split_whitespace().map(str::to_owned).collect();
+    }
+    let script = crate::repo_root().join("testkit/moto_ext/server.py");
+    vec![moto_python(), script.display().to_string()]
+}
+
+/// The interpreter of `moto_server` on `PATH` (its `#!` line), or `python3`.
+fn moto_python() -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("moto_server"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            let first = text.lines().next()?.strip_prefix("#!")?.trim().to_owned();
+            // `#!/usr/bin/env python3` names the interpreter after env.
+            let mut words = first.split_whitespace();
+            let head = words.next()?;
+            Some(if head.ends_with("/env") {
+                words.next()?.to_owned()
+            } else {
+                head.to_owned()
+            })
+        })
+        .unwrap_or_else(|| "python3".to_owned())
 }
 
 /// Environment for any AWS client (bbfleet, the aws CLI) pointed at `endpoint`:

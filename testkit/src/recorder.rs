@@ -217,8 +217,11 @@ async fn forward(
     } else if let Some(answer) = crate::aws_rules::before(&up, &call).await {
         answer
     } else {
+        // The layer may change what moto gets (a Spot part clipped to the capacity left).
+        let clip = crate::aws_rules::rewrite(&up, &call).await;
+        let body = clip.as_ref().map_or(body, |c| Bytes::from(c.body.clone()));
         let answer = send_upstream(&up, method, &uri, &headers, body).await;
-        crate::aws_rules::after(&up, &call, answer).await
+        crate::aws_rules::after(&up, &call, clip.as_ref(), answer).await
     };
     {
         call.status = status.as_u16();

@@ -19,6 +19,8 @@ use testkit::world::{
 
 use crate::KIT;
 
+mod ec2_fleet;
+
 /// SDK config through the proxy (and so the rules layer), signed as the harness.
 async fn through_layer(h: &Harness) -> aws_config::SdkConfig {
     harness_sdk(&h.recorder.endpoint).await
