@@ -72,7 +72,7 @@ pub async fn observe(
                     .await?,
             )
         },
-        async { Ok(fleet_api.list(fleet, false).await?) },
+        async { Ok(fleet_api.list_targets(fleet).await?) },
         async { Ok(ssm::get_string(ssm_client, &state_name).await?) },
     )?;
     let ours: Vec<Runner> = runners

@@ -23,6 +23,11 @@ pub trait FleetApi: Send + Sync {
     /// Requests tagged with the fleet (live and leftover), with their instances when
     /// `with_instances` (one more call per request).
     async fn list(&self, fleet: &str, with_instances: bool) -> Result<Vec<FleetState>, AwsError>;
+    /// The configured API's requests, without instances: what an autoscale tick reads
+    /// (one call; a request of the other API is cancelled by the apply that switched).
+    async fn list_targets(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError> {
+        self.list(fleet, false).await
+    }
     /// Requests a new fleet; returns its id.
     async fn request(
         &self,
@@ -137,6 +142,10 @@ impl FleetApi for Fleets {
         let mut all: Vec<FleetState> = a.into_iter().chain(b).collect();
         all.sort_by(|x, y| x.id.cmp(&y.id));
         Ok(all)
+    }
+
+    async fn list_targets(&self, fleet: &str) -> Result<Vec<FleetState>, AwsError> {
+        self.chosen().list(fleet, false).await
     }
 
     async fn request(

@@ -255,17 +255,11 @@ instance_profile = "bbfleet-runner"
         assert!(names.is_empty(), "parameters left: {names:?}");
     }
 
-    /// Ids of a spot fleet request's active instances.
+    /// Ids of a fleet request's active instances (either API), sorted.
     pub async fn fleet_members(&self, fleet_request_id: &str) -> Vec<String> {
-        aws_sdk_ec2::Client::new(&self.sdk)
-            .describe_spot_fleet_instances()
-            .spot_fleet_request_id(fleet_request_id)
-            .send()
+        crate::world::fleet_instances(self, fleet_request_id)
             .await
-            .expect("describe the fleet's instances")
-            .active_instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .into_iter()
             .collect()
     }
 

@@ -98,17 +98,7 @@ pub async fn convergence_problems(h: &Harness, cfg: &str, capacity: usize) -> Ve
             if *target != capacity as i32 {
                 problems.push(format!("fleet {id} has target {target}"));
             }
-            let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
-            let owned: BTreeSet<String> = ec2
-                .describe_spot_fleet_instances()
-                .spot_fleet_request_id(id)
-                .send()
-                .await
-                .unwrap()
-                .active_instances()
-                .iter()
-                .filter_map(|i| i.instance_id().map(str::to_owned))
-                .collect();
+            let owned = fleet_instances(h, id).await;
             let running = running_instances(h, fleet).await;
             if owned.len() != capacity {
                 problems.push(format!("fleet {id} has instances {owned:?}"));
@@ -164,7 +154,7 @@ pub async fn leftovers(h: &Harness) -> Vec<String> {
         left.push(format!("launch template {lt}"));
     }
     for (id, state, _) in fleet_requests(h, fleet).await {
-        if !state.starts_with("cancelled") {
+        if !is_cancelled(&state) {
             left.push(format!("fleet request {id} ({state})"));
         }
     }
@@ -218,17 +208,19 @@ pub async fn launch_templates(h: &Harness, fleet: &str) -> Vec<String> {
         .collect()
 }
 
-/// (id, state, target) of the spot fleet requests tagged with the fleet.
+/// (id, state, target) of the fleet requests tagged with the fleet, of both APIs (Spot
+/// Fleet `sfr-...`, EC2 Fleet `fleet-...`, its states spelled `deleted...` for cancelled).
 pub async fn fleet_requests(h: &Harness, fleet: &str) -> Vec<(String, String, i32)> {
     let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
+    let ours = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter()
+            .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some(fleet))
+    };
     let out = ec2.describe_spot_fleet_requests().send().await.unwrap();
-    out.spot_fleet_request_configs()
+    let mut found: Vec<(String, String, i32)> = out
+        .spot_fleet_request_configs()
         .iter()
-        .filter(|f| {
-            f.tags()
-                .iter()
-                .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some(fleet))
-        })
+        .filter(|f| ours(f.tags()))
         .map(|f| {
             (
                 f.spot_fleet_request_id().unwrap_or_default().to_owned(),
@@ -240,7 +232,52 @@ pub async fn fleet_requests(h: &Harness, fleet: &str) -> Vec<(String, String, i3
                     .unwrap_or(-1),
             )
         })
-        .collect()
+        .collect();
+    let out = ec2.describe_fleets().send().await.unwrap();
+    found.extend(out.fleets().iter().filter(|f| ours(f.tags())).map(|f| {
+        (
+            f.fleet_id().unwrap_or_default().to_owned(),
+            f.fleet_state().map_or("unknown", |s| s.as_str()).to_owned(),
+            f.target_capacity_specification()
+                .and_then(|c| c.total_target_capacity())
+                .unwrap_or(-1),
+        )
+    }));
+    found
+}
+
+/// Whether a request state is cancelled (Spot Fleet) or deleted (EC2 Fleet).
+pub fn is_cancelled(state: &str) -> bool {
+    state.starts_with("cancelled") || state.starts_with("deleted")
+}
+
+/// The instances a fleet request lists (DescribeSpotFleetInstances or
+/// DescribeFleetInstances, by its id).
+pub async fn fleet_instances(h: &Harness, id: &str) -> BTreeSet<String> {
+    let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
+    if id.starts_with("sfr-") {
+        let out = ec2
+            .describe_spot_fleet_instances()
+            .spot_fleet_request_id(id)
+            .send()
+            .await
+            .expect("describe the fleet's instances");
+        out.active_instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    } else {
+        let out = ec2
+            .describe_fleet_instances()
+            .fleet_id(id)
+            .send()
+            .await
+            .expect("describe the fleet's instances");
+        out.active_instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    }
 }
 
 /// Pending or running instances tagged with the fleet.

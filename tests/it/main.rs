@@ -15,6 +15,7 @@ mod cycle;
 mod day_two;
 mod drift;
 mod flaky;
+mod fleet_api;
 mod iam;
 mod lock;
 mod lock_fence;

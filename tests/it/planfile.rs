@@ -71,7 +71,7 @@ async fn a_saved_plan_applies_once_then_is_stale() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(doc["format"], "bbfleet-plan");
-    assert_eq!(doc["format_version"], 2);
+    assert_eq!(doc["format_version"], 3);
     assert_eq!(doc["fleet"], "pf-once");
     assert_eq!(doc["capacity"]["desired"], 2);
     assert_eq!(doc["observed"]["sha256"].as_str().unwrap().len(), 64);
@@ -324,7 +324,7 @@ async fn edited_or_garbled_plan_files_are_refused() {
         ),
         (
             "future.json",
-            good.replace("\"format_version\": 2,", "\"format_version\": 99,"),
+            good.replace("\"format_version\": 3,", "\"format_version\": 99,"),
             "plan file format version 99",
         ),
         (
