@@ -465,6 +465,11 @@ mod tests {
                 api.as_str()
             );
         }
+        assert_eq!(
+            STRATEGIES.len(),
+            AllocationStrategy::ALL.len(),
+            "every config strategy has an EC2 Fleet name"
+        );
     }
 
     #[test]

@@ -417,6 +417,23 @@ fn spot_fleet_phase(state: Option<&aws_sdk_ec2::types::BatchState>) -> FleetPhas
 #[cfg(test)]
 mod tests {
     #[test]
+    fn every_strategy_is_one_spot_fleet_offers() {
+        for (config, api) in super::STRATEGIES {
+            assert!(
+                super::Ec2Strategy::values().contains(&api.as_str()),
+                "{} -> {}",
+                config.as_str(),
+                api.as_str()
+            );
+        }
+        assert_eq!(
+            super::STRATEGIES.len(),
+            crate::config::AllocationStrategy::ALL.len(),
+            "every config strategy has a Spot Fleet name"
+        );
+    }
+
+    #[test]
     fn client_tokens_fit_ec2s_limit_and_are_never_reused() {
         let t = super::client_token();
         assert!(t.len() <= 64 && t.is_ascii(), "{t}");

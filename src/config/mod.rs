@@ -235,7 +235,8 @@ pub enum AllocationStrategy {
 }
 
 impl AllocationStrategy {
-    const ALL: [(&'static str, AllocationStrategy); 4] = [
+    /// Every strategy with its config spelling.
+    pub const ALL: [(&'static str, AllocationStrategy); 4] = [
         ("diversified", AllocationStrategy::Diversified),
         (
             "price-capacity-optimized",

@@ -49,16 +49,32 @@ async fn split(h: &Harness) -> (usize, usize) {
     (running.len() - spot, spot)
 }
 
-/// The EC2 Fleet's (total, on-demand) targets, as AWS shows them (through the layer:
-/// moto holds the spot part the injected shortage clipped).
-async fn ec2_fleet_targets(h: &Harness, id: &str) -> (i32, i32) {
+/// A request's (total, on-demand) targets, as AWS shows them (through the layer: moto
+/// holds the spot part the injected shortage clipped).
+async fn targets(h: &Harness, id: &str) -> (i32, i32) {
     let ec2 = aws_sdk_ec2::Client::new(&testkit::moto::harness_sdk(&h.recorder.endpoint).await);
-    let out = ec2.describe_fleets().fleet_ids(id).send().await.unwrap();
-    let c = out.fleets()[0].target_capacity_specification().unwrap();
-    (
-        c.total_target_capacity().unwrap_or(-1),
-        c.on_demand_target_capacity().unwrap_or(-1),
-    )
+    if id.starts_with("sfr-") {
+        let out = ec2
+            .describe_spot_fleet_requests()
+            .spot_fleet_request_ids(id)
+            .send()
+            .await
+            .unwrap();
+        let c = out.spot_fleet_request_configs()[0]
+            .spot_fleet_request_config()
+            .unwrap();
+        (
+            c.target_capacity().unwrap_or(-1),
+            c.on_demand_target_capacity().unwrap_or(-1),
+        )
+    } else {
+        let out = ec2.describe_fleets().fleet_ids(id).send().await.unwrap();
+        let c = out.fleets()[0].target_capacity_specification().unwrap();
+        (
+            c.total_target_capacity().unwrap_or(-1),
+            c.on_demand_target_capacity().unwrap_or(-1),
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,11 +230,28 @@ async fn a_spot_fleet_keeps_its_on_demand_base() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spot_shortage_falls_back_to_on_demand_within_the_cost_cap_and_returns() {
-    let h = Harness::new(KIT, "fallback").await;
+async fn an_ec2_fleet_short_of_spot_falls_back_to_on_demand_within_the_cost_cap_and_returns() {
+    fallback_cycle("fallback", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_fleet_short_of_spot_falls_back_to_on_demand_within_the_cost_cap_and_returns() {
+    fallback_cycle("sffallback", false).await;
+}
+
+/// One fleet through a spot shortage: base, shortage, capped plan, fallback, way back.
+async fn fallback_cycle(fleet: &str, ec2: bool) {
+    let h = Harness::new(KIT, fleet).await;
     let spot = "fallback = \"on-demand\"\nfallback_grace_seconds = 5\n";
     let text = |capacity: u32, cap: &str| {
-        ec2_fleet(&h, capacity, spot, &format!("on_demand_base = 1\n{cap}"))
+        let cap = format!("on_demand_base = 1\n{cap}");
+        if ec2 {
+            ec2_fleet(&h, capacity, spot, &cap)
+        } else {
+            h.config(capacity, None)
+                .replace(ROLE_LINE, &format!("{ROLE_LINE}{spot}"))
+                .replace("max = 20\n", &format!("max = 20\n{cap}"))
+        }
     };
     let path = h.write_config(&text(3, ""));
     let cfg = path.to_str().unwrap().to_owned();
@@ -226,7 +259,7 @@ async fn a_spot_shortage_falls_back_to_on_demand_within_the_cost_cap_and_returns
     h.recorder.rules(|r| r.spot_capacity = Some(2));
     h.apply(&cfg, &[]).await;
     let (id, _) = live(&h).await.into_iter().next().unwrap();
-    assert_eq!(ec2_fleet_targets(&h, &id).await, (3, 1));
+    assert_eq!(targets(&h, &id).await, (3, 1));
     assert_eq!(
         split(&h).await,
         (1, 2),
@@ -236,7 +269,7 @@ async fn a_spot_shortage_falls_back_to_on_demand_within_the_cost_cap_and_returns
     // Five runners: the fleet gets no third and fourth spot instance.
     h.write_config(&text(5, ""));
     let up = h.apply(&cfg, &[]).await;
-    assert_eq!(ec2_fleet_targets(&h, &id).await, (5, 1), "{}", up.stdout);
+    assert_eq!(targets(&h, &id).await, (5, 1), "{}", up.stdout);
     assert_eq!(split(&h).await, (1, 2), "short of 2 spot instances");
 
     // With a cost cap nothing above the base fits: the plan says so and changes nothing.
@@ -270,7 +303,7 @@ async fn a_spot_shortage_falls_back_to_on_demand_within_the_cost_cap_and_returns
         "{}",
         run.stdout
     );
-    assert_eq!(ec2_fleet_targets(&h, &id).await, (5, 3));
+    assert_eq!(targets(&h, &id).await, (5, 3));
     assert_eq!(split(&h).await, (3, 2));
     let status = h
         .run(&["--config", &cfg, "status"], &Harness::token())
@@ -288,7 +321,7 @@ async fn a_spot_shortage_falls_back_to_on_demand_within_the_cost_cap_and_returns
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     let back = h.apply(&cfg, &[]).await;
     assert!(back.stdout.contains("back to spot"), "{}", back.stdout);
-    assert_eq!(ec2_fleet_targets(&h, &id).await, (5, 1));
+    assert_eq!(targets(&h, &id).await, (5, 1));
     h.destroy(&cfg).await;
     let left = world::leftovers(&h).await;
     assert!(left.is_empty(), "{left:?}");
