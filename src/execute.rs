@@ -272,40 +272,10 @@ impl Executor<'_> {
             Action::CreateRunner { name } => self.create_runner(name, state).await,
             Action::CreateLaunchTemplate { .. } => self.create_launch_template(state).await,
             Action::CreateLaunchTemplateVersion { .. } => self.new_template_version(state).await,
-            Action::RequestFleet {
-                target, on_demand, ..
-            } => {
-                self.request_fleet(target_of(*target, *on_demand), state)
-                    .await
-            }
-            Action::SetFleetTarget {
-                id, to, on_demand, ..
-            } => {
-                let target = target_of(*to, *on_demand);
-                self.fleet_api.set_target(id, target, false).await?;
-                Ok(format!("target {to} ({on_demand} on-demand)"))
-            }
-            Action::ModifyFleet {
-                id, to, on_demand, ..
-            } => {
-                self.modify_fleet(id, target_of(*to, *on_demand), state)
-                    .await
-            }
-            Action::CancelFleet {
-                id,
-                terminate_instances,
-                ..
-            } => {
-                self.fleet_api
-                    .cancel(std::slice::from_ref(id), *terminate_instances)
-                    .await?;
-                Ok(if *terminate_instances {
-                    "cancelled, instances terminating"
-                } else {
-                    "cancelled, instances run on"
-                }
-                .to_owned())
-            }
+            Action::RequestFleet { .. }
+            | Action::SetFleetTarget { .. }
+            | Action::ModifyFleet { .. }
+            | Action::CancelFleet { .. } => self.fleet_action(action, state).await,
             Action::TerminateInstances { ids, .. } | Action::TerminateStrayInstances { ids } => {
                 let ids: Vec<String> = {
                     let st = lock(state);
@@ -388,6 +358,51 @@ impl Executor<'_> {
         let version = ec2::create_launch_template_version(&self.aws.ec2, &id, spec).await?;
         lock(state).launch_template = Some((id.clone(), version));
         Ok(format!("{id} version {version}"))
+    }
+
+    /// The fleet request's actions, through the backend seam.
+    async fn fleet_action(
+        &self,
+        action: &Action,
+        state: &Mutex<State>,
+    ) -> Result<String, ActionError> {
+        match action {
+            Action::RequestFleet {
+                target, on_demand, ..
+            } => {
+                self.request_fleet(target_of(*target, *on_demand), state)
+                    .await
+            }
+            Action::SetFleetTarget {
+                id, to, on_demand, ..
+            } => {
+                let target = target_of(*to, *on_demand);
+                self.fleet_api.set_target(id, target, false).await?;
+                Ok(format!("target {to} ({on_demand} on-demand)"))
+            }
+            Action::ModifyFleet {
+                id, to, on_demand, ..
+            } => {
+                self.modify_fleet(id, target_of(*to, *on_demand), state)
+                    .await
+            }
+            Action::CancelFleet {
+                id,
+                terminate_instances,
+                ..
+            } => {
+                self.fleet_api
+                    .cancel(std::slice::from_ref(id), *terminate_instances)
+                    .await?;
+                Ok(if *terminate_instances {
+                    "cancelled, instances terminating"
+                } else {
+                    "cancelled, instances run on"
+                }
+                .to_owned())
+            }
+            _ => unreachable!("only fleet actions come here"),
+        }
     }
 
     async fn request_fleet(

@@ -265,12 +265,65 @@ pub(super) fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> O
         .and_then(|t| t.value())
 }
 
-/// The spot capacity errors among history records: (type, sub-type, description, time).
-/// A record counts when its type is an error, or its sub-type says launches fail for want
-/// of capacity (EC2 User Guide, "Spot Fleet event types" / "EC2 Fleet event types").
-pub(super) fn capacity_errors<'a>(
-    records: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<jiff::Timestamp>)>,
-) -> Vec<String> {
+/// Everything a NextToken-paged call lists, 10 pages at most (every list bbfleet pages this
+/// way is far shorter): `page(token)` gives a page's items and the next token.
+pub(super) async fn paged<T, F, Fut>(mut page: F) -> Result<Vec<T>, AwsError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), AwsError>>,
+{
+    let mut all = Vec::new();
+    let mut token = None;
+    for _ in 0..10 {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        token = next.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// An SDK timestamp as a jiff one.
+pub(super) fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> {
+    t.and_then(|t| jiff::Timestamp::from_second(t.secs()).ok())
+}
+
+/// A fleet history record of either API (Spot Fleet's `HistoryRecord`, EC2 Fleet's
+/// `HistoryRecordEntry`): type, sub-type, description, time.
+pub(super) trait HistoryRecord {
+    /// The record's parts.
+    fn parts(&self) -> (&str, &str, &str, Option<jiff::Timestamp>);
+}
+
+macro_rules! history_record {
+    ($($t:ty),*) => {$(
+        impl HistoryRecord for $t {
+            fn parts(&self) -> (&str, &str, &str, Option<jiff::Timestamp>) {
+                let info = self.event_information();
+                (
+                    self.event_type().map_or("", |t| t.as_str()),
+                    info.and_then(|i| i.event_sub_type()).unwrap_or_default(),
+                    info.and_then(|i| i.event_description()).unwrap_or_default(),
+                    timestamp(self.timestamp()),
+                )
+            }
+        }
+    )*};
+}
+
+history_record!(
+    aws_sdk_ec2::types::HistoryRecord,
+    aws_sdk_ec2::types::HistoryRecordEntry
+);
+
+/// The spot capacity errors among history records, newest first, each `sub-type:
+/// description`. A record counts when its type is an error (Spot Fleet `error`, EC2 Fleet
+/// `service-error`: AWS logs "There is no Spot capacity available that matches your
+/// request" as such, sub-type `spotFleetRequestConfigurationInvalid`), or its sub-type says
+/// launches fail (EC2 User Guide, "Spot Fleet event types" / "EC2 Fleet event types").
+pub(super) fn capacity_errors(records: &[impl HistoryRecord]) -> Vec<String> {
     const SUB_TYPES: [&str; 4] = [
         "allLaunchSpecsTemporarilyBlacklisted",
         "launchSpecTemporarilyBlacklisted",
@@ -278,12 +331,14 @@ pub(super) fn capacity_errors<'a>(
         "fleetProgressHalted",
     ];
     let mut found: Vec<(Option<jiff::Timestamp>, String)> = records
+        .iter()
+        .map(HistoryRecord::parts)
         .filter(|(kind, sub, _, _)| {
             matches!(*kind, "error" | "service-error") || SUB_TYPES.contains(sub)
         })
         .map(|(_, sub, description, at)| (at, format!("{sub}: {description}")))
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, e)| e).collect()
 }
 
@@ -363,27 +418,36 @@ mod tests {
 
     #[test]
     fn capacity_errors_are_errors_and_launch_failures_newest_first() {
-        let t = |s: i64| jiff::Timestamp::from_second(s).ok();
-        let found = capacity_errors(
-            [
-                ("instanceChange", "launched", "i-1", t(1)),
-                (
-                    "information",
-                    "launchSpecUnusable",
-                    "no Spot capacity",
-                    t(2),
-                ),
-                ("error", "spotInstanceCountLimitExceeded", "limit", t(3)),
-                ("fleet-change", "active", "", t(4)),
-                (
-                    "service-error",
-                    "allLaunchSpecsTemporarilyBlacklisted",
-                    "none",
-                    t(5),
-                ),
-            ]
-            .into_iter(),
-        );
+        use aws_sdk_ec2::types::{EventInformation, HistoryRecordEntry};
+        let record = |kind: &str, sub: &str, description: &str, at: i64| {
+            HistoryRecordEntry::builder()
+                .event_type(kind.into())
+                .event_information(
+                    EventInformation::builder()
+                        .event_sub_type(sub)
+                        .event_description(description)
+                        .build(),
+                )
+                .timestamp(aws_smithy_types::DateTime::from_secs(at))
+                .build()
+        };
+        let found = capacity_errors(&[
+            record("instance-change", "launched", "i-1", 1),
+            record("fleet-change", "launchSpecUnusable", "no Spot capacity", 2),
+            record(
+                "service-error",
+                "spotInstanceCountLimitExceeded",
+                "limit",
+                3,
+            ),
+            record("fleet-change", "active", "", 4),
+            record(
+                "service-error",
+                "allLaunchSpecsTemporarilyBlacklisted",
+                "none",
+                5,
+            ),
+        ]);
         assert_eq!(
             found,
             [

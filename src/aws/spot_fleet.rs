@@ -28,10 +28,8 @@ impl SpotFleet {
     }
 
     async fn instances(&self, id: &str) -> Result<Vec<String>, AwsError> {
-        let mut ids = Vec::new();
-        let mut token = None;
-        // Bounded: 1000 instances a page, 100 pages.
-        for _ in 0..100 {
+        // 1000 instances a page.
+        let mut ids = fleet::paged(|token| async move {
             let out = self
                 .ec2
                 .describe_spot_fleet_instances()
@@ -41,19 +39,14 @@ impl SpotFleet {
                 .send()
                 .await
                 .map_err(|e| AwsError::call("ec2:DescribeSpotFleetInstances", e))?;
-            ids.extend(
-                out.active_instances()
-                    .iter()
-                    .filter_map(|i| i.instance_id().map(str::to_owned)),
-            );
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
+            let ids = out
+                .active_instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_owned))
+                .collect();
+            Ok((ids, out.next_token().map(str::to_owned)))
+        })
+        .await?;
         ids.sort();
         Ok(ids)
     }
@@ -253,10 +246,9 @@ impl FleetApi for SpotFleet {
                         let od = c.on_demand_fulfilled_capacity().unwrap_or(0.0);
                         Some((all - od).max(0.0) as i32)
                     }),
-                    target_at: tag(TARGET_AT_TAG).and_then(|t| t.parse().ok()).or_else(|| {
-                        r.create_time()
-                            .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok())
-                    }),
+                    target_at: tag(TARGET_AT_TAG)
+                        .and_then(|t| t.parse().ok())
+                        .or_else(|| fleet::timestamp(r.create_time())),
                     capacity_errors: Vec::new(),
                 });
             }
@@ -320,10 +312,7 @@ impl FleetApi for SpotFleet {
         id: &str,
         since: jiff::Timestamp,
     ) -> Result<Vec<String>, AwsError> {
-        let mut records = Vec::new();
-        let mut token = None;
-        // Bounded: 1000 records a page, 10 pages.
-        for _ in 0..10 {
+        let records = fleet::paged(|token| async move {
             let out = self
                 .ec2
                 .describe_spot_fleet_request_history()
@@ -334,25 +323,13 @@ impl FleetApi for SpotFleet {
                 .send()
                 .await
                 .map_err(|e| AwsError::call("ec2:DescribeSpotFleetRequestHistory", e))?;
-            records.extend(out.history_records().iter().cloned());
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(fleet::capacity_errors(records.iter().map(|r| {
-            let info = r.event_information();
-            (
-                r.event_type().map_or("", |t| t.as_str()),
-                info.and_then(|i| i.event_sub_type()).unwrap_or_default(),
-                info.and_then(|i| i.event_description()).unwrap_or_default(),
-                r.timestamp()
-                    .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
-            )
-        })))
+            Ok((
+                out.history_records().to_vec(),
+                out.next_token().map(str::to_owned),
+            ))
+        })
+        .await?;
+        Ok(fleet::capacity_errors(&records))
     }
 
     async fn modify(

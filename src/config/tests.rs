@@ -187,6 +187,76 @@ fn errors_name_the_field() {
     }
 }
 
+const ROLE: &str =
+    r#"fleet_role = "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role""#;
+
+#[test]
+fn the_fleet_api_the_on_demand_part_and_the_cost_cap_name_their_fields() {
+    let cases = [
+        (
+            with(ROLE, "fleet_api = \"spot\""),
+            "spot.fleet_api: \"spot\" is not one of spot-fleet",
+        ),
+        (with(ROLE, ""), "spot.fleet_role: missing"),
+        (
+            with(ROLE, &format!("{ROLE}\nfallback = \"ondemand\"")),
+            "spot.fallback: \"ondemand\" is not one of none, on-demand",
+        ),
+        (
+            with("max = 20", "max = 20\non_demand_base = 21"),
+            "capacity.on_demand_base: 21 is above capacity.max (20)",
+        ),
+        (
+            with("max = 20", "max = 20\nmax_hourly_cost = 2.5"),
+            "capacity.on_demand_hourly_price: missing",
+        ),
+        (
+            with("max = 20", "max = 20\non_demand_hourly_price = 0.1"),
+            "capacity.max_hourly_cost: missing",
+        ),
+        (
+            with(
+                "max = 20",
+                "max = 20\nmax_hourly_cost = -1.0\non_demand_hourly_price = 0.1",
+            ),
+            "capacity.max_hourly_cost: -1 is not a positive amount",
+        ),
+    ];
+    for (text, expected) in cases {
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "expected {expected:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn an_ec2_fleet_needs_no_role_and_the_defaults_are_spot_only() {
+    let c = Config::parse(GOOD, "t").unwrap();
+    assert_eq!(c.spot.fleet_api, crate::config::FleetApiKind::SpotFleet);
+    assert_eq!(c.spot.fallback, crate::config::Fallback::None);
+    assert_eq!(c.spot.fallback_grace_seconds, 600);
+    assert_eq!((c.capacity.on_demand_base, c.capacity.cost_cap), (0, None));
+    let text = with(ROLE, "fleet_api = \"ec2-fleet\"\nfallback = \"on-demand\"").replace(
+        "max = 20",
+        "max = 20\non_demand_base = 2\nmax_hourly_cost = 2.5\non_demand_hourly_price = 0.126",
+    );
+    let c = Config::parse(&text, "t").unwrap();
+    assert_eq!(c.spot.fleet_api, crate::config::FleetApiKind::Ec2Fleet);
+    assert_eq!(c.spot.fleet_role, "");
+    assert_eq!(c.spot.fallback, crate::config::Fallback::OnDemand);
+    assert_eq!(c.capacity.on_demand_base, 2);
+    let cap = c.capacity.cost_cap.unwrap();
+    assert_eq!(
+        (cap.max_hourly_cost, cap.on_demand_hourly_price),
+        (2.5, 0.126)
+    );
+    // A role given with EC2 Fleet is checked, not used.
+    let kept = with(ROLE, &format!("{ROLE}\nfleet_api = \"ec2-fleet\""));
+    assert_eq!(Config::parse(&kept, "t").unwrap().spot.fleet_role, "");
+}
+
 #[test]
 fn syntax_errors_say_where() {
     let err = Config::parse("name = \"ci\n", "x.toml")
