@@ -71,6 +71,24 @@ pub struct UserdataVars {
     pub restart_delay_secs: u32,
     /// `docker container stop --time`: how long the runner gets to stop before it is killed.
     pub stop_timeout_secs: u32,
+    /// Bake mode (`bbfleet bake`): the builder instance installs and pulls everything a
+    /// host needs, marks the image baked ([`BAKED_MARKER`]), writes the signal parameter
+    /// and claims no runner. `None` on fleet hosts.
+    pub bake: Option<BakeVars>,
+}
+
+/// The file a baked image carries: a host that finds it skips the install and the pull
+/// and goes straight to the claim.
+pub const BAKED_MARKER: &str = "/etc/bbfleet/baked";
+
+/// What a builder instance needs (all public).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BakeVars {
+    /// SSM String parameter the builder writes when it is done (`done`) or failed
+    /// (`failed: ...`), with the instance role: `/bbfleet/{fleet}/bake/{build}`.
+    pub signal_parameter: String,
+    /// The runner image pulled into the baked image.
+    pub runner_image: String,
 }
 
 impl UserdataVars {
@@ -107,6 +125,7 @@ impl UserdataVars {
             restart_delay_secs: 10,
             // Well inside the 2-minute interruption notice.
             stop_timeout_secs: 60,
+            bake: None,
         }
     }
 }
