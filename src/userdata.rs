@@ -25,6 +25,7 @@ const AL2023: &str = include_str!("../userdata/al2023.sh.hbs");
 const UBUNTU: &str = include_str!("../userdata/ubuntu.sh.hbs");
 const COMMON: &str = include_str!("../userdata/common.sh.hbs");
 const AGENT: &str = include_str!("../userdata/agent.sh.hbs");
+const BAKE: &str = include_str!("../userdata/bake.sh.hbs");
 
 /// Default instance metadata endpoint; tests override it with a loopback fake.
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254";
@@ -278,7 +279,25 @@ fn registry() -> Handlebars<'static> {
     hb
 }
 
-/// Renders the userdata script for `os`.
+/// What the templates see: the vars and the constants bbfleet fixes.
+#[derive(Serialize)]
+struct TemplateData<'a> {
+    #[serde(flatten)]
+    vars: &'a UserdataVars,
+    baked_marker: &'static str,
+}
+
+/// The shared part: common.sh.hbs, and in bake mode bake.sh.hbs after it (its functions
+/// are only in a builder's script, so a fleet host's script has no `--overwrite` at all).
+fn common_part(vars: &UserdataVars) -> String {
+    match vars.bake {
+        Some(_) => format!("{COMMON}\n{BAKE}"),
+        None => COMMON.to_owned(),
+    }
+}
+
+/// Renders the userdata script for `os`: a fleet host's, or with `vars.bake` a builder's
+/// (bake mode).
 pub fn render(os: Os, vars: &UserdataVars) -> Result<String, UserdataError> {
     let name = template_name(os);
     let body = match os {
@@ -290,10 +309,15 @@ pub fn render(os: Os, vars: &UserdataVars) -> Result<String, UserdataError> {
         template: name,
         source: Box::new(e.into()),
     };
-    hb.register_partial("common", COMMON).map_err(wrap)?;
+    hb.register_partial("common", common_part(vars))
+        .map_err(wrap)?;
     hb.register_partial("agent", AGENT).map_err(wrap)?;
     hb.register_template_string(name, body).map_err(wrap)?;
-    hb.render(name, vars).map_err(|e| UserdataError::Render {
+    let data = TemplateData {
+        vars,
+        baked_marker: BAKED_MARKER,
+    };
+    hb.render(name, &data).map_err(|e| UserdataError::Render {
         template: name,
         source: Box::new(e),
     })

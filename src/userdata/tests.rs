@@ -60,6 +60,7 @@ fn every_value_in_the_templates_goes_through_a_helper() {
         ("ubuntu", UBUNTU),
         ("common", COMMON),
         ("agent", AGENT),
+        ("bake", BAKE),
     ] {
         let mut rest = text;
         let mut expressions = 0;
@@ -134,5 +135,39 @@ fn user_data_over_the_limit_is_refused_naming_the_cause() {
         "EC2 refuses more than 16384",
     ] {
         assert!(err.contains(want), "{want:?} not in {err}");
+    }
+}
+
+fn bake_vars() -> UserdataVars {
+    UserdataVars {
+        bake: Some(BakeVars {
+            signal_parameter: "/bbfleet/ci/bake/it's".to_owned(),
+            runner_image: "registry.example.com/runner:1".to_owned(),
+        }),
+        ..UserdataVars::new("ci", "eu-west-1", 4)
+    }
+}
+
+#[test]
+fn only_a_builder_script_has_the_bake_part_and_both_know_the_marker() {
+    let stock = UserdataVars::new("ci", "eu-west-1", 4);
+    for os in [Os::Al2023, Os::Ubuntu] {
+        let host = render(os, &stock).expect("render a host's script");
+        let builder = render(os, &bake_vars()).expect("render a builder's script");
+        for script in [&host, &builder] {
+            assert!(script.contains("readonly BAKED_MARKER='/etc/bbfleet/baked'"));
+            assert_eq!(BAKED_MARKER, "/etc/bbfleet/baked");
+            assert!(script.ends_with("\nbootstrap\n"), "{os:?}");
+        }
+        assert!(!host.contains("BAKING=1"));
+        assert!(!host.contains("bake_image() {"));
+        assert!(!host.contains("--overwrite"));
+        assert!(builder.contains("BAKING=1"));
+        assert!(builder.contains(r"readonly SIGNAL='/bbfleet/ci/bake/it'\''s'"));
+        assert!(builder.contains("readonly RUNNER_IMAGE='registry.example.com/runner:1'"));
+        // The one overwrite: the signal parameter, never a claim.
+        assert_eq!(builder.matches("--overwrite").count(), 1);
+        assert!(builder.contains("--name \"$SIGNAL\" --type String --value \"$1\" --overwrite"));
+        check_fits(os, &bake_vars()).expect("a builder's script fits");
     }
 }

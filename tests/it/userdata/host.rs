@@ -15,8 +15,9 @@ use testkit::recorder::Recorder;
 use super::aws::{host_proxy, moto_env, tag_as_fleet_instance};
 use super::{RUNNER_TIMEOUT, SCRIPT_TIMEOUT};
 
-pub(super) const STUBS: [&str; 11] = [
+pub(super) const STUBS: [&str; 12] = [
     "docker",
+    "cloud-init",
     "dnf",
     "apt-get",
     "snap",
@@ -93,6 +94,7 @@ impl Host {
                 // `container run`: the full argv (NUL-separated), a marker that it is
                 // complete, then it runs until `container stop` (or crashes when asked
                 // to, or ends after 120 s). `container ls`: the step containers in `steps`.
+                // `pull` fails when `pull-fails` exists, `image inspect` when `no-image` does.
                 "docker" => body += &format!(
                     "D='{0}'\n\
                      case \"$1 $2\" in\n\
@@ -106,6 +108,8 @@ impl Host {
                        while [ ! -e \"$D/stopped\" ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done ;;\n\
                      'container stop') : >\"$D/stopped\" ;;\n\
                      'container ls') cat \"$D/steps\" 2>/dev/null ;;\n\
+                     'pull --quiet') if [ -e \"$D/pull-fails\" ]; then exit 1; fi ;;\n\
+                     'image inspect') if [ -e \"$D/no-image\" ]; then exit 1; fi ;;\n\
                      esac\n\
                      exit 0\n",
                     dir.path().display()

@@ -10,6 +10,7 @@ mod agent;
 mod argv;
 mod aws;
 mod blast;
+mod boot;
 mod claims;
 mod heal;
 mod host;

@@ -11,7 +11,7 @@ fn production_vars(fleet: &str) -> UserdataVars {
     UserdataVars::new(fleet, "eu-west-1", 4)
 }
 
-fn shellcheck(name: &str, script: &str) {
+pub(super) fn shellcheck(name: &str, script: &str) {
     let child = Command::new("shellcheck")
         .args(["-s", "bash", "-"])
         .stdin(Stdio::piped())
