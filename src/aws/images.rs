@@ -87,6 +87,30 @@ fn fleet_filter(fleet: &str) -> Filter {
         .build()
 }
 
+fn profile(name_or_arn: &str) -> IamInstanceProfileSpecification {
+    if name_or_arn.starts_with("arn:") {
+        IamInstanceProfileSpecification::builder().arn(name_or_arn)
+    } else {
+        IamInstanceProfileSpecification::builder().name(name_or_arn)
+    }
+    .build()
+}
+
+/// The root volume as the launch template has it: encrypted gp3, gone with the instance.
+fn root_volume(spec: &BuilderSpec) -> BlockDeviceMapping {
+    BlockDeviceMapping::builder()
+        .device_name(&spec.root_device)
+        .ebs(
+            EbsBlockDevice::builder()
+                .volume_size(spec.root_volume_gb as i32)
+                .volume_type(VolumeType::Gp3)
+                .delete_on_termination(true)
+                .encrypted(true)
+                .build(),
+        )
+        .build()
+}
+
 /// Launches the builder; returns its instance id. The same `build` (ClientToken) launches
 /// at most one instance ("Ensuring idempotency in Amazon EC2 API requests").
 pub async fn run_builder(
@@ -98,12 +122,6 @@ pub async fn run_builder(
         (FLEET_TAG, spec.fleet.as_str()),
         (BAKE_TAG, spec.build.as_str()),
     ];
-    let profile = if spec.instance_profile.starts_with("arn:") {
-        IamInstanceProfileSpecification::builder().arn(&spec.instance_profile)
-    } else {
-        IamInstanceProfileSpecification::builder().name(&spec.instance_profile)
-    }
-    .build();
     let out = ec2
         .run_instances()
         .image_id(&spec.image_id)
@@ -111,7 +129,7 @@ pub async fn run_builder(
         .min_count(1)
         .max_count(1)
         .subnet_id(&spec.subnet)
-        .iam_instance_profile(profile)
+        .iam_instance_profile(profile(&spec.instance_profile))
         .set_security_group_ids(
             (!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()),
         )
@@ -124,19 +142,7 @@ pub async fn run_builder(
                 .http_endpoint(InstanceMetadataEndpointState::Enabled)
                 .build(),
         )
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(&spec.root_device)
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .volume_size(spec.root_volume_gb as i32)
-                        .volume_type(VolumeType::Gp3)
-                        .delete_on_termination(true)
-                        .encrypted(true)
-                        .build(),
-                )
-                .build(),
-        )
+        .block_device_mappings(root_volume(spec))
         .tag_specifications(tags_on(ResourceType::Instance, &tags))
         .tag_specifications(tags_on(ResourceType::Volume, &tags))
         .send()

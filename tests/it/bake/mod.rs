@@ -4,131 +4,20 @@
 //! stays), and `instance.ami = "baked"` in plan. The userdata does not run on moto: the
 //! test writes the builder's signal.
 //!
-//! moto 5 refuses CreateImage's `snapshot` TagSpecification (NotImplementedError), which
-//! AWS applies to every snapshot of the image (EC2 API Reference, CreateImage). Until the
-//! AWS-rules layer answers it, [`SnapshotTagShim`] sits between bbfleet and the recording
-//! proxy: it sends that one call to moto without the snapshot specification and tags the
-//! image's snapshots itself, as AWS would. The IAM rule test below checks CreateImage as
-//! bbfleet sends it.
+//! moto cannot tag a new image's snapshots on create: `shim.rs` does it, as AWS would;
+//! `iam.rs` checks the bake calls against the operator policy.
+
+mod iam;
+mod shim;
 
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use serde_json::json;
 use testkit::harness::Harness;
-use testkit::iam::{evaluate, iam_requests, Fill};
 
-use crate::iam::{call, policy};
 use crate::KIT;
-
-/// A pass-through proxy that emulates CreateImage's snapshot tags on moto (see the
-/// module doc). Every other call goes to the recording proxy unchanged.
-struct SnapshotTagShim {
-    endpoint: String,
-}
-
-impl SnapshotTagShim {
-    async fn start(h: &Harness) -> SnapshotTagShim {
-        let recorder = h.recorder.endpoint.clone();
-        let moto = testkit::moto::moto().endpoint.clone();
-        let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let app = axum::Router::new().fallback(
-            move |headers: axum::http::HeaderMap, uri: axum::http::Uri, body: axum::body::Bytes| {
-                let (recorder, moto, ec2, http) =
-                    (recorder.clone(), moto.clone(), ec2.clone(), http.clone());
-                async move { shim(&http, &ec2, (&recorder, &moto), headers, uri, body).await }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        SnapshotTagShim { endpoint }
-    }
-}
-
-async fn shim(
-    http: &reqwest::Client,
-    ec2: &aws_sdk_ec2::Client,
-    (recorder, moto): (&str, &str),
-    headers: axum::http::HeaderMap,
-    uri: axum::http::Uri,
-    body: axum::body::Bytes,
-) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let create_image = pairs
-        .iter()
-        .any(|(k, v)| k == "Action" && v == "CreateImage");
-    let snapshot_spec = pairs
-        .iter()
-        .find(|(k, v)| k.ends_with(".ResourceType") && v == "snapshot")
-        .map(|(k, _)| k.trim_end_matches("ResourceType").to_owned());
-    let (base, body, snapshot_tags) = match (create_image, snapshot_spec) {
-        (true, Some(spec)) => {
-            let tags: Vec<(String, String)> = (1..=50)
-                .map_while(|j| {
-                    let get = |s: &str| {
-                        pairs
-                            .iter()
-                            .find(|(k, _)| *k == format!("{spec}Tag.{j}.{s}"))
-                            .map(|(_, v)| v.clone())
-                    };
-                    Some((get("Key")?, get("Value").unwrap_or_default()))
-                })
-                .collect();
-            let kept = pairs.iter().filter(|(k, _)| !k.starts_with(&spec));
-            let body = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(kept)
-                .finish();
-            (moto, body.into_bytes(), Some(tags))
-        }
-        _ => (recorder, body.to_vec(), None),
-    };
-    let mut req = http.post(format!("{base}{uri}")).body(body);
-    for (k, v) in &headers {
-        if k != "host" && k != "content-length" {
-            req = req.header(k, v);
-        }
-    }
-    let res = req.send().await.expect("forward");
-    let status = axum::http::StatusCode::from_u16(res.status().as_u16()).unwrap();
-    let mut out_headers = axum::http::HeaderMap::new();
-    if let Some(ct) = res.headers().get("content-type") {
-        out_headers.insert("content-type", ct.to_str().unwrap().parse().unwrap());
-    }
-    let bytes = res.bytes().await.unwrap().to_vec();
-    if let (Some(tags), true) = (snapshot_tags, status.is_success()) {
-        let text = String::from_utf8_lossy(&bytes);
-        let image = text
-            .split("<imageId>")
-            .nth(1)
-            .and_then(|r| r.split("</imageId>").next())
-            .expect("CreateImage answered an image id");
-        tag_snapshots(ec2, image, &tags).await;
-    }
-    (status, out_headers, bytes)
-}
-
-async fn tag_snapshots(ec2: &aws_sdk_ec2::Client, image: &str, tags: &[(String, String)]) {
-    let out = ec2.describe_images().image_ids(image).send().await.unwrap();
-    let snapshots: Vec<String> = out.images()[0]
-        .block_device_mappings()
-        .iter()
-        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
-        .collect();
-    let tags: Vec<_> = tags
-        .iter()
-        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
-        .collect();
-    ec2.create_tags()
-        .set_resources(Some(snapshots))
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .unwrap();
-}
+use shim::SnapshotTagShim;
 
 /// The harness config's instance profile, which RunInstances needs to exist (moto checks
 /// it as AWS does). Global in moto, made once (a second create is refused and ignored).
@@ -344,31 +233,13 @@ async fn bake_done(bed: &Bed, cfg: &str) -> serde_json::Value {
     doc
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bake_makes_a_tagged_image_plan_uses_it_and_nothing_else_is_left() {
-    let bed = Bed::new("bakecycle").await;
-    let token = Harness::token();
-    // instance.ami = "baked" with no image yet: plan fails naming the key and the command.
-    let cfg = bed.config(1, "ami = \"baked\"");
-    let plan = bed.h.run(&["--config", &cfg, "plan"], &token).await;
-    assert_eq!(plan.code, 1, "{}{}", plan.stdout, plan.stderr);
-    assert!(
-        plan.stderr.contains("instance.ami") && plan.stderr.contains("bbfleet bake"),
-        "{}",
-        plan.stderr
-    );
-
-    let doc = bake_done(&bed, &cfg).await;
-    let image = doc["image"].as_str().unwrap().to_owned();
-    let name = doc["name"].as_str().unwrap();
-    assert!(
-        name.starts_with("bbfleet-bakecycle-") && name.len() <= 128,
-        "{name}"
-    );
+/// The one image of the fleet is `doc`'s, tagged (and its snapshots) on create.
+async fn assert_baked_image(bed: &Bed, doc: &serde_json::Value) {
+    let image = doc["image"].as_str().unwrap();
     let images = bed.images().await;
     assert_eq!(images.len(), 1);
     let (id, tags, snapshots) = &images[0];
-    assert_eq!(id, &image);
+    assert_eq!(id, image);
     let tag = |k: &str| tags.iter().find(|(t, _)| t == k).map(|(_, v)| v.clone());
     assert_eq!(tag("bbfleet:fleet").as_deref(), Some("bakecycle"));
     assert_eq!(
@@ -390,11 +261,11 @@ async fn a_bake_makes_a_tagged_image_plan_uses_it_and_nothing_else_is_left() {
             .iter()
             .any(|t| t.key() == Some("bbfleet:fleet") && t.value() == Some("bakecycle")));
     }
-    assert!(bed.builders().await.is_empty(), "the builder is terminated");
-    assert_eq!(bed.bake_params().await, 0, "the signal is deleted");
+}
 
-    // The builder was launched as the brief says: the first type, the first subnet, the
-    // fleet's profile, IMDSv2, tagged on create with the fleet and the build.
+/// The builder was launched from the first type in the first subnet with the fleet's
+/// profile, IMDSv2 only, a ClientToken and the user data.
+fn assert_builder_launch(bed: &Bed) {
     let run = bed.h.recorder.calls();
     let run = run
         .iter()
@@ -410,6 +281,34 @@ async fn a_bake_makes_a_tagged_image_plan_uses_it_and_nothing_else_is_left() {
     ] {
         assert!(run.body.contains(p), "RunInstances without {p}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bake_makes_a_tagged_image_plan_uses_it_and_nothing_else_is_left() {
+    let bed = Bed::new("bakecycle").await;
+    let token = Harness::token();
+    // instance.ami = "baked" with no image yet: plan fails naming the key and the command.
+    let cfg = bed.config(1, "ami = \"baked\"");
+    let plan = bed.h.run(&["--config", &cfg, "plan"], &token).await;
+    assert_eq!(plan.code, 1, "{}{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stderr.contains("instance.ami") && plan.stderr.contains("bbfleet bake"),
+        "{}",
+        plan.stderr
+    );
+
+    let doc = bake_done(&bed, &cfg).await;
+    let image = doc["image"].as_str().unwrap().to_owned();
+    let name = doc["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("bbfleet-bakecycle-") && name.len() <= 128,
+        "{name}"
+    );
+    assert_baked_image(&bed, &doc).await;
+    assert!(bed.builders().await.is_empty(), "the builder is terminated");
+    assert_eq!(bed.bake_params().await, 0, "the signal is deleted");
+
+    assert_builder_launch(&bed);
 
     // plan with instance.ami = "baked": the new image.
     let plan = bed
@@ -467,7 +366,7 @@ async fn retention_drops_the_oldest_with_snapshots_but_keeps_the_live_image() {
     assert_eq!(second["deregistered"], json!([first]), "{second}");
     let second = second["image"].as_str().unwrap().to_owned();
     let ids: Vec<String> = bed.images().await.into_iter().map(|i| i.0).collect();
-    assert_eq!(ids, [second.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&second));
     for s in &first_snaps {
         assert!(
             !bed.snapshot_exists(s).await,
@@ -482,112 +381,4 @@ async fn retention_drops_the_oldest_with_snapshots_but_keeps_the_live_image() {
     let ids: Vec<String> = bed.images().await.into_iter().map(|i| i.0).collect();
     assert_eq!(ids, [second, third["image"].as_str().unwrap().to_owned()]);
     bed.h.destroy(&cfg).await.expect_code(0);
-}
-
-#[test]
-fn the_operator_policy_allows_the_bake_calls_only_for_the_fleet() {
-    const FLEET: &str = "iamrules";
-    let operator = policy("operator", &Fill::harness(FLEET));
-    let tags = |spec: usize, rt: &str, pairs: &[(&str, &str)]| {
-        let mut s = format!("&TagSpecification.{spec}.ResourceType={rt}");
-        for (j, (k, v)) in pairs.iter().enumerate() {
-            s.push_str(&format!(
-                "&TagSpecification.{spec}.Tag.{}.Key={k}&TagSpecification.{spec}.Tag.{}.Value={v}",
-                j + 1,
-                j + 1
-            ));
-        }
-        s
-    };
-    let builder = [
-        ("bbfleet:fleet", FLEET),
-        ("bbfleet:bake", "20261201T000000000Z"),
-    ];
-    let run = |tag_pairs: &[(&str, &str)], tokens: &str| {
-        format!(
-            "Action=RunInstances&ImageId=ami-0123456789abcdef0&SubnetId=subnet-1&IamInstanceProfile.Name=bbfleet-runner&MetadataOptions.HttpTokens={tokens}{}{}",
-            tags(1, "instance", tag_pairs),
-            tags(2, "volume", tag_pairs)
-        )
-    };
-    let ok = format!("<x><instancesSet><item><instanceId>i-0b</instanceId><tagSet><item><key>bbfleet:fleet</key><value>{FLEET}</value></item><item><key>bbfleet:bake</key><value>b</value></item></tagSet></item></instancesSet></x>");
-    let ok = ok.as_str();
-    let image_tags = [
-        ("bbfleet:fleet", FLEET),
-        ("bbfleet:source-ami", "ami-1"),
-        ("bbfleet:baked-at", "2026-12-01T00:00:00Z"),
-    ];
-    let create_image = format!(
-        "Action=CreateImage&InstanceId=i-0b&Name=bbfleet-{FLEET}-x{}{}",
-        tags(1, "image", &image_tags),
-        tags(2, "snapshot", &image_tags)
-    );
-    let decide = |calls: Vec<testkit::iam::Recorded>| {
-        let requests = iam_requests(&calls);
-        let items: Vec<_> = requests.iter().map(|r| (operator.clone(), r)).collect();
-        let decisions = evaluate(&items);
-        requests
-            .iter()
-            .zip(decisions)
-            .filter(|(r, _)| r.operation == calls.last().unwrap().operation)
-            .map(|(r, d)| (format!("{} {}", r.action, r.resource), d.allowed()))
-            .collect::<Vec<_>>()
-    };
-    let launch = call(
-        "ec2:RunInstances",
-        &run(&builder, "required"),
-        ok,
-        "testing",
-    );
-    let all_allowed = |v: Vec<(String, bool)>| v.iter().all(|(_, a)| *a);
-    let d = decide(vec![launch.clone()]);
-    assert!(all_allowed(d.clone()), "{d:?}");
-    for bad in [
-        run(&[("bbfleet:fleet", FLEET)], "required"),
-        run(
-            &[("bbfleet:fleet", "other"), ("bbfleet:bake", "b")],
-            "required",
-        ),
-        run(&builder, "optional"),
-    ] {
-        let d = decide(vec![call("ec2:RunInstances", &bad, ok, "testing")]);
-        assert!(!all_allowed(d.clone()), "{bad}: {d:?}");
-    }
-    let image_ok = "<x><imageId>ami-0new</imageId></x>";
-    let d = decide(vec![
-        launch.clone(),
-        call("ec2:CreateImage", &create_image, image_ok, "testing"),
-    ]);
-    assert!(all_allowed(d.clone()), "{d:?}");
-    let untagged = create_image.replace(&tags(2, "snapshot", &image_tags), "");
-    let d = decide(vec![
-        launch,
-        call("ec2:CreateImage", &untagged, image_ok, "testing"),
-    ]);
-    assert!(!all_allowed(d.clone()), "snapshots untagged: {d:?}");
-    // Deregister and delete: only what DescribeImages / DescribeSnapshots showed tagged.
-    let described = |fleet: &str| {
-        format!("<x><imagesSet><item><imageId>ami-0old</imageId><tagSet><item><key>bbfleet:fleet</key><value>{fleet}</value></item></tagSet></item></imagesSet><snapshotSet><item><snapshotId>snap-0old</snapshotId><tagSet><item><key>bbfleet:fleet</key><value>{fleet}</value></item></tagSet></item></snapshotSet></x>")
-    };
-    for (fleet, allowed) in [(FLEET, true), ("other", false)] {
-        for (op, body) in [
-            (
-                "ec2:DeregisterImage",
-                "Action=DeregisterImage&ImageId=ami-0old",
-            ),
-            (
-                "ec2:DeleteSnapshot",
-                "Action=DeleteSnapshot&SnapshotId=snap-0old",
-            ),
-        ] {
-            let seen = call(
-                "ec2:DescribeImages",
-                "Action=DescribeImages",
-                &described(fleet),
-                "testing",
-            );
-            let d = decide(vec![seen, call(op, body, "<x/>", "testing")]);
-            assert_eq!(all_allowed(d.clone()), allowed, "{op} of {fleet}'s: {d:?}");
-        }
-    }
 }
