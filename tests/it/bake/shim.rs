@@ -34,9 +34,12 @@ impl SnapshotTagShim {
     }
 }
 
+/// Tags as (key, value).
+type Tags = Vec<(String, String)>;
+
 /// For a CreateImage with a `snapshot` tag specification: the body without it, and its
 /// tags.
-fn strip_snapshot_spec(body: &[u8]) -> Option<(Vec<u8>, Vec<(String, String)>)> {
+fn strip_snapshot_spec(body: &[u8]) -> Option<(Vec<u8>, Tags)> {
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
