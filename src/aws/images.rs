@@ -111,6 +111,15 @@ fn root_volume(spec: &BuilderSpec) -> BlockDeviceMapping {
         .build()
 }
 
+/// Instances not terminated nor shutting down.
+fn not_terminated() -> Filter {
+    let states = ["pending", "running", "stopping", "stopped"];
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(states.map(String::from).to_vec()))
+        .build()
+}
+
 /// Launches the builder; returns its instance id. The same `build` (ClientToken) launches
 /// at most one instance ("Ensuring idempotency in Amazon EC2 API requests").
 pub async fn run_builder(
@@ -169,16 +178,7 @@ pub async fn builders(
         .describe_instances()
         .filters(fleet_filter(fleet))
         .filters(Filter::builder().name("tag-key").values(BAKE_TAG).build())
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "stopping", "stopped"]
-                        .map(String::from)
-                        .to_vec(),
-                ))
-                .build(),
-        )
+        .filters(not_terminated())
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {

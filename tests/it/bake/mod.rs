@@ -382,3 +382,78 @@ async fn retention_drops_the_oldest_with_snapshots_but_keeps_the_live_image() {
     assert_eq!(ids, [second, third["image"].as_str().unwrap().to_owned()]);
     bed.h.destroy(&cfg).await.expect_code(0);
 }
+
+/// What a bake that crashed after its launch leaves: a builder and its signal.
+async fn leftovers(bed: &Bed) -> (String, String) {
+    let base = bed
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .unwrap();
+    let tags = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("bbfleet:fleet")
+                .value("bakecrash")
+                .build(),
+        )
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("bbfleet:bake")
+                .value("old")
+                .build(),
+        )
+        .build();
+    let left = bed
+        .ec2
+        .run_instances()
+        .image_id(base.images()[0].image_id().unwrap())
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap();
+    let left = left.instances()[0].instance_id().unwrap().to_owned();
+    let signal = "/bbfleet/bakecrash/bake/old";
+    bed.ssm
+        .put_parameter()
+        .name(signal)
+        .value("done")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    (left, signal.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_a_crash_terminates_the_leftover_builder_and_signal() {
+    let bed = Bed::new("bakecrash").await;
+    let cfg = bed.config(0, "");
+    let (left, signal) = leftovers(&bed).await;
+    let signal = signal.as_str();
+    // The leftover is terminated before the new builder starts: the one builder the test
+    // then finds is the new one.
+    let child = bed.bake(&cfg, &[]);
+    let mut found = Vec::new();
+    for _ in 0..300 {
+        found = bed.builders().await;
+        if found.iter().all(|(id, _)| *id != left) && !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    bed.signal("done").await;
+    let (code, stdout, stderr) = finish(child).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["cleaned"], json!([left, signal]), "{doc}");
+    assert!(bed.builders().await.is_empty());
+    assert_eq!(bed.bake_params().await, 0);
+    assert_eq!(bed.images().await.len(), 1);
+}
