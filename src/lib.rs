@@ -2,6 +2,7 @@
 
 pub mod autoscale;
 pub mod aws;
+pub mod bake;
 pub mod bitbucket;
 pub mod cli;
 pub mod config;

@@ -231,8 +231,30 @@ async fn read_for_apply(
     })
 }
 
-/// Resolves the configured AMI (an SSM parameter is read here: Spot Fleet needs a concrete id).
+/// Resolves the configured AMI (an SSM parameter is read here: Spot Fleet needs a concrete
+/// id); with `instance.ami = "baked"` the fleet's newest available baked image.
 async fn resolve_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError> {
+    if !config.instance.baked {
+        return resolve_base_image(config, aws).await;
+    }
+    let images = crate::aws::images::baked_images(&aws.ec2, &config.name).await?;
+    let newest = images.iter().rev().find(|i| i.state == "available");
+    let Some(newest) = newest else {
+        return Err(AwsError::Reference {
+            field: "instance.ami".to_owned(),
+            message: format!(
+                "\"baked\" but fleet {} has no available baked image in {}; run `bbfleet bake` first",
+                config.name, aws.region
+            ),
+        });
+    };
+    checked_image(config, &newest.id, aws).await
+}
+
+/// The base AMI `instance.ami` names (an id or an SSM parameter; for `"baked"` the OS's
+/// default), described and checked against the instance types' architecture. `bbfleet
+/// bake` builds on it.
+pub async fn resolve_base_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError> {
     let id = match &config.instance.ami {
         AmiRef::Id(id) => id.clone(),
         AmiRef::Ssm(path) => {
@@ -244,7 +266,13 @@ async fn resolve_image(config: &Config, aws: &Aws) -> Result<ImageInfo, AwsError
                 })?
         }
     };
-    let image = ec2::describe_image(&aws.ec2, &id).await?;
+    checked_image(config, &id, aws).await
+}
+
+/// `id` described, or an error naming `instance.ami` when its architecture is not the
+/// instance types'.
+async fn checked_image(config: &Config, id: &str, aws: &Aws) -> Result<ImageInfo, AwsError> {
+    let image = ec2::describe_image(&aws.ec2, id).await?;
     let wanted = match config.instance.arch {
         crate::config::Arch::X86_64 => "x86_64",
         crate::config::Arch::Arm64 => "arm64",

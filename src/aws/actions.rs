@@ -6,7 +6,7 @@
 //! `policies/operator.json` allows every entry, and that it allows nothing else but
 //! the [`IMPLIED`] actions AWS checks on bbfleet's behalf.
 
-/// Operations bbfleet calls (`plan`, `apply`, `destroy`, `status`, `autoscale`), by provider.
+/// Operations bbfleet calls (`plan`, `apply`, `destroy`, `status`, `autoscale`, `bake`), by provider.
 pub const CALLED: &[&str] = &[
     // src/aws/kms.rs
     "kms:CreateAlias",
@@ -57,6 +57,15 @@ pub const CALLED: &[&str] = &[
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeSpotPriceHistory",
     "ec2:GetSpotPlacementScores",
+    // src/aws/images.rs (`bake`: the builder, the baked images and their snapshots; it
+    // also calls ec2:DescribeImages, ec2:DescribeInstances, ec2:TerminateInstances and
+    // ec2:DescribeLaunchTemplateVersions, listed above). RunInstances is called directly
+    // only here; the fleets' launches still need it implied (the IMPLIED entry's reason).
+    "ec2:CreateImage",
+    "ec2:DeleteSnapshot",
+    "ec2:DeregisterImage",
+    "ec2:DescribeSnapshots",
+    "ec2:RunInstances",
 ];
 
 /// Actions AWS authorizes as part of a call in [`CALLED`], with the call that needs them.
@@ -65,11 +74,6 @@ pub const IMPLIED: &[(&str, &str)] = &[
         "iam:PassRole",
         "RequestSpotFleet passes spot.fleet_role; RequestSpotFleet and CreateFleet pass the \
          instance role of the launch template's instance profile",
-    ),
-    (
-        "ec2:RunInstances",
-        "AWS checks it for the Spot Fleet requester, and for CreateFleet on the resources \
-         its launch template names",
     ),
     ("kms:TagResource", "tags given in CreateKey"),
     ("kms:Encrypt", "SSM encrypts a SecureString on PutParameter"),
@@ -97,7 +101,9 @@ mod tests {
         assert_eq!(all.len(), n, "an action is listed twice");
         assert!(is_called("ec2", "RequestSpotFleet"));
         assert!(is_called("ec2", "CreateFleet"));
-        assert!(!is_called("ec2", "RunInstances"));
+        // `bake` launches its builder with RunInstances itself; the fleets' launches need
+        // it too (checked by AWS on the requester: policies/operator.json's statements).
+        assert!(is_called("ec2", "RunInstances"));
         assert!(!is_called("iam", "PassRole"));
     }
 }

@@ -13,6 +13,7 @@ pub mod actions;
 pub mod ec2;
 pub mod ec2_fleet;
 pub mod fleet;
+pub mod images;
 pub mod kms;
 pub mod offerings;
 pub mod spot_fleet;

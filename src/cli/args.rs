@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use super::apply::ApplyArgs;
 use super::autoscale::AutoscaleArgs;
+use super::bake::BakeArgs;
 use super::destroy::DestroyArgs;
 use super::plan::PlanArgs;
 use super::policy::PolicyArgs;
@@ -69,9 +70,11 @@ pub(super) enum Command {
     Policy(PolicyArgs),
     /// Size the fleet to demand from the runners' busy ratio (`[capacity.autoscale]`).
     Autoscale(AutoscaleArgs),
+    /// Build a fleet host image (Docker, the aws CLI, the runner image) for `instance.ami = "baked"`.
+    Bake(BakeArgs),
 }
 
-/// Waiting for the fleet lock (apply, destroy, autoscale).
+/// Waiting for the fleet lock (apply, destroy, autoscale, bake).
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct LockArgs {
     /// Wait this long for another run's fleet lock (e.g. 30s, 5m), then fail naming the holder.

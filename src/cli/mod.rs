@@ -7,6 +7,7 @@ mod apply;
 mod approve;
 mod args;
 mod autoscale;
+mod bake;
 mod context;
 mod destroy;
 mod error;
@@ -74,5 +75,6 @@ async fn run(cli: Cli, out: Output, stats: &CallStats) -> Result<ExitCode, CliEr
         Command::Unlock(args) => args.run(&ctx).await,
         Command::Status => status::run(&ctx).await,
         Command::Autoscale(args) => args.run(&ctx).await,
+        Command::Bake(args) => args.run(&ctx).await,
     }
 }

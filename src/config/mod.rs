@@ -302,8 +302,13 @@ pub struct InstanceConfig {
     pub os: Os,
     /// Architecture of every configured instance type.
     pub arch: Arch,
-    /// The AMI.
+    /// The AMI hosts boot from, or with `baked` the base AMI `bbfleet bake` builds on.
     pub ami: AmiRef,
+    /// `instance.ami = "baked"`: hosts boot from the fleet's newest available baked image
+    /// (`bbfleet bake`); [`InstanceConfig::ami`] is then the OS's default AMI, the base.
+    pub baked: bool,
+    /// How many of the fleet's baked images `bbfleet bake` keeps (`instance.baked_images_kept`).
+    pub baked_images_kept: u32,
     /// Instance profile name or ARN (role that reads the runner commands).
     pub instance_profile: String,
     /// Security groups; empty = the VPC's default group.

@@ -134,6 +134,13 @@ pub(super) struct RawInstance {
     pub(super) swap_gb: u32,
     #[serde(default = "default_claim_timeout")]
     pub(super) claim_timeout_seconds: u64,
+    #[serde(default = "default_baked_images_kept")]
+    pub(super) baked_images_kept: u32,
+}
+
+/// `bbfleet bake` keeps the fleet's three newest baked images.
+fn default_baked_images_kept() -> u32 {
+    3
 }
 
 /// A host that has claimed no runner after this long gives up and terminates itself.

@@ -540,3 +540,29 @@ fn host_repair_timings_have_defaults_and_bounds() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn baked_ami_keeps_the_default_base_and_a_retention_count() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert!(!c.instance.baked);
+    assert_eq!(c.instance.baked_images_kept, 3);
+    let baked = GOOD.replace(
+        "instance_profile = \"bbfleet-runner\"",
+        "instance_profile = \"bbfleet-runner\"\nami = \"baked\"\nbaked_images_kept = 5",
+    );
+    let c = Config::parse(&baked, "t.toml").unwrap();
+    assert!(c.instance.baked);
+    assert_eq!(c.instance.baked_images_kept, 5);
+    assert_eq!(
+        c.instance.ami,
+        AmiRef::Ssm("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64".into())
+    );
+    let errs = errors(&GOOD.replace(
+        "instance_profile = \"bbfleet-runner\"",
+        "instance_profile = \"bbfleet-runner\"\nbaked_images_kept = 0",
+    ));
+    assert!(
+        errs.len() == 1 && errs[0].starts_with("instance.baked_images_kept: "),
+        "{errs:?}"
+    );
+}

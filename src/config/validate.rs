@@ -19,6 +19,9 @@ use super::{
 };
 use crate::names;
 
+/// `instance.ami = "baked"`: the fleet's newest baked image ([`InstanceConfig::baked`]).
+const BAKED: &str = "baked";
+
 /// Validates `raw`: the config, or every problem found.
 pub(super) fn config(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut v = Validator::default();
@@ -420,7 +423,13 @@ impl Validator {
 
     fn instance(&mut self, raw: RawInstance, arch: Arch) -> Option<InstanceConfig> {
         let os = self.os(&raw.os);
-        let ami = self.ami(raw.ami, os, arch);
+        let baked = raw.ami.as_deref() == Some(BAKED);
+        let ami = self.ami(raw.ami.filter(|a| a != BAKED), os, arch);
+        self.check(
+            (1..=100).contains(&raw.baked_images_kept),
+            "instance.baked_images_kept",
+            format!("{} is out of range: 1 to 100", raw.baked_images_kept),
+        );
         self.check(
             is_instance_profile(&raw.instance_profile),
             "instance.instance_profile",
@@ -460,6 +469,8 @@ impl Validator {
             os: os?,
             arch,
             ami: ami?,
+            baked,
+            baked_images_kept: raw.baked_images_kept,
             instance_profile: raw.instance_profile,
             security_groups: raw.security_groups,
             root_volume_gb: raw.root_volume_gb,
@@ -482,7 +493,8 @@ impl Validator {
         }
     }
 
-    /// The configured AMI, else the OS's default SSM parameter for `arch`.
+    /// The configured AMI, else the OS's default SSM parameter for `arch` (also the base
+    /// of `instance.ami = "baked"`).
     fn ami(&mut self, raw: Option<String>, os: Option<Os>, arch: Arch) -> Option<AmiRef> {
         match raw {
             Some(a) => {
@@ -490,7 +502,7 @@ impl Validator {
                 if parsed.is_none() {
                     self.err(
                         "instance.ami",
-                        format!("{a:?} is neither an AMI id (ami-...) nor an SSM parameter (ssm:/path or resolve:ssm:/path)"),
+                        format!("{a:?} is neither an AMI id (ami-...), an SSM parameter (ssm:/path or resolve:ssm:/path) nor \"{BAKED}\""),
                     );
                 }
                 parsed

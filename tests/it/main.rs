@@ -10,6 +10,7 @@
 
 mod aws_rules;
 mod bad_input;
+mod bake;
 mod crash;
 mod cycle;
 mod day_two;

@@ -158,7 +158,10 @@ impl World {
                 .text_of("instanceId")
                 .or_else(|| el.text_of("launchTemplateId"))
                 .or_else(|| el.text_of("spotFleetRequestId"))
-                .or_else(|| el.text_of("fleetId"));
+                .or_else(|| el.text_of("fleetId"))
+                // DescribeImages / DescribeSnapshots items (bbfleet bake).
+                .or_else(|| el.text_of("imageId"))
+                .or_else(|| el.text_of("snapshotId"));
             if let (Some(id), Some(tags)) = (id, el.tags()) {
                 self.tags.insert(id, tags);
             }
@@ -237,6 +240,15 @@ impl World {
                     ".LaunchTemplateSpecification.LaunchTemplateId",
                 );
                 self.fleet_templates.entry(id).or_default().extend(lts);
+            }
+        }
+        if op == "ec2:CreateImage" {
+            // The image's tags as given on create (DescribeImages shows them later too).
+            if let Some(id) = x.all().into_iter().find_map(|e| e.text_of("imageId")) {
+                let tags = q_tags(&params, "", "image");
+                self.tags
+                    .entry(id)
+                    .or_insert_with(|| tags.into_iter().collect());
             }
         }
         if op == "ec2:CreateTags" {

@@ -82,6 +82,9 @@ pub(super) fn ec2_requests(world: &World, c: &Recorded, b: &mut Builder) {
             on_each(world, b, action, "fleet", &params, "FleetId");
         }
         "ec2:CreateTags" => create_tags(world, &params, b),
+        _ if super::images::handles(op) => {
+            super::images::image_requests(world, op, &params, &c.response, b);
+        }
         "ec2:TerminateInstances" => {
             for id in q_list(&params, "InstanceId.", "") {
                 b.tag_fleet(&tags_vec(world, &id));
@@ -115,6 +118,10 @@ fn create_tags(world: &World, params: &[(String, String)], b: &mut Builder) {
             "fleet"
         } else if id.starts_with("lt-") {
             "launch-template"
+        } else if id.starts_with("ami-") {
+            "image"
+        } else if id.starts_with("snap-") {
+            "snapshot"
         } else {
             "instance"
         };

@@ -2,6 +2,7 @@
 
 mod ec2;
 mod ec2_fleet;
+mod images;
 mod json;
 
 use std::collections::BTreeMap;
@@ -33,9 +34,10 @@ pub struct IamRequest {
 }
 
 fn ec2_arn(kind: &str, id: &str) -> String {
-    if kind == "image" {
-        // Service Authorization Reference, EC2 resource types: image ARNs carry no account.
-        format!("arn:aws:ec2:{REGION}::image/{id}")
+    if kind == "image" || kind == "snapshot" {
+        // Service Authorization Reference, EC2 resource types: image and snapshot ARNs
+        // carry no account.
+        format!("arn:aws:ec2:{REGION}::{kind}/{id}")
     } else {
         format!("arn:aws:ec2:{REGION}:{ACCOUNT}:{kind}/{id}")
     }
