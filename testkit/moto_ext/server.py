@@ -7,7 +7,8 @@ this process, so moto's models see them.
 - ec2_fleet: ModifyFleet; DescribeFleetInstances and DescribeFleets as AWS answers them
   (live instances only, on-demand instances without a Spot request id, the fulfilled
   on-demand capacity counted);
-- spot_fleet: the on-demand part of a Spot Fleet (OnDemandTargetCapacity).
+- spot_fleet: the on-demand part of a Spot Fleet (OnDemandTargetCapacity);
+- images: CreateImage's `snapshot` tag specification (the image's snapshots tagged).
 """
 
 import os
@@ -18,10 +19,12 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ec2_fleet  # noqa: E402
+import images  # noqa: E402
 import spot_fleet  # noqa: E402
 from moto.server import main  # noqa: E402
 
 if __name__ == "__main__":
     ec2_fleet.install()
     spot_fleet.install()
+    images.install()
     main(sys.argv[1:])

@@ -1,5 +1,5 @@
 //! The operator policy on the bake calls, as bbfleet sends them (CreateImage with the
-//! snapshot tags moto cannot take, see `shim.rs`), through the IAM translation.
+//! snapshot tags), through the IAM translation.
 
 use testkit::iam::{evaluate, iam_requests, Fill, Recorded};
 

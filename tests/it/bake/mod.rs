@@ -4,11 +4,11 @@
 //! stays), and `instance.ami = "baked"` in plan. The userdata does not run on moto: the
 //! test writes the builder's signal.
 //!
-//! moto cannot tag a new image's snapshots on create: `shim.rs` does it, as AWS would;
-//! `iam.rs` checks the bake calls against the operator policy.
+//! moto cannot tag a new image's snapshots on create: the kit's moto extension
+//! (`testkit/moto_ext/images.py`) does it, as AWS does; `iam.rs` checks the bake calls
+//! against the operator policy.
 
 mod iam;
-mod shim;
 
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use serde_json::json;
 use testkit::harness::Harness;
 
 use crate::KIT;
-use shim::SnapshotTagShim;
 
 /// The harness config's instance profile, which RunInstances needs to exist (moto checks
 /// it as AWS does). Global in moto, made once (a second create is refused and ignored).
@@ -37,7 +36,6 @@ async fn instance_profile() {
 /// One fleet's bake test bed.
 struct Bed {
     h: Harness,
-    shim: SnapshotTagShim,
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
 }
@@ -46,10 +44,9 @@ impl Bed {
     async fn new(fleet: &str) -> Bed {
         let h = Harness::new(KIT, fleet).await;
         instance_profile().await;
-        let shim = SnapshotTagShim::start(&h).await;
         let ec2 = aws_sdk_ec2::Client::new(&h.sdk);
         let ssm = aws_sdk_ssm::Client::new(&h.sdk);
-        Bed { h, shim, ec2, ssm }
+        Bed { h, ec2, ssm }
     }
 
     /// The harness config with `extra` lines in `[instance]` (it is the last table).
@@ -58,13 +55,12 @@ impl Bed {
         self.h.write_config(&text).to_str().unwrap().to_owned()
     }
 
-    /// Starts `bbfleet bake` through the shim (Bitbucket credentials set: none may show).
+    /// Starts `bbfleet bake` (Bitbucket credentials set: none may show).
     fn bake(&self, cfg: &str, extra: &[&str]) -> tokio::process::Child {
         let mut args = vec!["--config", cfg, "--output", "json", "bake"];
         args.extend_from_slice(extra);
         let mut cmd = self.h.command(&args, &Harness::token());
-        cmd.env("AWS_ENDPOINT_URL", &self.shim.endpoint)
-            .stdout(std::process::Stdio::piped())
+        cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         cmd.spawn().expect("start bbfleet bake")
     }
