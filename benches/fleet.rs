@@ -36,13 +36,11 @@ const DEPTH_RUNS: usize = 3;
 /// Fleet size of the apply at Parameter Store's rate.
 const THROTTLED_SIZE: u32 = 100;
 /// The Parameter Store operations AWS meters against the throughput quota, as the rules
-/// layer does (`testkit/src/aws_rules/ssm.rs`).
-const SSM_METERED: [&str; 4] = [
-    "ssm:GetParameter",
-    "ssm:GetParameters",
-    "ssm:GetParametersByPath",
-    "ssm:PutParameter",
-];
+/// layer does (`testkit/src/aws_rules/ssm.rs`): GetParameter(s), GetParametersByPath,
+/// PutParameter (bbfleet calls no other `GetParameter*`).
+fn is_metered(operation: &str) -> bool {
+    operation.starts_with("ssm:GetParameter") || operation == "ssm:PutParameter"
+}
 
 /// What one bbfleet run cost.
 #[derive(Debug, Default, Clone)]
@@ -202,24 +200,21 @@ async fn apply_from_empty(fleet: &str, n: u32, concurrency: u32) -> (Cost, Cost)
     (apply, destroy)
 }
 
-/// The no-op `plan --no-preflight` of a fleet of each of [`DEPTH_SIZES`], with RTT on both
-/// sides: its depth = wall / RTT. Beside it, the floor (the same plan with no latency
-/// anywhere: process start, moto's own time) and the depth above it. moto answers
-/// DescribeParameters 10 a page whatever MaxResults asks (AWS: 50), and pages follow each
-/// other: those pages beyond the first are counted apart (the longer of the two listings,
-/// runner commands and claims; moto's time for each is in the floor).
+/// The no-op `plan --no-preflight` at each of [`DEPTH_SIZES`], RTT on both sides: depth =
+/// wall / RTT, beside the floor (no latency anywhere) and moto's extra DescribeParameters
+/// pages (it pages by 10 whatever MaxResults asks; AWS by 50).
 async fn noop_plan_depth(failures: &mut Vec<String>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "\n### No-op plan depth, latency on both sides\n\n{} ms on every Bitbucket and AWS request; `plan --no-preflight`, fastest of {DEPTH_RUNS}. \
          Depth = wall / RTT. Floor: the same plan with no latency anywhere (process start, moto's own time). \
-         moto's extra pages: DescribeParameters pages beyond the first of the longer listing (moto pages by 10 whatever MaxResults asks, AWS by 50).\n",
+         DescribeParameters round trips: one after the other in each listing (a first page, then four parts in parallel if there is more); moto's extra pages: those beyond the first of the longer listing (moto pages by 10 whatever MaxResults asks, AWS by 50).\n",
         RTT.as_millis()
     );
     let _ = writeln!(
         out,
-        "| N | wall | depth (wall / RTT) | floor | (wall - floor) / RTT | DescribeParameters pages (runners / claims) | moto's extra pages | Bitbucket calls | AWS calls |"
+        "| N | wall | depth (wall / RTT) | floor | (wall - floor) / RTT | DescribeParameters round trips (runners / claims) | moto's extra pages | Bitbucket calls | AWS calls |"
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in DEPTH_SIZES {
@@ -271,14 +266,30 @@ async fn fastest_noop_plan(
     best.expect("at least one run")
 }
 
-/// DescribeParameters requests of the last run on the wire: (runner commands, claims).
+/// The DescribeParameters round trips of the last run, one after the other, per listing
+/// (runner commands, claims): a first page, then (if longer) 4 parts in parallel by the
+/// first hex digit below the path (`0-3`, ..., `c-f`), each paged: 1 + the longest part.
 fn describe_pages(h: &Harness) -> (usize, usize) {
     let calls = h.recorder.calls();
-    let describe = calls
+    let describe: Vec<&str> = calls
         .iter()
-        .filter(|c| c.operation == "ssm:DescribeParameters");
-    let (claims, runners): (Vec<_>, Vec<_>) = describe.partition(|c| c.body.contains("/claims"));
-    (runners.len(), claims.len())
+        .filter(|c| c.operation == "ssm:DescribeParameters")
+        .map(|c| c.body.as_str())
+        .collect();
+    let chain = |listing: &str| {
+        let first = describe.iter().any(|b| b.contains(listing)) as usize;
+        let part = |d: char| {
+            let prefix = format!("{listing}/{d}\"");
+            describe.iter().filter(|b| b.contains(&prefix)).count()
+        };
+        first
+            + ['0', '4', '8', 'c']
+                .map(part)
+                .into_iter()
+                .max()
+                .unwrap_or(0)
+    };
+    (chain("/runners"), chain("/claims"))
 }
 
 /// An apply of [`THROTTLED_SIZE`] runners from empty with the rules layer throttling
@@ -291,9 +302,7 @@ async fn throttled_apply(failures: &mut Vec<String>) -> String {
     h.recorder.rules(|r| r.ssm_rate = Some(SSM_STANDARD_TPS));
     let cost = measure(&h, &cfg, &["apply", "--auto-approve"]).await;
     let calls = h.recorder.calls();
-    let metered = calls
-        .iter()
-        .filter(|c| SSM_METERED.contains(&c.operation.as_str()));
+    let metered = calls.iter().filter(|c| is_metered(&c.operation));
     let (throttled, admitted): (Vec<_>, Vec<_>) =
         metered.partition(|c| c.status == 400 && c.response.contains("ThrottlingException"));
     let problems = testkit::world::convergence_problems(&h, &cfg, n as usize).await;
@@ -333,6 +342,15 @@ async fn throttled_apply(failures: &mut Vec<String>) -> String {
     out
 }
 
+/// Prints the report; exits non-zero after a failure.
+fn finish(out: &str, failures: &[String]) {
+    println!("{out}");
+    if !failures.is_empty() {
+        eprintln!("bench: FAILED: {}", failures.join("; "));
+        std::process::exit(1);
+    }
+}
+
 /// `BBFLEET_BENCH_ONLY`: only the sections it names (`depth`, `throttled`).
 async fn sections(only: &str) {
     let mut failures = Vec::new();
@@ -343,11 +361,7 @@ async fn sections(only: &str) {
     if only.contains("throttled") {
         out.push_str(&throttled_apply(&mut failures).await);
     }
-    println!("{out}");
-    if !failures.is_empty() {
-        eprintln!("bench: FAILED: {}", failures.join("; "));
-        std::process::exit(1);
-    }
+    finish(&out, &failures);
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -584,9 +598,5 @@ async fn main() {
         "- release binary (stripped, thin LTO): {:.1} MiB ({size} bytes)",
         size as f64 / (1024.0 * 1024.0)
     );
-    println!("{out}");
-    if !failures.is_empty() {
-        eprintln!("bench: FAILED: {}", failures.join("; "));
-        std::process::exit(1);
-    }
+    finish(&out, &failures);
 }
