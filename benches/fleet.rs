@@ -29,9 +29,8 @@ const RTT: Duration = Duration::from_millis(100);
 const SIZES: [u32; 3] = [20, 50, 100];
 /// Concurrencies tried at N = 100.
 const SWEEP: [u32; 5] = [4, 8, 16, 32, 64];
-/// Fleet sizes of the no-op plan's depth.
+/// Fleet sizes of the no-op plan's depth, and no-op plans per size (the fastest counts).
 const DEPTH_SIZES: [u32; 2] = [20, 100];
-/// No-op plans per size; the fastest counts (the others carry the machine's noise).
 const DEPTH_RUNS: usize = 3;
 /// Fleet size of the apply at Parameter Store's rate.
 const THROTTLED_SIZE: u32 = 100;
@@ -292,10 +291,9 @@ fn describe_pages(h: &Harness) -> (usize, usize) {
     (chain("/runners"), chain("/claims"))
 }
 
-/// An apply of [`THROTTLED_SIZE`] runners from empty with the rules layer throttling
-/// Parameter Store at its standard throughput ([`SSM_STANDARD_TPS`]) and RTT on both sides,
-/// against the bound the rate sets: the metered calls it sent (those the quota admitted;
-/// throttled ones are refused before they count) / rate.
+/// An apply of [`THROTTLED_SIZE`] runners from empty, Parameter Store throttled at
+/// [`SSM_STANDARD_TPS`], RTT on both sides, against its bound: the metered calls the quota
+/// admitted (a throttled one is refused before it counts) / rate.
 async fn throttled_apply(failures: &mut Vec<String>) -> String {
     let n = THROTTLED_SIZE;
     let (h, cfg) = world_far("tps", n).await;

@@ -1,6 +1,8 @@
 //! SSM Parameter Store: runner commands (SecureString), claims, AMI parameters.
 
 use aws_sdk_ssm::operation::describe_parameters::builders::DescribeParametersFluentBuilder;
+use aws_sdk_ssm::operation::put_parameter::builders::PutParameterFluentBuilder;
+use aws_sdk_ssm::operation::put_parameter::{PutParameterError, PutParameterOutput};
 use aws_sdk_ssm::types::{
     ParameterMetadata, ParameterStringFilter, ParameterTier, ParameterType, ResourceTypeForTagging,
     Tag,
@@ -256,14 +258,7 @@ pub async fn put_runner_command(
             names::HOLDER_TAG,
             names::HOLDER_FREE,
         )?);
-    Meter::shared()
-        .send(|| {
-            request
-                .clone()
-                .customize()
-                .config_override(no_retries())
-                .send()
-        })
+    put_metered(request)
         .await
         .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
     Ok(name)
@@ -333,16 +328,7 @@ pub async fn put_claim_if_absent(
 ) -> Result<bool, AwsError> {
     let name = names::claim(fleet, runner_uuid, generation);
     let request = string_if_absent(ssm, fleet, &name, None, value)?;
-    let result = Meter::shared()
-        .send(|| {
-            request
-                .clone()
-                .customize()
-                .config_override(no_retries())
-                .send()
-        })
-        .await;
-    written(result)
+    written(put_metered(request).await)
 }
 
 /// Creates a plain `String` parameter tagged with the fleet, only if the name is new
@@ -361,6 +347,20 @@ pub async fn create_string(
     written(result)
 }
 
+/// Sends a PutParameter at the [`Meter`]'s pace (which retries it; the SDK does not).
+async fn put_metered(
+    request: PutParameterFluentBuilder,
+) -> Result<PutParameterOutput, SdkError<PutParameterError, HttpResponse>> {
+    let send = || {
+        let request = request.clone();
+        async move {
+            let request = request.customize().config_override(no_retries());
+            request.send().await
+        }
+    };
+    Meter::shared().send("PutParameter", send).await
+}
+
 /// A PutParameter of a plain `String` parameter tagged with the fleet, `Overwrite=false`.
 fn string_if_absent(
     ssm: &aws_sdk_ssm::Client,
@@ -368,7 +368,7 @@ fn string_if_absent(
     name: &str,
     description: Option<String>,
     value: &str,
-) -> Result<aws_sdk_ssm::operation::put_parameter::builders::PutParameterFluentBuilder, AwsError> {
+) -> Result<PutParameterFluentBuilder, AwsError> {
     Ok(ssm
         .put_parameter()
         .name(name)
@@ -381,10 +381,7 @@ fn string_if_absent(
 
 /// A conditional write's outcome: `Ok(false)` when the name existed.
 fn written<T>(
-    result: Result<
-        T,
-        SdkError<aws_sdk_ssm::operation::put_parameter::PutParameterError, HttpResponse>,
-    >,
+    result: Result<T, SdkError<PutParameterError, HttpResponse>>,
 ) -> Result<bool, AwsError> {
     match result {
         Ok(_) => Ok(true),

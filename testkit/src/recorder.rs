@@ -218,11 +218,8 @@ async fn forward(
     for hook in hooks {
         hook();
     }
-    // The round trip first: the rules layer (throttling included) then judges the request
-    // when it arrives at "AWS", as a Region's endpoint would.
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // The round trip first: the rules layer then judges the request as it reaches "AWS".
+    tokio::time::sleep(delay).await;
     let (status, headers, bytes) = if call.throttled {
         throttling_response(&call.operation)
     } else if let Some(answer) = crate::aws_rules::before(&up, &call).await {

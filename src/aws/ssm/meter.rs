@@ -137,7 +137,11 @@ impl Meter {
     /// see [`no_retries`]) at the meter's pace: again when throttled (at most
     /// [`METERED_ATTEMPTS`] in all), and after a transient failure (5xx, timeout, no
     /// connection) with an exponential back-off, as the SDK would.
-    pub async fn send<T, E, F, Fut>(&self, send: F) -> Result<T, SdkError<E, HttpResponse>>
+    pub async fn send<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        send: F,
+    ) -> Result<T, SdkError<E, HttpResponse>>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
@@ -154,9 +158,11 @@ impl Meter {
                 Ok(_) => self.lock().succeeded(sent, now),
                 Err(e) if is_throttling(e) && attempt < METERED_ATTEMPTS => {
                     self.lock().throttled(sent, now);
+                    retrying(operation, attempt + 1, METERED_ATTEMPTS, e);
                     continue;
                 }
                 Err(e) if is_transient(e) && transient < TRANSIENT_ATTEMPTS => {
+                    retrying(operation, attempt + 1, METERED_ATTEMPTS, e);
                     tokio::time::sleep(std::time::Duration::from_millis(100 << transient)).await;
                     transient += 1;
                     continue;
@@ -174,6 +180,32 @@ impl Meter {
 pub fn no_retries() -> aws_sdk_ssm::config::Builder {
     aws_sdk_ssm::config::Builder::default()
         .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
+}
+
+/// The debug line of a retry, as the call counter logs the SDK's own (`-vv` shows how
+/// often AWS pushed back); AWS's code and message, never the request.
+fn retrying<E: ProvideErrorMetadata>(
+    operation: &str,
+    attempt: u32,
+    max_attempts: u32,
+    e: &SdkError<E, HttpResponse>,
+) {
+    let cause = match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("unknown"),
+            s.message().unwrap_or_default()
+        ),
+        None => "no answer from the endpoint".to_owned(),
+    };
+    tracing::debug!(
+        service = "ssm",
+        operation,
+        attempt,
+        max_attempts,
+        cause,
+        "AWS call failed; the SDK retries it"
+    );
 }
 
 fn is_throttling<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
