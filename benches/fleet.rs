@@ -3,6 +3,12 @@
 //! Run it with `scripts/bench.sh` (or `cargo bench --bench fleet`); it prints a Markdown
 //! report (the tables of BENCHMARKS.md). It reports timings and never asserts them; it
 //! exits non-zero only when a no-op run writes, or a tick's calls grow with the fleet.
+//! The last two sections put the latency on AWS too (the recording proxy holds every AWS
+//! request [`RTT`]): the no-op plan's depth in round trips, and an apply at Parameter
+//! Store's standard throughput against the bound it sets.
+//!
+//! `BBFLEET_BENCH_ONLY=depth,throttled` runs only those sections (a quicker look; the
+//! report of record is the whole run).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bbfleet::execute::DEFAULT_CONCURRENCY;
 use bitbucket_fake::FakeConfig;
+use testkit::aws_rules::SSM_STANDARD_TPS;
 use testkit::harness::Harness;
 
 /// The test kit: the release `bbfleet` of this bench build (its AWS requests are dumped
@@ -22,6 +29,17 @@ const RTT: Duration = Duration::from_millis(100);
 const SIZES: [u32; 3] = [20, 50, 100];
 /// Concurrencies tried at N = 100.
 const SWEEP: [u32; 5] = [4, 8, 16, 32, 64];
+/// Fleet sizes of the no-op plan's depth, and no-op plans per size (the fastest counts).
+const DEPTH_SIZES: [u32; 2] = [20, 100];
+const DEPTH_RUNS: usize = 3;
+/// Fleet size of the apply at Parameter Store's rate.
+const THROTTLED_SIZE: u32 = 100;
+/// The Parameter Store operations AWS meters against the throughput quota, as the rules
+/// layer does (`testkit/src/aws_rules/ssm.rs`): GetParameter(s), GetParametersByPath,
+/// PutParameter (bbfleet calls no other `GetParameter*`).
+fn is_metered(operation: &str) -> bool {
+    operation.starts_with("ssm:GetParameter") || operation == "ssm:PutParameter"
+}
 
 /// What one bbfleet run cost.
 #[derive(Debug, Default, Clone)]
@@ -68,11 +86,27 @@ impl Cost {
 /// A fleet world with `runners` capacity (max 100), an autoscale section, and a fake
 /// with the bench latency.
 async fn world(fleet: &str, runners: u32) -> (Harness, String) {
+    world_with(fleet, runners, RTT, Duration::ZERO).await
+}
+
+/// [`world`], with [`RTT`] on every AWS request too.
+async fn world_far(fleet: &str, runners: u32) -> (Harness, String) {
+    world_with(fleet, runners, RTT, RTT).await
+}
+
+/// [`world`] with these latencies on Bitbucket's and AWS's requests.
+async fn world_with(
+    fleet: &str,
+    runners: u32,
+    bitbucket: Duration,
+    aws: Duration,
+) -> (Harness, String) {
     let fake = FakeConfig {
-        latency: RTT,
+        latency: bitbucket,
         ..FakeConfig::default()
     };
     let h = Harness::with_fake(KIT, fleet, fake).await;
+    h.recorder.delay(aws);
     let text = h.config(runners, None).replace(
         "max = 20\n",
         "max = 100\n\n[capacity.autoscale]\nmin = 1\nmax = 100\ncooldown_seconds = 0\n",
@@ -165,6 +199,169 @@ async fn apply_from_empty(fleet: &str, n: u32, concurrency: u32) -> (Cost, Cost)
     (apply, destroy)
 }
 
+/// The no-op `plan --no-preflight` at each of [`DEPTH_SIZES`], RTT on both sides: depth =
+/// wall / RTT, beside the floor (no latency anywhere) and moto's extra DescribeParameters
+/// pages (it pages by 10 whatever MaxResults asks; AWS by 50).
+async fn noop_plan_depth(failures: &mut Vec<String>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### No-op plan depth, latency on both sides\n\n{} ms on every Bitbucket and AWS request; `plan --no-preflight`, fastest of {DEPTH_RUNS}. \
+         Depth = wall / RTT. Floor: the same plan with no latency anywhere (process start, moto's own time). \
+         DescribeParameters round trips: one after the other in each listing (a first page, then four parts in parallel if there is more); moto's extra pages: those beyond the first of the longer listing (moto pages by 10 whatever MaxResults asks, AWS by 50).\n",
+        RTT.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "| N | wall | depth (wall / RTT) | floor | (wall - floor) / RTT | DescribeParameters round trips (runners / claims) | moto's extra pages | Bitbucket calls | AWS calls |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in DEPTH_SIZES {
+        let (floor, _) = fastest_noop_plan(&format!("flat{n}"), n, Duration::ZERO, failures).await;
+        let (cost, (runners, claims)) =
+            fastest_noop_plan(&format!("depth{n}"), n, RTT, failures).await;
+        let depth = cost.wall.as_secs_f64() / RTT.as_secs_f64();
+        let above = cost.wall.saturating_sub(floor.wall).as_secs_f64() / RTT.as_secs_f64();
+        let extra = runners.max(claims).saturating_sub(1);
+        eprintln!(
+            "bench: no-op plan N={n}: {}s, depth {depth:.1}",
+            secs(cost.wall)
+        );
+        let _ = writeln!(
+            out,
+            "| {n} | {} s | {depth:.1} | {} s | {above:.1} | {runners} / {claims} | {extra} | {} | {} |",
+            secs(cost.wall),
+            secs(floor.wall),
+            cost.bitbucket(),
+            cost.aws(),
+        );
+    }
+    out
+}
+
+/// The fastest of [`DEPTH_RUNS`] no-op plans of a fleet of `n` runners with `latency` on
+/// both sides, and its DescribeParameters pages; the fleet is destroyed afterwards.
+async fn fastest_noop_plan(
+    fleet: &str,
+    n: u32,
+    latency: Duration,
+    failures: &mut Vec<String>,
+) -> (Cost, (usize, usize)) {
+    let (h, cfg) = world_with(fleet, n, latency, latency).await;
+    h.apply(&cfg, &[]).await;
+    let args = ["plan", "--no-preflight", "--detailed-exitcode"];
+    let mut best: Option<(Cost, (usize, usize))> = None;
+    for _ in 0..DEPTH_RUNS {
+        let cost = measure(&h, &cfg, &args).await;
+        let pages = describe_pages(&h);
+        if cost.writes() + (cost.fake_writes + cost.wire_aws_writes) as u64 != 0 {
+            failures.push(format!("no-op plan at N = {n} wrote"));
+        }
+        if best.as_ref().is_none_or(|(b, _)| cost.wall < b.wall) {
+            best = Some((cost, pages));
+        }
+    }
+    measure(&h, &cfg, &["destroy", "--auto-approve"]).await;
+    best.expect("at least one run")
+}
+
+/// The DescribeParameters round trips of the last run, one after the other, per listing
+/// (runner commands, claims): a first page, then (if longer) 4 parts in parallel by the
+/// first hex digit below the path (`0-3`, ..., `c-f`), each paged: 1 + the longest part.
+fn describe_pages(h: &Harness) -> (usize, usize) {
+    let calls = h.recorder.calls();
+    let describe: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.operation == "ssm:DescribeParameters")
+        .map(|c| c.body.as_str())
+        .collect();
+    let chain = |listing: &str| {
+        let first = describe.iter().any(|b| b.contains(listing)) as usize;
+        let part = |d: char| {
+            let prefix = format!("{listing}/{d}\"");
+            describe.iter().filter(|b| b.contains(&prefix)).count()
+        };
+        first
+            + ['0', '4', '8', 'c']
+                .map(part)
+                .into_iter()
+                .max()
+                .unwrap_or(0)
+    };
+    (chain("/runners"), chain("/claims"))
+}
+
+/// An apply of [`THROTTLED_SIZE`] runners from empty, Parameter Store throttled at
+/// [`SSM_STANDARD_TPS`], RTT on both sides, against its bound: the metered calls the quota
+/// admitted (a throttled one is refused before it counts) / rate.
+async fn throttled_apply(failures: &mut Vec<String>) -> String {
+    let n = THROTTLED_SIZE;
+    let (h, cfg) = world_far("tps", n).await;
+    h.recorder.rules(|r| r.ssm_rate = Some(SSM_STANDARD_TPS));
+    let cost = measure(&h, &cfg, &["apply", "--auto-approve"]).await;
+    let calls = h.recorder.calls();
+    let metered = calls.iter().filter(|c| is_metered(&c.operation));
+    let (throttled, admitted): (Vec<_>, Vec<_>) =
+        metered.partition(|c| c.status == 400 && c.response.contains("ThrottlingException"));
+    let problems = testkit::world::convergence_problems(&h, &cfg, n as usize).await;
+    if !problems.is_empty() {
+        failures.push(format!(
+            "the throttled apply did not converge: {problems:?}"
+        ));
+    }
+    h.recorder.rules(|r| r.ssm_rate = None);
+    measure(&h, &cfg, &["destroy", "--auto-approve"]).await;
+    let bound = admitted.len() as f64 / SSM_STANDARD_TPS;
+    let ratio = cost.wall.as_secs_f64() / bound;
+    eprintln!(
+        "bench: throttled apply N={n}: {}s, bound {bound:.2}s",
+        secs(cost.wall)
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### Apply at Parameter Store's standard throughput\n\n{SSM_STANDARD_TPS} metered calls/s (GetParameter, GetParameters, GetParametersByPath, PutParameter; a burst of one second's worth), \
+         {} ms on every Bitbucket and AWS request, concurrency {DEFAULT_CONCURRENCY}, from empty. Bound = metered calls admitted / rate.\n",
+        RTT.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "| N | metered calls | throttled answers | bound | wall | ratio | converged |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "| {n} | {} | {} | {bound:.2} s | {} s | {ratio:.2} | {} |",
+        admitted.len(),
+        throttled.len(),
+        secs(cost.wall),
+        if problems.is_empty() { "yes" } else { "no" },
+    );
+    out
+}
+
+/// Prints the report; exits non-zero after a failure.
+fn finish(out: &str, failures: &[String]) {
+    println!("{out}");
+    if !failures.is_empty() {
+        eprintln!("bench: FAILED: {}", failures.join("; "));
+        std::process::exit(1);
+    }
+}
+
+/// `BBFLEET_BENCH_ONLY`: only the sections it names (`depth`, `throttled`).
+async fn sections(only: &str) {
+    let mut failures = Vec::new();
+    let mut out = String::new();
+    if only.contains("depth") {
+        out.push_str(&noop_plan_depth(&mut failures).await);
+    }
+    if only.contains("throttled") {
+        out.push_str(&throttled_apply(&mut failures).await);
+    }
+    finish(&out, &failures);
+}
+
 fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
@@ -211,6 +408,9 @@ fn machine() -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported (one run, one report).
+    if let Ok(only) = std::env::var("BBFLEET_BENCH_ONLY") {
+        return sections(&only).await;
+    }
     let binary = std::path::Path::new(KIT.bbfleet);
     let size = std::fs::metadata(binary).map_or(0, |m| m.len());
     let started = Instant::now();
@@ -382,6 +582,9 @@ async fn main() {
         failures.push("a tick's calls differ between N = 10 and N = 100".to_owned());
     }
 
+    out.push_str(&noop_plan_depth(&mut failures).await);
+    out.push_str(&throttled_apply(&mut failures).await);
+
     let _ = writeln!(out, "\n### Footprint\n");
     let _ = writeln!(
         out,
@@ -393,9 +596,5 @@ async fn main() {
         "- release binary (stripped, thin LTO): {:.1} MiB ({size} bytes)",
         size as f64 / (1024.0 * 1024.0)
     );
-    println!("{out}");
-    if !failures.is_empty() {
-        eprintln!("bench: FAILED: {}", failures.join("; "));
-        std::process::exit(1);
-    }
+    finish(&out, &failures);
 }

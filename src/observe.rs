@@ -65,6 +65,8 @@ struct ForApply {
     subnets: Vec<crate::world::SubnetInfo>,
     security_groups: Vec<crate::world::SecurityGroupInfo>,
     image: Option<ImageInfo>,
+    /// The mean spot price of the configured pools (with `capacity.max_hourly_cost`).
+    spot_price: Option<f64>,
 }
 
 /// Reads everything, with independent reads in parallel.
@@ -78,20 +80,13 @@ pub async fn observe(
     let fleet = config.name.as_str();
     let observed_at = jiff::Timestamp::now();
     let scope = scope(config);
-    let (bb, mut existing, for_apply) = tokio::try_join!(
+    // Every read starts at once; a read that needs another's answer (a request's history,
+    // the spot prices of the subnets' zones) starts as soon as that answer is in.
+    let (bb, existing, for_apply) = tokio::try_join!(
         read_bitbucket(bitbucket, &scope),
-        read_existing(aws, fleet_api, fleet, depth),
+        read_existing(config, aws, fleet_api, depth, observed_at),
         read_for_apply(config, aws, depth),
     )?;
-    let spot_price = read_for_fallback(
-        config,
-        aws,
-        fleet_api,
-        &mut existing.fleets,
-        &for_apply.subnets,
-        observed_at,
-    )
-    .await?;
     let mut runners: Vec<Runner> = bb
         .runners
         .iter()
@@ -116,44 +111,47 @@ pub async fn observe(
         instances: existing.instances,
         autoscale_state: existing.autoscale_state,
         observed_at,
-        spot_price,
+        spot_price: for_apply.spot_price,
     })
 }
 
-/// What the on-demand part is judged by: each live request's capacity errors within the
-/// grace (with `spot.fallback` on), and the mean spot price of the configured pools (with
-/// `capacity.max_hourly_cost`). Nothing is read otherwise.
-async fn read_for_fallback(
+/// The live requests' spot capacity errors within the grace (with `spot.fallback` on):
+/// what the on-demand part is judged by. Nothing is read otherwise.
+async fn read_capacity_errors(
     config: &Config,
-    aws: &Aws,
     fleet_api: &dyn FleetApi,
     fleets: &mut [crate::world::FleetState],
-    subnets: &[crate::world::SubnetInfo],
     now: jiff::Timestamp,
-) -> Result<Option<f64>, ObserveError> {
+) -> Result<(), AwsError> {
+    if config.spot.fallback == crate::config::Fallback::None {
+        return Ok(());
+    }
     let since = now - jiff::SignedDuration::from_secs(config.spot.fallback_grace_seconds as i64);
-    let errors = async {
-        if config.spot.fallback == crate::config::Fallback::None {
-            return Ok(Vec::new());
-        }
-        let live = fleets.iter().filter(|f| f.is_live());
-        futures::future::try_join_all(live.map(|f| fleet_api.capacity_errors(&f.id, since))).await
-    };
-    let price = async {
-        if config.capacity.cost_cap.is_none() || subnets.is_empty() {
-            return Ok(None);
-        }
-        let azs: Vec<String> = subnets.iter().map(|s| s.az.clone()).collect();
-        let prices =
-            crate::aws::offerings::spot_prices(&aws.ec2, &config.spot.instance_types, &azs).await?;
-        let n = prices.len() as f64;
-        Ok::<_, AwsError>((n > 0.0).then(|| prices.values().sum::<f64>() / n))
-    };
-    let (errors, price) = tokio::try_join!(errors, price)?;
+    let live = fleets.iter().filter(|f| f.is_live());
+    let errors =
+        futures::future::try_join_all(live.map(|f| fleet_api.capacity_errors(&f.id, since)))
+            .await?;
     for (f, e) in fleets.iter_mut().filter(|f| f.is_live()).zip(errors) {
         f.capacity_errors = e;
     }
-    Ok(price)
+    Ok(())
+}
+
+/// The subnets, and (with `capacity.max_hourly_cost`) the mean spot price of the configured
+/// pools in their zones, read as soon as the subnets are in.
+async fn read_subnets(
+    config: &Config,
+    aws: &Aws,
+) -> Result<(Vec<crate::world::SubnetInfo>, Option<f64>), AwsError> {
+    let subnets = ec2::describe_subnets(&aws.ec2, &config.spot.subnets).await?;
+    if config.capacity.cost_cap.is_none() || subnets.is_empty() {
+        return Ok((subnets, None));
+    }
+    let azs: Vec<String> = subnets.iter().map(|s| s.az.clone()).collect();
+    let prices =
+        crate::aws::offerings::spot_prices(&aws.ec2, &config.spot.instance_types, &azs).await?;
+    let n = prices.len() as f64;
+    Ok((subnets, (n > 0.0).then(|| prices.values().sum::<f64>() / n)))
 }
 
 async fn read_bitbucket(
@@ -178,17 +176,23 @@ async fn read_bitbucket(
 }
 
 async fn read_existing(
+    config: &Config,
     aws: &Aws,
     fleet_api: &dyn FleetApi,
-    fleet: &str,
     depth: Depth,
+    now: jiff::Timestamp,
 ) -> Result<Existing, ObserveError> {
+    let fleet = config.name.as_str();
     let lt_name = names::launch_template(fleet);
     let (parameters, claims, launch_template, fleets, instances, autoscale_state) = tokio::try_join!(
         ssm::list_runner_parameters(&aws.ssm, fleet),
         ssm::list_claims(&aws.ssm, fleet),
         ec2::find_launch_template(&aws.ec2, &lt_name),
-        fleet_api.list(fleet, true),
+        async {
+            let mut fleets = fleet_api.list(fleet, true).await?;
+            read_capacity_errors(config, fleet_api, &mut fleets, now).await?;
+            Ok(fleets)
+        },
         ec2::fleet_instances(&aws.ec2, fleet),
         async {
             // Only destroy deletes the autoscaler's state; plan and apply never read it.
@@ -217,9 +221,9 @@ async fn read_for_apply(
     if depth == Depth::Existing {
         return Ok(ForApply::default());
     }
-    let (key, subnets, security_groups, image) = tokio::try_join!(
+    let (key, (subnets, spot_price), security_groups, image) = tokio::try_join!(
         kms::describe(&aws.kms, &config.kms.key),
-        ec2::describe_subnets(&aws.ec2, &config.spot.subnets),
+        read_subnets(config, aws),
         ec2::describe_security_groups(&aws.ec2, &config.instance.security_groups),
         resolve_image(config, aws),
     )?;
@@ -228,6 +232,7 @@ async fn read_for_apply(
         subnets,
         security_groups,
         image: Some(image),
+        spot_price,
     })
 }
 

@@ -20,6 +20,7 @@ pub const CALLED: &[&str] = &[
     "ssm:DeleteParameters",
     "ssm:DescribeParameters",
     "ssm:GetParameter",
+    "ssm:GetParameters",
     "ssm:GetParametersByPath",
     "ssm:PutParameter",
     // src/aws/ec2.rs

@@ -1,8 +1,14 @@
 //! SSM Parameter Store: runner commands (SecureString), claims, AMI parameters.
 
+use aws_sdk_ssm::operation::describe_parameters::builders::DescribeParametersFluentBuilder;
+use aws_sdk_ssm::operation::put_parameter::builders::PutParameterFluentBuilder;
+use aws_sdk_ssm::operation::put_parameter::{PutParameterError, PutParameterOutput};
 use aws_sdk_ssm::types::{
-    ParameterStringFilter, ParameterTier, ParameterType, ResourceTypeForTagging, Tag,
+    ParameterMetadata, ParameterStringFilter, ParameterTier, ParameterType, ResourceTypeForTagging,
+    Tag,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AwsError;
@@ -11,48 +17,114 @@ use crate::runner_command::{FORMAT, MAX_PARAMETER_BYTES};
 
 use crate::world::{Claim, ClaimHolder, RunnerParameter};
 
+mod meter;
+pub use meter::{no_retries, Meter};
+
 /// The fleet's runner parameters (one level under `/bbfleet/{fleet}/runners`).
 pub async fn list_runner_parameters(
     ssm: &aws_sdk_ssm::Client,
     fleet: &str,
 ) -> Result<Vec<RunnerParameter>, AwsError> {
     let path = names::runners_path(fleet);
-    let filter = ParameterStringFilter::builder()
-        .key("Path")
-        .option("OneLevel")
-        .values(&path)
-        .build()
-        .map_err(|e| AwsError::build("ssm:DescribeParameters", e))?;
     let mut out = Vec::new();
-    let mut pages = ssm
-        .describe_parameters()
-        .parameter_filters(filter)
-        .max_results(50)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
-        for p in page.parameters() {
-            let Some(name) = p.name() else { continue };
-            let Some(uuid) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
-                continue;
-            };
-            if uuid.is_empty() || uuid.contains('/') {
-                continue;
-            }
-            out.push(RunnerParameter {
-                name: name.to_owned(),
-                runner_uuid: uuid.to_owned(),
-                kind: p.r#type().map_or("unknown", |t| t.as_str()).to_owned(),
-                key_id: p.key_id().map(str::to_owned),
-                current_format: p
-                    .description()
-                    .is_some_and(|d| d.ends_with(&format!("({FORMAT})"))),
-            });
+    for p in &describe_all(ssm, &path, "OneLevel").await? {
+        let Some(name) = p.name() else { continue };
+        let Some(uuid) = name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        if uuid.is_empty() || uuid.contains('/') {
+            continue;
         }
+        out.push(RunnerParameter {
+            name: name.to_owned(),
+            runner_uuid: uuid.to_owned(),
+            kind: p.r#type().map_or("unknown", |t| t.as_str()).to_owned(),
+            key_id: p.key_id().map(str::to_owned),
+            current_format: p
+                .description()
+                .is_some_and(|d| d.ends_with(&format!("({FORMAT})"))),
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// DescribeParameters of the parameters under `path` (`option`: `OneLevel` or
+/// `Recursive`) whose names begin with one of `prefixes` (all when empty), 50 a page: the
+/// API's maximum (SSM API Reference, DescribeParameters: MaxResults 1-50; filter keys
+/// `Path`, options `OneLevel` and `Recursive`, and `Name`, option `BeginsWith`, 1-50 values).
+fn describe_path(
+    ssm: &aws_sdk_ssm::Client,
+    path: &str,
+    option: &str,
+    prefixes: &[String],
+) -> Result<DescribeParametersFluentBuilder, AwsError> {
+    let filter = |key: &str, option: &str, values: Vec<String>| {
+        ParameterStringFilter::builder()
+            .key(key)
+            .option(option)
+            .set_values(Some(values))
+            .build()
+            .map_err(|e| AwsError::build("ssm:DescribeParameters", e))
+    };
+    let mut request = ssm
+        .describe_parameters()
+        .parameter_filters(filter("Path", option, vec![path.to_owned()])?)
+        .max_results(50);
+    if !prefixes.is_empty() {
+        request = request.parameter_filters(filter("Name", "BeginsWith", prefixes.to_vec())?);
+    }
+    Ok(request)
+}
+
+/// The characters a parameter name's level may begin with (SSM User Guide, "Requirements
+/// and constraints for parameter names": `a-zA-Z0-9_.-`), hex digits first: bbfleet's
+/// names below a path are runner uuids.
+const NAME_STARTS: &str = "0123456789abcdefABCDEFGHIJKLMNOPQRSTUVWXYZghijklmnopqrstuvwxyz_.-";
+/// Listings that a listing longer than one page is split into, by the first character
+/// below the path: four hex digits each (and a share of the other characters, at most 50
+/// values a filter), so 200 names still come in one page each.
+const SHARDS: usize = 4;
+
+/// The name prefixes of shard `k` of the listing under `path`.
+fn shard_prefixes(path: &str, k: usize) -> Vec<String> {
+    NAME_STARTS
+        .chars()
+        .enumerate()
+        .filter(|(i, _)| if *i < 16 { i / 4 == k } else { i % SHARDS == k })
+        .map(|(_, c)| format!("{path}/{c}"))
+        .collect()
+}
+
+/// Everything DescribeParameters lists under `path`, about two round trips deep however
+/// long the listing: one page, and when it says there is more, the listing again in
+/// [`SHARDS`] parallel parts by the first character of the name below `path` (pages follow
+/// each other through NextToken; the parts do not wait for one another).
+async fn describe_all(
+    ssm: &aws_sdk_ssm::Client,
+    path: &str,
+    option: &str,
+) -> Result<Vec<ParameterMetadata>, AwsError> {
+    let first = describe_path(ssm, path, option, &[])?
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
+    if first.next_token().is_none() {
+        return Ok(first.parameters().to_vec());
+    }
+    let shards = (0..SHARDS).map(|k| async move {
+        let prefixes = shard_prefixes(path, k);
+        let mut pages = describe_path(ssm, path, option, &prefixes)?
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::call("ssm:DescribeParameters", e))?;
+            out.extend_from_slice(page.parameters());
+        }
+        Ok::<_, AwsError>(out)
+    });
+    Ok(futures::future::try_join_all(shards).await?.concat())
 }
 
 /// A plain parameter found by [`list_path`].
@@ -83,47 +155,77 @@ pub async fn list_path(
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::call("ssm:GetParametersByPath", e))?;
-        for p in page.parameters() {
-            let Some(name) = p.name() else { continue };
-            out.push(PathParameter {
-                name: name.to_owned(),
-                value: p.value().unwrap_or_default().to_owned(),
-                last_modified: p
-                    .last_modified_date()
-                    .and_then(|d| jiff::Timestamp::from_second(d.secs()).ok()),
-            });
-        }
+        out.extend(page.parameters().iter().filter_map(path_parameter));
     }
     Ok(out)
 }
 
-/// Every claim generation of the fleet.
+/// Every claim generation of the fleet, about three round trips deep however many there
+/// are: the names from DescribeParameters ([`describe_all`]), the values from GetParameters
+/// in parallel (10 names a call, its maximum: SSM API Reference, GetParameters `Names`,
+/// 1-10 items). (GetParametersByPath answers at most 10 a page, each page waiting for the
+/// last: 10 round trips for 100 runners.) A claim deleted between the two calls is left
+/// out (GetParameters lists it under `InvalidParameters`).
 pub async fn list_claims(ssm: &aws_sdk_ssm::Client, fleet: &str) -> Result<Vec<Claim>, AwsError> {
     let path = names::claims_path(fleet);
-    let mut out = Vec::new();
-    for p in list_path(ssm, &path, true).await? {
-        let Some(rest) = p.name.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) else {
-            continue;
-        };
-        let Some((uuid, generation)) = rest.split_once('/') else {
-            continue;
-        };
-        let Ok(generation) = generation.parse() else {
-            continue;
-        };
-        out.push(Claim {
-            runner_uuid: uuid.to_owned(),
-            generation,
-            name: p.name,
-            holder: ClaimHolder::parse(&p.value),
-            written_at: p.last_modified,
-        });
-    }
+    let names: Vec<String> = describe_all(ssm, &path, "Recursive")
+        .await?
+        .iter()
+        .filter_map(|p| p.name().map(str::to_owned))
+        .collect();
+    let reads = names
+        .chunks(10)
+        .map(|chunk| get_values(ssm, chunk.to_vec()));
+    let found = futures::future::try_join_all(reads).await?;
+    let mut out: Vec<Claim> = found
+        .into_iter()
+        .flatten()
+        .filter_map(|p| claim(&path, p))
+        .collect();
     out.sort_by(|a, b| (&a.runner_uuid, a.generation).cmp(&(&b.runner_uuid, b.generation)));
     Ok(out)
 }
 
-/// Stores a new runner's command as a SecureString under the fleet's key.
+/// The claim a parameter under the claims path is (`{path}/{runner}/{generation}`).
+fn claim(path: &str, p: PathParameter) -> Option<Claim> {
+    let rest = p.name.strip_prefix(path)?.strip_prefix('/')?;
+    let (uuid, generation) = rest.split_once('/')?;
+    Some(Claim {
+        runner_uuid: uuid.to_owned(),
+        generation: generation.parse().ok()?,
+        holder: ClaimHolder::parse(&p.value),
+        written_at: p.last_modified,
+        name: p.name,
+    })
+}
+
+/// The values of up to ten plain parameters (one GetParameters call).
+async fn get_values(
+    ssm: &aws_sdk_ssm::Client,
+    names: Vec<String>,
+) -> Result<Vec<PathParameter>, AwsError> {
+    let out = ssm
+        .get_parameters()
+        .set_names(Some(names))
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ssm:GetParameters", e))?;
+    Ok(out.parameters().iter().filter_map(path_parameter).collect())
+}
+
+/// A parameter of a GetParameters or GetParametersByPath answer.
+fn path_parameter(p: &aws_sdk_ssm::types::Parameter) -> Option<PathParameter> {
+    Some(PathParameter {
+        name: p.name()?.to_owned(),
+        value: p.value().unwrap_or_default().to_owned(),
+        last_modified: p
+            .last_modified_date()
+            .and_then(|d| jiff::Timestamp::from_second(d.secs()).ok()),
+    })
+}
+
+/// Stores a new runner's command as a SecureString under the fleet's key, at the
+/// [`Meter`]'s pace.
 pub async fn put_runner_command(
     ssm: &aws_sdk_ssm::Client,
     fleet: &str,
@@ -141,7 +243,8 @@ pub async fn put_runner_command(
         });
     }
     let fleet_tag = tag("ssm:PutParameter", FLEET_TAG, fleet)?;
-    ssm.put_parameter()
+    let request = ssm
+        .put_parameter()
         .name(&name)
         .description(description(fleet, runner_uuid))
         .value(value)
@@ -154,8 +257,8 @@ pub async fn put_runner_command(
             "ssm:PutParameter",
             names::HOLDER_TAG,
             names::HOLDER_FREE,
-        )?)
-        .send()
+        )?);
+    put_metered(request)
         .await
         .map_err(|e| AwsError::call("ssm:PutParameter", e))?;
     Ok(name)
@@ -214,7 +317,8 @@ pub async fn unbind_runner(
 }
 
 /// Writes a claim generation only if it does not exist yet (`Overwrite=false`, as the
-/// instances do): `Ok(false)` when it exists, i.e. someone moved the claim on first.
+/// instances do): `Ok(false)` when it exists, i.e. someone moved the claim on first. At
+/// the [`Meter`]'s pace.
 pub async fn put_claim_if_absent(
     ssm: &aws_sdk_ssm::Client,
     fleet: &str,
@@ -222,14 +326,9 @@ pub async fn put_claim_if_absent(
     generation: u64,
     value: &str,
 ) -> Result<bool, AwsError> {
-    create_string(
-        ssm,
-        fleet,
-        &names::claim(fleet, runner_uuid, generation),
-        None,
-        value,
-    )
-    .await
+    let name = names::claim(fleet, runner_uuid, generation);
+    let request = string_if_absent(ssm, fleet, &name, None, value)?;
+    written(put_metered(request).await)
 }
 
 /// Creates a plain `String` parameter tagged with the fleet, only if the name is new
@@ -242,17 +341,48 @@ pub async fn create_string(
     description: Option<String>,
     value: &str,
 ) -> Result<bool, AwsError> {
-    let fleet_tag = tag("ssm:PutParameter", FLEET_TAG, fleet)?;
-    let result = ssm
+    let result = string_if_absent(ssm, fleet, name, description, value)?
+        .send()
+        .await;
+    written(result)
+}
+
+/// Sends a PutParameter at the [`Meter`]'s pace (which retries it; the SDK does not).
+async fn put_metered(
+    request: PutParameterFluentBuilder,
+) -> Result<PutParameterOutput, SdkError<PutParameterError, HttpResponse>> {
+    let send = || {
+        let request = request.clone();
+        async move {
+            let request = request.customize().config_override(no_retries());
+            request.send().await
+        }
+    };
+    Meter::shared().send("PutParameter", send).await
+}
+
+/// A PutParameter of a plain `String` parameter tagged with the fleet, `Overwrite=false`.
+fn string_if_absent(
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+    name: &str,
+    description: Option<String>,
+    value: &str,
+) -> Result<PutParameterFluentBuilder, AwsError> {
+    Ok(ssm
         .put_parameter()
         .name(name)
         .set_description(description)
         .value(value)
         .r#type(ParameterType::String)
         .overwrite(false)
-        .tags(fleet_tag)
-        .send()
-        .await;
+        .tags(tag("ssm:PutParameter", FLEET_TAG, fleet)?))
+}
+
+/// A conditional write's outcome: `Ok(false)` when the name existed.
+fn written<T>(
+    result: Result<T, SdkError<PutParameterError, HttpResponse>>,
+) -> Result<bool, AwsError> {
     match result {
         Ok(_) => Ok(true),
         Err(e)

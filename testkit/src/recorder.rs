@@ -5,6 +5,9 @@
 //! of each service is answered, instead of being forwarded, with the service's own throttling error (SSM
 //! and KMS: HTTP 400 `ThrottlingException` JSON; EC2: HTTP 503 `RequestLimitExceeded`
 //! XML), deterministically. moto itself never throttles (AWS_NOTES.md B4).
+//!
+//! It can play a distant AWS too: with [`Recorder::delay`] every answer (moto's, the rules
+//! layer's or a throttling one) is held back that long, as a round trip to a Region would.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -64,6 +67,8 @@ pub struct Shared {
     counted: std::collections::HashMap<String, u64>,
     /// One-shot hooks by operation (`kms:CreateKey`).
     hooks: Vec<(String, Hook)>,
+    /// Latency added to every request before it is answered ([`Recorder::delay`]).
+    delay: std::time::Duration,
     /// The AWS-rules layer's state and settings.
     pub rules: crate::aws_rules::Rules,
     /// Calls forgotten by [`Recorder::clear`]: positions count from the first call ever.
@@ -185,7 +190,7 @@ async fn forward(
         at: std::time::SystemTime::now(),
         response: String::new(),
     };
-    let (index, hooks): (usize, Vec<Hook>) = {
+    let (index, hooks, delay): (usize, Vec<Hook>, std::time::Duration) = {
         let mut shared = up.shared.lock().unwrap();
         if shared.throttle_every > 0 {
             let service = call
@@ -207,11 +212,14 @@ async fn forward(
         (
             shared.cleared + shared.calls.len() - 1,
             run.into_iter().map(|(_, h)| h).collect(),
+            shared.delay,
         )
     };
     for hook in hooks {
         hook();
     }
+    // The round trip first: the rules layer then judges the request as it reaches "AWS".
+    tokio::time::sleep(delay).await;
     let (status, headers, bytes) = if call.throttled {
         throttling_response(&call.operation)
     } else if let Some(answer) = crate::aws_rules::before(&up, &call).await {
@@ -327,6 +335,12 @@ impl Recorder {
         let mut shared = self.shared.lock().unwrap();
         shared.throttle_every = n;
         shared.counted.clear();
+    }
+
+    /// From now on, holds every request `latency` long before answering it (a round trip to
+    /// a Region; zero, the default, answers at once).
+    pub fn delay(&self, latency: std::time::Duration) {
+        self.shared.lock().unwrap().delay = latency;
     }
 
     /// Changes the AWS-rules layer's settings (`rules.ssm_rate`, ...).

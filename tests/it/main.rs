@@ -21,6 +21,7 @@ mod iam;
 mod lock;
 mod lock_fence;
 mod lost_create;
+mod perf;
 mod planfile;
 mod policies;
 mod preflight;
