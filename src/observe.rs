@@ -193,7 +193,7 @@ async fn read_existing(
             read_capacity_errors(config, fleet_api, &mut fleets, now).await?;
             Ok(fleets)
         },
-        ec2::fleet_instances(&aws.ec2, fleet),
+        ec2::fleet_instances(&aws.ec2, fleet, depth == Depth::Existing),
         async {
             // Only destroy deletes the autoscaler's state; plan and apply never read it.
             if depth == Depth::ForApply {

@@ -379,10 +379,13 @@ pub async fn delete_launch_template(
     }
 }
 
-/// Instances tagged with the fleet that are not terminated (or terminating).
+/// Instances tagged with the fleet that are not terminated (or terminating); `bbfleet
+/// bake` builders (tagged `bbfleet:bake`) only with `builders` (destroy and status: a
+/// builder a crashed bake left goes with the fleet).
 pub async fn fleet_instances(
     ec2: &aws_sdk_ec2::Client,
     fleet: &str,
+    builders: bool,
 ) -> Result<Vec<InstanceInfo>, AwsError> {
     let mut out = Vec::new();
     let mut pages = ec2
@@ -416,6 +419,11 @@ pub async fn fleet_instances(
                         .find(|t| t.key() == Some(key))
                         .and_then(|t| t.value())
                 };
+                // A `bbfleet bake` builder carries the fleet tag but is no fleet host: the
+                // bake (under the fleet lock) ends it, never apply's planner.
+                if !builders && tag(super::images::BAKE_TAG).is_some() {
+                    continue;
+                }
                 out.push(InstanceInfo {
                     id: i.instance_id().unwrap_or_default().to_owned(),
                     instance_type: i.instance_type().map_or("", |t| t.as_str()).to_owned(),

@@ -6,8 +6,11 @@
 //!
 //! Retries are the SDK's own (standard mode, [`AWS_MAX_ATTEMPTS`] attempts): its
 //! classifier retries throttling codes (`ThrottlingException`, `RequestLimitExceeded`, ...),
-//! 5xx and transport errors with back-off. The interceptor logs every retry at debug
-//! level with the failure that caused it, so `-vv` shows how often AWS pushed back.
+//! 5xx and transport errors with back-off. The metered SSM writes (runner commands,
+//! claims) are the exception: [`ssm::Meter`] paces and retries them at the rate AWS
+//! lets through, with the SDK's retries off for them. The interceptor logs every retry
+//! at debug level with the failure that caused it, so `-vv` shows how often AWS pushed
+//! back.
 
 pub mod actions;
 pub mod ec2;
