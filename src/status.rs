@@ -115,10 +115,7 @@ impl StatusView {
                     state: f.state.to_string(),
                     target: f.target,
                     on_demand_target: f.on_demand_target,
-                    api: match f.api {
-                        crate::config::FleetApiKind::SpotFleet => "Spot Fleet",
-                        crate::config::FleetApiKind::Ec2Fleet => "EC2 Fleet",
-                    },
+                    api: f.api.label(),
                     capacity_errors: f.capacity_errors.clone(),
                 }),
             busy_ratio: load.busy_ratio(),

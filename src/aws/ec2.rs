@@ -379,6 +379,13 @@ pub async fn delete_launch_template(
     }
 }
 
+/// A tag's value in an EC2 resource's tag list.
+pub fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
 /// Instances tagged with the fleet that are not terminated (or terminating); `bbfleet
 /// bake` builders (tagged `bbfleet:bake`) only with `builders` (destroy and status: a
 /// builder a crashed bake left goes with the fleet).
@@ -413,12 +420,7 @@ pub async fn fleet_instances(
         let page = page.map_err(|e| AwsError::call("ec2:DescribeInstances", e))?;
         for r in page.reservations() {
             for i in r.instances() {
-                let tag = |key: &str| {
-                    i.tags()
-                        .iter()
-                        .find(|t| t.key() == Some(key))
-                        .and_then(|t| t.value())
-                };
+                let tag = |key: &str| tag_value(i.tags(), key);
                 // A `bbfleet bake` builder carries the fleet tag but is no fleet host: the
                 // bake (under the fleet lock) ends it, never apply's planner.
                 if !builders && tag(super::images::BAKE_TAG).is_some() {

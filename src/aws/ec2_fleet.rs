@@ -13,7 +13,8 @@ use aws_sdk_ec2::types::{
     TargetCapacitySpecificationRequest,
 };
 
-use super::fleet::{self, tag_value, DryRun, FleetApi};
+use super::ec2::tag_value;
+use super::fleet::{self, DryRun, FleetApi};
 use super::AwsError;
 use crate::config::{AllocationStrategy, FleetApiKind};
 use crate::names::{CONFIG_TAG, FLEET_TAG, TARGET_AT_TAG};
@@ -228,7 +229,7 @@ fn state_of(f: &aws_sdk_ec2::types::FleetData) -> FleetState {
 #[async_trait::async_trait]
 impl FleetApi for Ec2Fleet {
     fn label(&self) -> &'static str {
-        "EC2 Fleet"
+        FleetApiKind::Ec2Fleet.label()
     }
 
     fn request_operation(&self) -> &'static str {

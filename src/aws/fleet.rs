@@ -258,13 +258,6 @@ pub(super) async fn retag(
     Ok(())
 }
 
-/// A tag's value in a tag list.
-pub(super) fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
-    tags.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
 /// Everything a NextToken-paged call lists, 10 pages at most (every list bbfleet pages this
 /// way is far shorter): `page(token)` gives a page's items and the next token.
 pub(super) async fn paged<T, F, Fut>(mut page: F) -> Result<Vec<T>, AwsError>

@@ -184,12 +184,7 @@ pub async fn builders(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::call("ec2:DescribeInstances", e))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            let build = i
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(BAKE_TAG))
-                .and_then(|t| t.value())
-                .unwrap_or_default();
+            let build = super::ec2::tag_value(i.tags(), BAKE_TAG).unwrap_or_default();
             out.push((
                 i.instance_id().unwrap_or_default().to_owned(),
                 build.to_owned(),
@@ -262,11 +257,7 @@ pub async fn baked_images(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::call("ec2:DescribeImages", e))?;
         for i in page.images() {
-            let baked_at = i
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(BAKED_AT_TAG))
-                .and_then(|t| t.value())
+            let baked_at = super::ec2::tag_value(i.tags(), BAKED_AT_TAG)
                 .or(i.creation_date())
                 .unwrap_or_default();
             out.push(BakedImage {

@@ -9,7 +9,8 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 
-use super::fleet::{self, tag_value, DryRun, FleetApi};
+use super::ec2::tag_value;
+use super::fleet::{self, DryRun, FleetApi};
 use super::AwsError;
 use crate::config::{AllocationStrategy, FleetApiKind};
 use crate::names::{CONFIG_TAG, FLEET_TAG, TARGET_AT_TAG};
@@ -161,7 +162,7 @@ fn request_config(
 #[async_trait::async_trait]
 impl FleetApi for SpotFleet {
     fn label(&self) -> &'static str {
-        "Spot Fleet"
+        FleetApiKind::SpotFleet.label()
     }
 
     fn request_operation(&self) -> &'static str {

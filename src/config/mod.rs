@@ -202,6 +202,14 @@ impl FleetApiKind {
         }
     }
 
+    /// The API's name for people (`Spot Fleet`, `EC2 Fleet`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetApiKind::SpotFleet => "Spot Fleet",
+            FleetApiKind::Ec2Fleet => "EC2 Fleet",
+        }
+    }
+
     /// Whether this is the default (left out of the fleet fingerprint, so fleets requested
     /// before the value existed keep theirs).
     pub fn is_default(&self) -> bool {
