@@ -91,14 +91,31 @@ impl Validator {
                 );
                 None
             }
-            (None, Some(_)) => {
+            // The price alone prices on-demand runners for the metrics and `simulate`.
+            (None, _) => None,
+        }
+    }
+
+    /// `spot.hourly_prices`: positive USD per hour, for configured instance types only.
+    pub(super) fn hourly_prices(
+        &mut self,
+        prices: &std::collections::BTreeMap<String, f64>,
+        instance_types: &[String],
+    ) {
+        for (ty, &v) in prices {
+            let field = format!("spot.hourly_prices.{ty:?}");
+            if !instance_types.contains(ty) {
                 self.err(
-                    "capacity.max_hourly_cost",
-                    "missing: capacity.on_demand_hourly_price is only used with it",
+                    field,
+                    "is not one of spot.instance_types (a price for a type the fleet does not run)",
                 );
-                None
+            } else {
+                self.check(
+                    v.is_finite() && v > 0.0,
+                    field,
+                    format!("{v} is not a positive amount of USD per hour"),
+                );
             }
-            (None, None) => None,
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct CapacityConfig {
     pub on_demand_base: u32,
     /// The hourly cost a fallback to on-demand must not take the fleet above.
     pub cost_cap: Option<CostCap>,
+    /// USD per hour of one on-demand instance (`capacity.on_demand_hourly_price`), for the
+    /// cost cap, the metrics' estimate and `simulate`.
+    pub on_demand_hourly_price: Option<f64>,
 }
 
 /// `capacity.max_hourly_cost` with the on-demand price it is judged by.
@@ -150,7 +153,7 @@ pub struct AutoscaleConfig {
 }
 
 /// Spot fleet settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpotConfig {
     /// Instance types, in at least two families.
     pub instance_types: Vec<String>,
@@ -173,6 +176,9 @@ pub struct SpotConfig {
     /// How long after its launch a host may hold no claim while a runner waits, or run a
     /// runner that Bitbucket reports OFFLINE, before it is replaced.
     pub host_grace_seconds: u64,
+    /// USD per hour of one spot instance, by instance type (`spot.hourly_prices`); a type
+    /// not listed is priced from the spot price history where that is read.
+    pub hourly_prices: std::collections::BTreeMap<String, f64>,
 }
 
 /// `spot.fleet_api`: which EC2 API requests and maintains the fleet.

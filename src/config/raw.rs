@@ -99,6 +99,8 @@ pub(super) struct RawSpot {
     pub(super) stray_grace_seconds: u64,
     #[serde(default = "default_host_grace")]
     pub(super) host_grace_seconds: u64,
+    #[serde(default)]
+    pub(super) hourly_prices: std::collections::BTreeMap<String, f64>,
 }
 
 /// A fleet-tagged instance that no request lists and whose launch tag names no request

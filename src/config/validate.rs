@@ -248,6 +248,7 @@ impl Validator {
             autoscale,
             on_demand_base: raw.on_demand_base,
             cost_cap,
+            on_demand_hourly_price: raw.on_demand_hourly_price,
         })
     }
 
@@ -384,6 +385,7 @@ impl Validator {
         let fleet_api = self.fleet_api(raw.fleet_api.as_deref());
         let fleet_role = self.fleet_role(raw.fleet_role, fleet_api);
         let fallback = self.fallback(raw.fallback.as_deref());
+        self.hourly_prices(&raw.hourly_prices, &instance_types);
         Some(SpotConfig {
             instance_types,
             subnets: raw.subnets,
@@ -394,6 +396,7 @@ impl Validator {
             fallback_grace_seconds: raw.fallback_grace_seconds,
             stray_grace_seconds: raw.stray_grace_seconds,
             host_grace_seconds: raw.host_grace_seconds,
+            hourly_prices: raw.hourly_prices,
         })
     }
 
