@@ -15,6 +15,7 @@ pub mod planfile;
 pub mod policy;
 pub mod preflight;
 pub mod runner_command;
+pub mod simulate;
 pub mod stats;
 pub mod status;
 pub mod userdata;

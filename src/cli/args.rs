@@ -10,6 +10,7 @@ use super::bake::BakeArgs;
 use super::destroy::DestroyArgs;
 use super::plan::PlanArgs;
 use super::policy::PolicyArgs;
+use super::simulate::SimulateArgs;
 use super::unlock::UnlockArgs;
 use super::CliError;
 use crate::config::{Capacity, Config, FieldError};
@@ -72,6 +73,9 @@ pub(super) enum Command {
     Autoscale(AutoscaleArgs),
     /// Build a fleet host image (Docker, the aws CLI, the runner image) for `instance.ami = "baked"`.
     Bake(BakeArgs),
+    /// Simulate the fleet against a job trace under each sizing policy (queue waits, idle
+    /// runner-hours, cost), side by side.
+    Simulate(SimulateArgs),
 }
 
 /// Waiting for the fleet lock (apply, destroy, autoscale, bake).

@@ -10,7 +10,7 @@ use super::approve::Approval;
 use super::args::{arg_error, duration_arg, LockArgs, Target};
 use super::context::{Context, Remote};
 use super::CliError;
-use crate::autoscale::{decide, AutoscaleState};
+use crate::autoscale::{decide, Clock, SystemClock};
 use crate::config::{AutoscaleConfig, Capacity, FieldError};
 use crate::execute::DEFAULT_CONCURRENCY;
 
@@ -20,9 +20,9 @@ pub(super) struct AutoscaleArgs {
     /// One tick, then exit.
     #[arg(long)]
     once: bool,
-    /// Time between ticks (e.g. 60s, 5m).
-    #[arg(long, default_value = "60s")]
-    interval: String,
+    /// Time between ticks (e.g. 60s, 5m); default capacity.autoscale.interval_seconds.
+    #[arg(long)]
+    interval: Option<String>,
     /// Calls in flight at once when a tick changes the fleet.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
@@ -39,10 +39,13 @@ impl AutoscaleArgs {
                 message: "missing: add a [capacity.autoscale] table (min, thresholds, multipliers) to use autoscale".to_owned(),
             }));
         };
-        let interval = Duration::try_from(duration_arg("--interval", &self.interval, "60s, 5m")?)
-            .ok()
-            .filter(|d| d.as_secs() >= 1)
-            .ok_or_else(|| arg_error("--interval", "must be at least 1s".to_owned()))?;
+        let interval = match &self.interval {
+            None => Duration::from_secs(auto.interval_seconds),
+            Some(text) => Duration::try_from(duration_arg("--interval", text, "60s, 5m")?)
+                .ok()
+                .filter(|d| d.as_secs() >= 1)
+                .ok_or_else(|| arg_error("--interval", "must be at least 1s".to_owned()))?,
+        };
         let how = Approval {
             auto_approve: true,
             command: "autoscale",
@@ -72,7 +75,8 @@ impl AutoscaleArgs {
     }
 }
 
-/// One tick: three reads, a decision printed on one line, and an apply when it says so.
+/// One tick: three reads, a decision printed on one line, an apply when it says so, and
+/// the policy's memory saved when it changed (after the apply, so a failed apply is retried).
 async fn tick(
     ctx: &Context<'_>,
     remote: &Remote,
@@ -86,17 +90,30 @@ async fn tick(
         &remote.aws.ssm,
     )
     .await?;
-    let now = jiff::Timestamp::now();
+    let now = SystemClock.now();
     let decision = decide(auto, load, last.as_ref(), now);
     let current = load.current;
-    let doc = serde_json::json!({"at": now.to_string(), "load": load, "decision": decision});
+    let doc = serde_json::json!({"at": now.to_string(), "load": load, "memory": last, "decision": decision});
     ctx.out.result(&doc, || match decision.scale_to {
         Some(n) => format!("autoscale: scale {current} -> {n}: {}\n", decision.reason),
         None => format!("autoscale: hold at {current}: {}\n", decision.reason),
     })?;
-    let Some(n) = decision.scale_to else {
-        return Ok(());
-    };
+    if let Some(n) = decision.scale_to {
+        apply_capacity(ctx, remote, n, how).await?;
+    }
+    if let Some(memory) = &decision.memory {
+        crate::autoscale::save_state(&remote.aws.ssm, &ctx.config.name, memory).await?;
+    }
+    Ok(())
+}
+
+/// Applies capacity `n` through the normal planner (busy runners are never removed).
+async fn apply_capacity(
+    ctx: &Context<'_>,
+    remote: &Remote,
+    n: u32,
+    how: &Approval,
+) -> Result<(), CliError> {
     let capacity = Capacity {
         desired: n,
         source: "autoscale".to_owned(),
@@ -107,10 +124,5 @@ async fn tick(
         force: false,
     };
     apply_to(ctx, remote, capacity, &target, how).await?;
-    let state = AutoscaleState {
-        capacity: n,
-        changed_at: now,
-    };
-    crate::autoscale::save_state(&remote.aws.ssm, &ctx.config.name, &state).await?;
     Ok(())
 }

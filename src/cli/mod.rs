@@ -16,6 +16,7 @@ mod output;
 mod plan;
 mod policy;
 mod render_userdata;
+mod simulate;
 mod status;
 mod unlock;
 mod validate;
@@ -76,5 +77,6 @@ async fn run(cli: Cli, out: Output, stats: &CallStats) -> Result<ExitCode, CliEr
         Command::Status => status::run(&ctx).await,
         Command::Autoscale(args) => args.run(&ctx).await,
         Command::Bake(args) => args.run(&ctx).await,
+        Command::Simulate(args) => args.run(&ctx).await,
     }
 }

@@ -11,12 +11,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 mod checks;
+mod economics;
 mod fleet;
 mod raw;
 mod schedule;
 mod validate;
 
 pub use checks::{check_api_url, check_region, is_region, LONGEST_REGION};
+pub use economics::{AutoscaleConfig, AutoscalePolicy, LaunchDelay, SimulateConfig};
 pub use schedule::{Capacity, ScheduleWindow};
 
 use raw::RawConfig;
@@ -50,6 +52,8 @@ pub struct Config {
     pub kms: KmsConfig,
     /// How launch template changes reach running hosts.
     pub rollout: RolloutConfig,
+    /// The model `bbfleet simulate` runs the fleet in.
+    pub simulate: SimulateConfig,
 }
 
 /// How launch template changes reach running hosts.
@@ -131,25 +135,6 @@ pub struct CostCap {
     /// API has no on-demand price (the Price List API is another service), so the user
     /// gives it; spot runners are priced from the spot price history.
     pub on_demand_hourly_price: f64,
-}
-
-/// Settings of `bbfleet autoscale` (the semantics of Atlassian's runners-autoscaler).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AutoscaleConfig {
-    /// Fewest runners.
-    pub min: u32,
-    /// Most runners (defaults to `capacity.max`).
-    pub max: u32,
-    /// Grow above this busy ratio.
-    pub scale_up_threshold: f64,
-    /// Shrink below this busy ratio.
-    pub scale_down_threshold: f64,
-    /// Growth factor (rounded up).
-    pub scale_up_multiplier: f64,
-    /// Shrink factor (rounded down).
-    pub scale_down_multiplier: f64,
-    /// Quiet time after a change, in seconds.
-    pub cooldown_seconds: u64,
 }
 
 /// Spot fleet settings.

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+pub(super) use super::economics::{RawAutoscale, RawSimulate};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -15,6 +17,8 @@ pub(super) struct RawConfig {
     pub(super) kms: RawKms,
     #[serde(default)]
     pub(super) rollout: RawRollout,
+    #[serde(default)]
+    pub(super) simulate: RawSimulate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,39 +53,6 @@ pub(super) struct RawWindow {
     pub(super) hours: String,
     pub(super) timezone: String,
     pub(super) capacity: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAutoscale {
-    pub(super) min: u32,
-    pub(super) max: Option<u32>,
-    #[serde(default = "default_up_threshold")]
-    pub(super) scale_up_threshold: f64,
-    #[serde(default = "default_down_threshold")]
-    pub(super) scale_down_threshold: f64,
-    #[serde(default = "default_up_multiplier")]
-    pub(super) scale_up_multiplier: f64,
-    #[serde(default = "default_down_multiplier")]
-    pub(super) scale_down_multiplier: f64,
-    #[serde(default = "default_cooldown")]
-    pub(super) cooldown_seconds: u64,
-}
-
-fn default_up_threshold() -> f64 {
-    0.8
-}
-fn default_down_threshold() -> f64 {
-    0.2
-}
-fn default_up_multiplier() -> f64 {
-    1.5
-}
-fn default_down_multiplier() -> f64 {
-    0.5
-}
-fn default_cooldown() -> u64 {
-    300
 }
 
 #[derive(Debug, Deserialize)]

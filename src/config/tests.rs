@@ -211,10 +211,6 @@ fn the_fleet_api_the_on_demand_part_and_the_cost_cap_name_their_fields() {
             "capacity.on_demand_hourly_price: missing",
         ),
         (
-            with("max = 20", "max = 20\non_demand_hourly_price = 0.1"),
-            "capacity.max_hourly_cost: missing",
-        ),
-        (
             with(
                 "max = 20",
                 "max = 20\nmax_hourly_cost = -1.0\non_demand_hourly_price = 0.1",

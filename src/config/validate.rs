@@ -7,15 +7,16 @@ use super::checks::{
     arch_of_family, check_api_url, check_kms_key, check_region, default_ami_parameter, is_aws_id,
     is_fleet_name, is_instance_profile, is_instance_type, is_slug_or_uuid, parse_ami,
 };
+use super::economics::AutoscalePolicy;
 use super::raw::{
-    RawAutoscale, RawBatch, RawBitbucket, RawCapacity, RawConfig, RawInstance, RawKms, RawRollout,
-    RawSpot, RawWindow,
+    RawBatch, RawBitbucket, RawCapacity, RawConfig, RawInstance, RawKms, RawRollout, RawSpot,
+    RawWindow,
 };
 use super::schedule::{parse_days, parse_hours, parse_timezone, ScheduleWindow};
 use super::{
-    family, AllocationStrategy, AmiRef, Arch, AutoscaleConfig, BitbucketConfig, CapacityConfig,
-    Config, FieldError, InstanceConfig, KmsConfig, Os, RolloutBatch, RolloutConfig, SpotConfig,
-    BITBUCKET_RUNNER_LIMIT, DEFAULT_RUNNER_IMAGE, MAX_POOLS,
+    family, AllocationStrategy, AmiRef, Arch, BitbucketConfig, CapacityConfig, Config, FieldError,
+    InstanceConfig, KmsConfig, Os, RolloutBatch, RolloutConfig, SpotConfig, BITBUCKET_RUNNER_LIMIT,
+    DEFAULT_RUNNER_IMAGE, MAX_POOLS,
 };
 use crate::names;
 
@@ -97,6 +98,9 @@ impl Validator {
         let instance = self.instance(raw.instance, arch);
         let kms = self.kms(raw.kms, &raw.name);
         let rollout = self.rollout(raw.rollout);
+        let max = capacity.as_ref().map_or(BITBUCKET_RUNNER_LIMIT, |c| c.max);
+        let autoscale = capacity.as_ref().and_then(|c| c.autoscale.as_ref());
+        let simulate = self.simulate(raw.simulate, max, autoscale);
         Some(Config {
             name: raw.name,
             region: raw.region,
@@ -106,6 +110,7 @@ impl Validator {
             instance: instance?,
             kms,
             rollout,
+            simulate,
         })
     }
 
@@ -234,7 +239,9 @@ impl Validator {
                 schedule.push(window);
             }
         }
-        let autoscale = raw.autoscale.map(|a| self.autoscale(a, max));
+        let autoscale = raw
+            .autoscale
+            .map(|a| self.autoscale(a, max, "capacity.autoscale", AutoscalePolicy::Bbfleet));
         self.check(
             raw.on_demand_base <= max,
             "capacity.on_demand_base",
@@ -250,60 +257,6 @@ impl Validator {
             cost_cap,
             on_demand_hourly_price: raw.on_demand_hourly_price,
         })
-    }
-
-    fn autoscale(&mut self, a: RawAutoscale, max: u32) -> AutoscaleConfig {
-        let amax = a.max.unwrap_or(max);
-        self.check(
-            amax <= max,
-            "capacity.autoscale.max",
-            format!("{amax} is above capacity.max ({max})"),
-        );
-        self.check(
-            a.min <= amax,
-            "capacity.autoscale.min",
-            format!("{} is above the autoscale max ({amax})", a.min),
-        );
-        for (name, value) in [
-            ("scale_up_threshold", a.scale_up_threshold),
-            ("scale_down_threshold", a.scale_down_threshold),
-        ] {
-            self.check(
-                (0.0..=1.0).contains(&value),
-                format!("capacity.autoscale.{name}"),
-                format!("{value} is not a ratio between 0 and 1"),
-            );
-        }
-        self.check(
-            a.scale_down_threshold < a.scale_up_threshold,
-            "capacity.autoscale.scale_down_threshold",
-            "must be below scale_up_threshold",
-        );
-        self.check(
-            a.scale_up_multiplier > 1.0 && a.scale_up_multiplier <= 10.0,
-            "capacity.autoscale.scale_up_multiplier",
-            format!(
-                "{} is out of range: above 1, at most 10",
-                a.scale_up_multiplier
-            ),
-        );
-        self.check(
-            a.scale_down_multiplier > 0.0 && a.scale_down_multiplier < 1.0,
-            "capacity.autoscale.scale_down_multiplier",
-            format!(
-                "{} is out of range: above 0, below 1",
-                a.scale_down_multiplier
-            ),
-        );
-        AutoscaleConfig {
-            min: a.min,
-            max: amax,
-            scale_up_threshold: a.scale_up_threshold,
-            scale_down_threshold: a.scale_down_threshold,
-            scale_up_multiplier: a.scale_up_multiplier,
-            scale_down_multiplier: a.scale_down_multiplier,
-            cooldown_seconds: a.cooldown_seconds,
-        }
     }
 
     fn window(&mut self, i: usize, w: RawWindow, max: u32) -> Option<ScheduleWindow> {

@@ -250,7 +250,7 @@ async fn tick(h: &Harness, config: &str, expected: &str) {
     );
 }
 
-const AUTOSCALE: &str = "[capacity.autoscale]\nmin = 1\nmax = 6\nscale_up_threshold = 0.8\nscale_down_threshold = 0.2\nscale_up_multiplier = 1.5\nscale_down_multiplier = 0.5";
+const AUTOSCALE: &str = "[capacity.autoscale]\npolicy = \"atlassian\"\nmin = 1\nmax = 6\nscale_up_threshold = 0.8\nscale_down_threshold = 0.2\nscale_up_multiplier = 1.5\nscale_down_multiplier = 0.5";
 
 fn set_all(h: &Harness, status: &str, busy: usize) {
     for (i, r) in h.runners(None).iter().enumerate() {
