@@ -15,6 +15,7 @@ mod crash;
 mod cycle;
 mod day_two;
 mod drift;
+mod economics;
 mod flaky;
 mod fleet_api;
 mod iam;
