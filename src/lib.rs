@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod execute;
 pub mod lock;
+pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod plan;

@@ -49,6 +49,24 @@ pub struct Cli {
 pub(super) enum Format {
     Text,
     Json,
+    /// OpenMetrics text (`status` only; docs/metrics.md).
+    Prometheus,
+}
+
+impl Cli {
+    /// `--output prometheus` is `status`'s alone: any other command refuses it, naming the
+    /// flag, before it reads the config or goes online.
+    pub(super) fn check_output(&self) -> Result<(), CliError> {
+        if self.output != Format::Prometheus || matches!(self.command, Command::Status) {
+            return Ok(());
+        }
+        Err(arg_error(
+            "--output",
+            "prometheus is for `bbfleet status` only (`autoscale` writes the metrics with \
+             --metrics-file); this command prints text or json"
+                .to_owned(),
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]

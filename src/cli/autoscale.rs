@@ -2,6 +2,7 @@
 //! reconciles: it observes, decides (`crate::autoscale::decide`), and applies a change
 //! through the normal planner; a failed tick is retried at the next one.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,6 +27,11 @@ pub(super) struct AutoscaleArgs {
     /// Calls in flight at once when a tick changes the fleet.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// At every tick, replace this file (atomically) with the fleet's metrics, as `status
+    /// --output prometheus` prints them: for node_exporter's textfile collector (a `.prom`
+    /// file in its directory). Each tick then also reads the world as `status` does.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
     #[command(flatten)]
     lock: LockArgs,
 }
@@ -33,10 +39,12 @@ pub(super) struct AutoscaleArgs {
 impl AutoscaleArgs {
     /// Ticks until SIGINT/SIGTERM (between ticks: a tick in progress finishes), or once.
     pub(super) async fn run(self, ctx: &Context<'_>) -> Result<ExitCode, CliError> {
+        // With --output json, one line per document: the ticks are a stream.
+        let ctx = &Context::new(ctx.config, ctx.config_path, ctx.out.json_lines(), ctx.stats);
         let Some(auto) = ctx.config.capacity.autoscale.clone() else {
             return Err(CliError::Argument(FieldError {
                 field: "capacity.autoscale".to_owned(),
-                message: "missing: add a [capacity.autoscale] table (min, thresholds, multipliers) to use autoscale".to_owned(),
+                message: "missing: add a [capacity.autoscale] table (an empty one runs the bbfleet policy with its defaults) to use autoscale".to_owned(),
             }));
         };
         let interval = match &self.interval {
@@ -54,13 +62,13 @@ impl AutoscaleArgs {
         };
         let remote = ctx.connect().await?;
         if self.once {
-            tick(ctx, &remote, &auto, &how).await?;
+            tick(ctx, &remote, &auto, &how, self.metrics_file.as_deref()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
-            if let Err(e) = tick(ctx, &remote, &auto, &how).await {
+            if let Err(e) = tick(ctx, &remote, &auto, &how, self.metrics_file.as_deref()).await {
                 // The error policy: the next tick retries; the apply it runs converges then.
                 eprintln!("autoscale: tick failed: {e}");
             }
@@ -76,13 +84,16 @@ impl AutoscaleArgs {
 }
 
 /// One tick: three reads, a decision printed on one line, an apply when it says so, and
-/// the policy's memory saved when it changed (after the apply, so a failed apply is retried).
+/// the policy's memory saved when it changed (after the apply, so a failed apply is
+/// retried); with `--metrics-file`, first the metrics file.
 async fn tick(
     ctx: &Context<'_>,
     remote: &Remote,
     auto: &AutoscaleConfig,
     how: &Approval,
+    metrics_file: Option<&Path>,
 ) -> Result<(), CliError> {
+    super::status::write_metrics_file(ctx, remote, metrics_file).await;
     let (load, last) = crate::autoscale::observe(
         ctx.config,
         &remote.bitbucket,
@@ -99,7 +110,8 @@ async fn tick(
         None => format!("autoscale: hold at {current}: {}\n", decision.reason),
     })?;
     if let Some(n) = decision.scale_to {
-        apply_capacity(ctx, remote, n, how).await?;
+        // Boxed: an apply's future is large, and the tick's stays small on the stack.
+        Box::pin(apply_capacity(ctx, remote, n, how)).await?;
     }
     if let Some(memory) = &decision.memory {
         crate::autoscale::save_state(&remote.aws.ssm, &ctx.config.name, memory).await?;

@@ -62,8 +62,9 @@ pub fn main() -> ExitCode {
     result.unwrap_or_else(|e| out.fail(&e))
 }
 
-/// Loads the config and runs the command.
+/// Refuses an `--output` the command does not print, loads the config and runs the command.
 async fn run(cli: Cli, out: Output, stats: &CallStats) -> Result<ExitCode, CliError> {
+    cli.check_output()?;
     let config = Config::load(&cli.config)?;
     let ctx = Context::new(&config, &cli.config, out, stats);
     match cli.command {

@@ -1,6 +1,7 @@
 //! The one output layer: chosen once from `--output`, every command prints through it,
-//! as text for people or as one JSON document for tools. Progress goes to stderr, and
-//! only in text mode, so stdout holds exactly one document in JSON mode.
+//! as text for people or as one JSON document for tools (`status` also as OpenMetrics
+//! text). Progress goes to stderr, and only in text mode, so stdout holds exactly one
+//! document in JSON mode (`autoscale`: one JSON line per tick).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -15,6 +16,9 @@ use crate::plan::Plan;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Output {
     json: bool,
+    prometheus: bool,
+    /// JSON documents on one line each.
+    lines: bool,
 }
 
 impl Output {
@@ -22,6 +26,30 @@ impl Output {
     pub(super) fn new(format: Format) -> Output {
         Output {
             json: format == Format::Json,
+            prometheus: format == Format::Prometheus,
+            lines: false,
+        }
+    }
+
+    /// `--output prometheus`: the command prints OpenMetrics text (`status` only).
+    pub(super) fn prometheus(&self) -> bool {
+        self.prometheus
+    }
+
+    /// OpenMetrics text (`--output prometheus`), as it is.
+    pub(super) fn metrics(&self, text: &str) -> Result<(), CliError> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The same, with every JSON document on ONE line: for a command whose results are a
+    /// stream (`autoscale`: a line per tick's decision, and one per change's outcome).
+    pub(super) fn json_lines(self) -> Output {
+        Output {
+            lines: true,
+            ..self
         }
     }
 
@@ -32,7 +60,7 @@ impl Output {
         text: impl FnOnce() -> String,
     ) -> Result<(), CliError> {
         if self.json {
-            print_json(json)
+            print_json(json, self.lines)
         } else {
             print!("{}", text());
             Ok(())
@@ -41,14 +69,14 @@ impl Output {
 
     /// Text for people on stdout, in text mode only.
     pub(super) fn text(&self, text: impl FnOnce() -> String) {
-        if !self.json {
+        if !self.json && !self.prometheus {
             print!("{}", text());
         }
     }
 
     /// A progress line on stderr, in text mode only.
     pub(super) fn progress(&self, line: impl FnOnce() -> String) {
-        if !self.json {
+        if !self.json && !self.prometheus {
             eprintln!("{}", line());
         }
     }
@@ -69,15 +97,21 @@ impl Output {
     pub(super) fn fail(&self, e: &CliError) -> ExitCode {
         eprintln!("error: {e}");
         if self.json {
-            let _ = print_json(&e.to_json());
+            let _ = print_json(&e.to_json(), self.lines);
         }
         ExitCode::from(1)
     }
 }
 
-fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+fn print_json<T: Serialize + ?Sized>(value: &T, one_line: bool) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    if one_line {
+        serde_json::to_writer(&mut out, value).map_err(std::io::Error::from)?;
+    } else {
+        serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    }
     writeln!(out)?;
+    // A stream's consumer sees each line when it is written.
+    out.flush()?;
     Ok(())
 }

@@ -22,6 +22,7 @@ mod iam;
 mod lock;
 mod lock_fence;
 mod lost_create;
+mod metrics;
 mod perf;
 mod planfile;
 mod policies;
