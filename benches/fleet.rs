@@ -109,7 +109,7 @@ async fn world_with(
     h.recorder.delay(aws);
     let text = h.config(runners, None).replace(
         "max = 20\n",
-        "max = 100\n\n[capacity.autoscale]\nmin = 1\nmax = 100\ncooldown_seconds = 0\n",
+        "max = 100\n\n[capacity.autoscale]\npolicy = \"atlassian\"\nmin = 1\nmax = 100\ncooldown_seconds = 0\n",
     );
     let path = h.write_config(&text);
     let cfg = path.to_str().expect("utf-8 temp path").to_owned();

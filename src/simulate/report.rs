@@ -98,11 +98,13 @@ impl fmt::Display for Report {
     }
 }
 
-/// `0 s`, `42 s`, `7.5 min`.
+/// `0 s`, `42 s`, `7.5 min`, `616.1 h`.
 fn seconds(s: f64) -> String {
     if s < 100.0 {
         format!("{s:.0} s")
-    } else {
+    } else if s < 6000.0 {
         format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
     }
 }
