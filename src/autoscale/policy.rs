@@ -84,6 +84,13 @@ impl Clock for SystemClock {
     }
 }
 
+/// An instant read once: the time of one tick, for the decision and the log line alike.
+impl Clock for jiff::Timestamp {
+    fn now(&self) -> jiff::Timestamp {
+        *self
+    }
+}
+
 /// A sizing policy, as `simulate` compares them.
 #[derive(Debug, Clone, Copy)]
 pub enum Policy<'a> {

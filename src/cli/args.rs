@@ -87,7 +87,8 @@ pub(super) enum Command {
     Status,
     /// Print an IAM policy of policies/ filled in from the config (offline).
     Policy(PolicyArgs),
-    /// Size the fleet to demand from the runners' busy ratio (`[capacity.autoscale]`).
+    /// Size the fleet to demand, tick by tick (`[capacity.autoscale]`: the bbfleet or the
+    /// atlassian policy).
     Autoscale(AutoscaleArgs),
     /// Build a fleet host image (Docker, the aws CLI, the runner image) for `instance.ami = "baked"`.
     Bake(BakeArgs),

@@ -1,6 +1,7 @@
-//! `bbfleet autoscale`: ticks that size the fleet from the runners' busy ratio. A tick
-//! reconciles: it observes, decides (`crate::autoscale::decide`), and applies a change
-//! through the normal planner; a failed tick is retried at the next one.
+//! `bbfleet autoscale`: ticks that size the fleet to demand by `capacity.autoscale.policy`.
+//! A tick reconciles: it observes, decides (`crate::autoscale::Policy`, the function
+//! `bbfleet simulate` runs too), and applies a change through the normal planner; a failed
+//! tick is retried at the next one.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use super::approve::Approval;
 use super::args::{arg_error, duration_arg, LockArgs, Target};
 use super::context::{Context, Remote};
 use super::CliError;
-use crate::autoscale::{decide, Clock, SystemClock};
+use crate::autoscale::{Clock, Policy, SystemClock};
 use crate::config::{AutoscaleConfig, Capacity, FieldError};
 use crate::execute::DEFAULT_CONCURRENCY;
 
@@ -39,8 +40,6 @@ pub(super) struct AutoscaleArgs {
 impl AutoscaleArgs {
     /// Ticks until SIGINT/SIGTERM (between ticks: a tick in progress finishes), or once.
     pub(super) async fn run(self, ctx: &Context<'_>) -> Result<ExitCode, CliError> {
-        // With --output json, one line per document: the ticks are a stream.
-        let ctx = &Context::new(ctx.config, ctx.config_path, ctx.out.json_lines(), ctx.stats);
         let Some(auto) = ctx.config.capacity.autoscale.clone() else {
             return Err(CliError::Argument(FieldError {
                 field: "capacity.autoscale".to_owned(),
@@ -101,8 +100,9 @@ async fn tick(
         &remote.aws.ssm,
     )
     .await?;
+    // The simulator runs this same call on its own clock (`bbfleet simulate`).
     let now = SystemClock.now();
-    let decision = decide(auto, load, last.as_ref(), now);
+    let decision = Policy::Autoscale(auto).decide(load, last.as_ref(), &now);
     let current = load.current;
     let doc = serde_json::json!({"at": now.to_string(), "load": load, "memory": last, "decision": decision});
     ctx.out.result(&doc, || match decision.scale_to {

@@ -38,7 +38,11 @@ use output::Output;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.quiet, cli.debug);
-    let out = Output::new(cli.output);
+    let out = match cli.command {
+        // Autoscale's documents are a stream, its final error included: one line each.
+        Command::Autoscale(_) => Output::new(cli.output).json_lines(),
+        _ => Output::new(cli.output),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

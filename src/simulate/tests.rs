@@ -45,6 +45,31 @@ fn jobs(seed: u64, n: usize) -> Vec<Job> {
     jobs
 }
 
+/// A model without an on-demand base, interruptions or random delays.
+fn no_base(delay_seconds: f64) -> Model {
+    Model {
+        on_demand: (0, 0.0),
+        ..model(
+            1,
+            0.0,
+            LaunchDelay::Fixed {
+                seconds: delay_seconds,
+            },
+        )
+    }
+}
+
+/// `n` steps of `duration_s` submitted together at `at_s` after T0.
+fn burst(n: usize, at_s: i64, duration_s: i64) -> Vec<Job> {
+    (0..n)
+        .map(|_| Job {
+            submitted_ms: T0 + at_s * 1000,
+            duration_ms: duration_s * 1000,
+            matches: true,
+        })
+        .collect()
+}
+
 fn atlassian() -> AutoscaleConfig {
     config().simulate.atlassian
 }
@@ -121,7 +146,6 @@ fn interruptions_rerun_steps_and_the_same_seed_gives_the_same_run() {
 
 #[test]
 fn steps_fail_only_when_no_online_runner_matches() {
-    let c = config();
     let m = model(1, 0.0, LaunchDelay::Fixed { seconds: 60.0 });
     let step = |at: i64, matches: bool| Job {
         submitted_ms: T0 + at,
@@ -142,7 +166,32 @@ fn steps_fail_only_when_no_online_runner_matches() {
     );
     assert_eq!(o.failed, 1);
     assert_eq!(o.waits_ms, [0, 1_000]);
-    let _ = c;
+}
+
+#[test]
+fn a_step_matches_by_its_labels_and_a_repository_fleet_by_its_repository() {
+    let step = |labels: &[&str], repository: &str| Step {
+        submitted_ms: T0,
+        duration_ms: 1_000,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        repository: repository.to_owned(),
+    };
+    let steps = [
+        step(&[], ""),
+        step(&["self.hosted", "linux", "spot"], "web"),
+        step(&["self.hosted", "linux.arm64"], "web"),
+        step(&["gpu"], "api"),
+        step(&["linux"], "api"),
+    ];
+    let matches =
+        |c: &Config| -> Vec<bool> { super::jobs(c, &steps).iter().map(|j| j.matches).collect() };
+    assert_eq!(matches(&config()), [true, true, false, false, true]);
+    let repo = crate::config::tests::GOOD.replace(
+        "workspace = \"acme\"",
+        "workspace = \"acme\"\nrepository = \"web\"",
+    );
+    let c = Config::parse(&repo, "t").unwrap();
+    assert_eq!(matches(&c), [true, true, false, false, false]);
 }
 
 /// Atlassian's policy, min 1, max 10, a 600 s poll and a 300 s cooldown, hosts ONLINE
@@ -161,18 +210,12 @@ fn the_atlassian_policy_matches_ticks_computed_by_hand() {
         (cfg.policy, cfg.interval_seconds, cfg.cooldown_seconds),
         (AutoscalePolicy::Atlassian, 600, 300)
     );
-    let m = Model {
-        on_demand: (0, 0.0),
-        ..model(1, 0.0, LaunchDelay::Fixed { seconds: 60.0 })
-    };
-    let jobs: Vec<Job> = (0..4)
-        .map(|_| Job {
-            submitted_ms: T0 + 100_000,
-            duration_ms: 3_000_000,
-            matches: true,
-        })
-        .collect();
-    let o = run(&m, &jobs, &Policy::Autoscale(&cfg), 600_000);
+    let o = run(
+        &no_base(60.0),
+        &burst(4, 100, 3000),
+        &Policy::Autoscale(&cfg),
+        600_000,
+    );
     let s = |t: i64| T0 + t * 1000;
     assert_eq!(o.changes, [(s(600), 2), (s(1200), 3), (s(1800), 5)]);
     assert_eq!(o.span_ms, (T0, s(4860)));
@@ -202,18 +245,12 @@ fn the_cooldown_holds_the_next_atlassian_tick() {
         interval_seconds: 120,
         ..atlassian()
     };
-    let m = Model {
-        on_demand: (0, 0.0),
-        ..model(1, 0.0, LaunchDelay::Fixed { seconds: 30.0 })
-    };
-    let jobs: Vec<Job> = (0..6)
-        .map(|_| Job {
-            submitted_ms: T0 + 10_000,
-            duration_ms: 2_000_000,
-            matches: true,
-        })
-        .collect();
-    let o = run(&m, &jobs, &Policy::Autoscale(&cfg), 120_000);
+    let o = run(
+        &no_base(30.0),
+        &burst(6, 10, 2000),
+        &Policy::Autoscale(&cfg),
+        120_000,
+    );
     let s = |t: i64| T0 + t * 1000;
     // 120: 1/1 -> 2; 240 and 360: cooldown (120 s, 240 s of 300); 480: 2/2 -> 3; 840: -> 5;
     // 1200: 5/5 -> 8; then 6 busy of 8 = 0.75: held, until the steps of 10, 150, 510 and
@@ -236,14 +273,8 @@ fn the_bbfleet_policy_beats_atlassian_on_a_burst() {
     let c = config();
     let m = model(3, 0.0, lognormal());
     // A release: 30 shards at once, twice, on a quiet day.
-    let mut jobs: Vec<Job> = (0..60)
-        .map(|i| Job {
-            submitted_ms: T0 + if i < 30 { 600_000 } else { 14_400_000 },
-            duration_ms: 600_000,
-            matches: true,
-        })
-        .collect();
-    jobs.sort_by_key(|j| j.submitted_ms);
+    let mut jobs = burst(30, 600, 600);
+    jobs.extend(burst(30, 14_400, 600));
     let report = |name| {
         let (p, interval) = policy(&c, name).unwrap();
         PolicyReport::new(name, &run(&m, &jobs, &p, interval))

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bbfleet::autoscale::{AutoscaleState, Clock, Load};
+use bbfleet::autoscale::{AutoscaleState, Load};
 use bbfleet::config::Config;
 use testkit::harness::Harness;
 
@@ -208,14 +208,6 @@ async fn unpriced_types_are_priced_from_the_spot_price_history() {
     assert_eq!(ops, ["ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets"]);
 }
 
-struct At(jiff::Timestamp);
-
-impl Clock for At {
-    fn now(&self) -> jiff::Timestamp {
-        self.0
-    }
-}
-
 fn set_all(h: &Harness, busy: usize) {
     for (i, r) in h.runners(None).iter().enumerate() {
         let uuid = r["uuid"].as_str().unwrap();
@@ -258,7 +250,7 @@ async fn same_decision(
     let at: jiff::Timestamp = tick["at"].as_str().unwrap().parse().unwrap();
     let cfg = Config::load(config).unwrap();
     let (policy, _) = bbfleet::simulate::policy(&cfg, "bbfleet").unwrap();
-    let simulated = policy.decide(load, memory.as_ref(), &At(at));
+    let simulated = policy.decide(load, memory.as_ref(), &at);
     let decision = &tick["decision"];
     assert_eq!(
         decision["scale_to"],
