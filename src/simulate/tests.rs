@@ -110,7 +110,7 @@ fn check_invariants(jobs: &[Job], m: &Model, o: &Outcome) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Every policy, any seed, with interruptions frequent enough to rerun steps.
     #[test]
