@@ -14,10 +14,10 @@ use crate::bitbucket::Bitbucket;
 use crate::config::Config;
 use crate::names;
 use crate::observe::ObserveError;
-use crate::world::{Runner, RunnerLoad};
+use crate::world::{FleetState, Runner, RunnerLoad};
 
 /// One tick's reads, in parallel: the runners listing, the fleet requests (without their
-/// instances) and the autoscaler's state. An unreadable state is logged and ignored.
+/// instances) and the autoscaler's state.
 pub async fn observe(
     config: &Config,
     bitbucket: &Bitbucket,
@@ -25,7 +25,6 @@ pub async fn observe(
     ssm_client: &aws_sdk_ssm::Client,
 ) -> Result<(Load, Option<AutoscaleState>), ObserveError> {
     let fleet = config.name.as_str();
-    let state_name = names::autoscale_state(fleet);
     let (runners, fleets, state) = tokio::try_join!(
         async {
             Ok::<_, ObserveError>(
@@ -35,31 +34,47 @@ pub async fn observe(
             )
         },
         async { Ok(fleet_api.list_targets(fleet).await?) },
-        async { Ok(ssm::get_string(ssm_client, &state_name).await?) },
+        async { Ok(read_state(ssm_client, fleet).await?) },
     )?;
     let ours: Vec<Runner> = runners
         .iter()
         .filter(|r| names::runner_slot(fleet, &r.name).is_some())
         .map(Runner::from)
         .collect();
-    let load = RunnerLoad::of(&ours);
+    Ok((load(config, &ours, &fleets), state))
+}
+
+/// What a tick sees in the fleet's runners and requests: the target of the live request
+/// of the configured fleet API (the lowest id, should there be two), else the runners'
+/// count, and the ONLINE and busy runners.
+pub fn load(config: &Config, runners: &[Runner], fleets: &[FleetState]) -> Load {
+    let load = RunnerLoad::of(runners);
     let current = fleets
         .iter()
-        .find(|f| f.is_live())
+        .filter(|f| f.api == config.spot.fleet_api && f.is_live())
+        .min_by(|a, b| a.id.cmp(&b.id))
         .map_or(load.total, |f| f.target.max(0) as u32);
-    let last = state.and_then(|s| match serde_json::from_str(&s) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(parameter = %state_name, error = %e, "ignoring an unreadable autoscale state");
-            None
-        }
-    });
-    let load = Load {
+    Load {
         current,
         online: load.online,
         busy: load.busy,
-    };
-    Ok((load, last))
+    }
+}
+
+/// The autoscaler's memory; an unreadable one is logged and ignored.
+pub async fn read_state(
+    ssm_client: &aws_sdk_ssm::Client,
+    fleet: &str,
+) -> Result<Option<AutoscaleState>, AwsError> {
+    let name = names::autoscale_state(fleet);
+    let state = ssm::get_string(ssm_client, &name).await?;
+    Ok(state.and_then(|s| match serde_json::from_str(&s) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(parameter = %name, error = %e, "ignoring an unreadable autoscale state");
+            None
+        }
+    }))
 }
 
 /// Remembers a change (the cooldown starts now).

@@ -30,7 +30,8 @@ pub(super) struct AutoscaleArgs {
     concurrency: u16,
     /// At every tick, replace this file (atomically) with the fleet's metrics, as `status
     /// --output prometheus` prints them: for node_exporter's textfile collector (a `.prom`
-    /// file in its directory). Each tick then also reads the world as `status` does.
+    /// file in its directory). Each tick then reads the world as `status` does, and
+    /// decides from that same observation.
     #[arg(long, value_name = "PATH")]
     metrics_file: Option<PathBuf>,
     #[command(flatten)]
@@ -82,9 +83,10 @@ impl AutoscaleArgs {
     }
 }
 
-/// One tick: three reads, a decision printed on one line, an apply when it says so, and
-/// the policy's memory saved when it changed (after the apply, so a failed apply is
-/// retried); with `--metrics-file`, first the metrics file.
+/// One tick: three reads (with `--metrics-file`, the status observation instead, and the
+/// metrics file written from it), a decision printed on one line, an apply when it says
+/// so, and the policy's memory saved when it changed (after the apply, so a failed apply
+/// is retried).
 async fn tick(
     ctx: &Context<'_>,
     remote: &Remote,
@@ -92,14 +94,18 @@ async fn tick(
     how: &Approval,
     metrics_file: Option<&Path>,
 ) -> Result<(), CliError> {
-    super::status::write_metrics_file(ctx, remote, metrics_file).await;
-    let (load, last) = crate::autoscale::observe(
-        ctx.config,
-        &remote.bitbucket,
-        remote.fleet_api.as_ref(),
-        &remote.aws.ssm,
-    )
-    .await?;
+    let (load, last) = match metrics_file {
+        None => {
+            crate::autoscale::observe(
+                ctx.config,
+                &remote.bitbucket,
+                remote.fleet_api.as_ref(),
+                &remote.aws.ssm,
+            )
+            .await?
+        }
+        Some(path) => super::status::observe_writing_metrics(ctx, remote, path).await?,
+    };
     // The simulator runs this same call on its own clock (`bbfleet simulate`).
     let now = SystemClock.now();
     let decision = Policy::Autoscale(auto).decide(load, last.as_ref(), &now);

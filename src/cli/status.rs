@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use super::context::{Context, Remote};
 use super::CliError;
+use crate::autoscale::{AutoscaleState, Load};
 use crate::config::Config;
 use crate::metrics::FleetMetrics;
 use crate::observe::Depth;
@@ -66,22 +67,38 @@ async fn metrics_text(config: &Config, remote: &Remote, observed: &Observed) -> 
     FleetMetrics::new(&view(config, remote, observed), observed, &prices).encode()
 }
 
-/// `autoscale --metrics-file`: observes the fleet as `status` does and replaces `path` with
-/// its metrics (atomically). Nothing without a path. A failure is reported on stderr and
-/// leaves the previous file: the tick goes on (its decision does not depend on it).
-pub(super) async fn write_metrics_file(ctx: &Context<'_>, remote: &Remote, path: Option<&Path>) {
-    let Some(path) = path else {
-        return;
-    };
+/// `autoscale --metrics-file`: the tick's reads when it writes metrics. The world as
+/// `status` reads it and the autoscaler's state, in parallel; `path` replaced with the
+/// world's metrics (atomically), and the tick's load taken from the same observation. A
+/// failed write is reported on stderr and leaves the previous file: the tick goes on.
+pub(super) async fn observe_writing_metrics(
+    ctx: &Context<'_>,
+    remote: &Remote,
+    path: &Path,
+) -> Result<(Load, Option<AutoscaleState>), CliError> {
+    let config = ctx.config;
     // Boxed: the observation's future is large, and the tick's (on the main thread's
     // stack, with the apply's) must not grow by it.
-    let written = Box::pin(async {
-        let observed = remote.observe(ctx.config, Depth::Existing).await?;
-        let text = metrics_text(ctx.config, remote, &observed).await;
-        crate::metrics::write_atomically(path, text.as_bytes())?;
-        Ok::<_, CliError>(())
-    });
-    if let Err(e) = written.await {
-        eprintln!("autoscale: metrics not written to {}: {e}", path.display());
-    }
+    Box::pin(async {
+        let (observed, state) = tokio::try_join!(
+            async {
+                remote
+                    .observe(config, Depth::Existing)
+                    .await
+                    .map_err(CliError::from)
+            },
+            async {
+                crate::autoscale::read_state(&remote.aws.ssm, &config.name)
+                    .await
+                    .map_err(CliError::from)
+            },
+        )?;
+        let text = metrics_text(config, remote, &observed).await;
+        if let Err(e) = crate::metrics::write_atomically(path, text.as_bytes()) {
+            eprintln!("autoscale: metrics not written to {}: {e}", path.display());
+        }
+        let load = crate::autoscale::load(config, &observed.runners, &observed.fleets);
+        Ok((load, state))
+    })
+    .await
 }
