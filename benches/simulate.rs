@@ -47,18 +47,13 @@ fn main() {
     let steps = simulate::trace::read(&trace).unwrap();
     let parse = t.elapsed();
     let jobs = simulate::jobs(&config, &steps);
-    let model = Model {
-        seed: config.simulate.seed,
-        launch_delay: config.simulate.launch_delay,
-        interruptions_per_hour: config.simulate.interruptions_per_instance_hour,
-        spot_prices: config
-            .spot
-            .instance_types
-            .iter()
-            .map(|t| config.spot.hourly_prices[t])
-            .collect(),
-        on_demand: (0, 0.0),
-    };
+    let prices = config
+        .spot
+        .instance_types
+        .iter()
+        .map(|t| config.spot.hourly_prices[t])
+        .collect();
+    let model = Model::new(&config, config.simulate.seed, prices, (0, 0.0));
     let wall_median = median(wall.clone());
     println!("## The simulator\n");
     println!(

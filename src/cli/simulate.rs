@@ -43,21 +43,17 @@ impl SimulateArgs {
         } else {
             self.policy.iter().map(|p| p.trim()).collect()
         };
-        for name in &names {
-            simulate::policy(config, name).map_err(|e| argument("--policy", e.to_string()))?;
-        }
+        let policies = names
+            .iter()
+            .map(|name| simulate::policy(config, name).map(|(p, interval)| (*name, p, interval)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| argument("--policy", e.to_string()))?;
         let steps =
             simulate::trace::read(&self.trace).map_err(|e| argument("--trace", e.to_string()))?;
-        let model = Model {
-            seed: self.seed.unwrap_or(config.simulate.seed),
-            launch_delay: config.simulate.launch_delay,
-            interruptions_per_hour: config.simulate.interruptions_per_instance_hour,
-            spot_prices: spot_prices(ctx).await?,
-            on_demand: on_demand(config)?,
-        };
+        let seed = self.seed.unwrap_or(config.simulate.seed);
+        let model = Model::new(config, seed, spot_prices(ctx).await?, on_demand(config)?);
         let started = std::time::Instant::now();
-        let report = simulate::simulate(config, &model, &steps, &names)
-            .map_err(|e| argument("--policy", e.to_string()))?;
+        let report = simulate::simulate(config, &model, &steps, &policies);
         let took = started.elapsed();
         ctx.out.progress(|| {
             format!(

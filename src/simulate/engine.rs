@@ -19,8 +19,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::autoscale::{AutoscaleState, Clock, Load, Policy};
-use crate::config::LaunchDelay;
+use crate::autoscale::{AutoscaleState, Load, Policy};
+use crate::config::{Config, LaunchDelay};
 
 /// What the model needs besides the trace and the policy.
 #[derive(Debug, Clone)]
@@ -35,6 +35,19 @@ pub struct Model {
     pub spot_prices: Vec<f64>,
     /// Hosts kept on on-demand capacity, and their USD per hour.
     pub on_demand: (u32, f64),
+}
+
+impl Model {
+    /// `config`'s model (`[simulate]`) with `seed` and the prices found for it.
+    pub fn new(config: &Config, seed: u64, spot_prices: Vec<f64>, on_demand: (u32, f64)) -> Model {
+        Model {
+            seed,
+            launch_delay: config.simulate.launch_delay,
+            interruptions_per_hour: config.simulate.interruptions_per_instance_hour,
+            spot_prices,
+            on_demand,
+        }
+    }
 }
 
 /// The trace as the engine reads it.
@@ -105,13 +118,9 @@ struct Host {
     state: State,
 }
 
-/// A clock that reads the simulated time.
-struct SimClock(i64);
-
-impl Clock for SimClock {
-    fn now(&self) -> jiff::Timestamp {
-        jiff::Timestamp::from_millisecond(self.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-    }
+/// The simulated clock at `ms` since the epoch: an instant is a [`crate::autoscale::Clock`].
+fn at(ms: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 /// Steps still queued a year after the last submission are given up (and counted as
@@ -156,7 +165,7 @@ pub fn run(model: &Model, jobs: &[Job], policy: &Policy<'_>, interval_ms: i64) -
             busy: 0,
         },
         None,
-        &SimClock(start),
+        &at(start),
     );
     sim.warm_start(opening.scale_to.unwrap_or(0), start);
     let mut memory: Option<AutoscaleState> = None;
@@ -235,7 +244,7 @@ impl<'a> Sim<'a> {
             online: self.online,
             busy: self.busy,
         };
-        let d = policy.decide(load, memory.as_ref(), &SimClock(now));
+        let d = policy.decide(load, memory.as_ref(), &at(now));
         if let Some(n) = d.scale_to {
             self.out.changes.push((now, n));
             self.scale(n, now);

@@ -60,21 +60,19 @@ pub fn jobs(config: &Config, steps: &[Step]) -> Vec<Job> {
         .collect()
 }
 
-/// Simulates each of `names` (already checked) and reports them in that order.
-pub fn simulate(
-    config: &Config,
-    model: &Model,
-    steps: &[Step],
-    names: &[&str],
-) -> Result<Report, UnknownPolicy> {
+/// A policy as `simulate` runs it: its name, the policy and its tick interval in ms.
+pub type Named<'a> = (&'a str, Policy<'a>, i64);
+
+/// Simulates each of `policies` and reports them in that order.
+pub fn simulate(config: &Config, model: &Model, steps: &[Step], policies: &[Named<'_>]) -> Report {
     let jobs = jobs(config, steps);
-    let mut policies = Vec::new();
-    for name in names {
-        let (policy, interval_ms) = policy(config, name)?;
-        let outcome = engine::run(model, &jobs, &policy, interval_ms);
-        policies.push(PolicyReport::new(name, &outcome));
-    }
-    Ok(Report { policies })
+    let policies = policies
+        .iter()
+        .map(|(name, policy, interval_ms)| {
+            PolicyReport::new(name, &engine::run(model, &jobs, policy, *interval_ms))
+        })
+        .collect();
+    Report { policies }
 }
 
 #[cfg(test)]
